@@ -1,0 +1,17 @@
+"""femlib: fluctuation electron microscopy (FEM) for 4D-STEM data, as a HyperSpy extension.
+
+The numerical modules (:mod:`femlib.integration`, :mod:`femlib.variance`,
+:mod:`femlib.ellipse`, :mod:`femlib.thickness`) work on plain arrays; :mod:`femlib.signals`
+wraps them as HyperSpy signals; :mod:`femlib.data` provides synthetic and real datasets.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("femlib")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from femlib import calibration, data, signals  # noqa: E402
+
+__all__ = ["__version__", "calibration", "data", "signals"]

@@ -1,0 +1,1 @@
+"""Datasets: an offline synthetic FEM dataset with ground truth, and the real ZrCuAl data."""
