@@ -1,11 +1,33 @@
 """``FEMDiffraction2D``: a stack of nanobeam diffraction patterns (4D-STEM)."""
 
+import copy
+import warnings
+
+import numpy as np
 from hyperspy._signals.lazy import LazySignal
 from hyperspy._signals.signal2d import Signal2D
+from hyperspy.defaults_parser import preferences
+from hyperspy.external.progressbar import progressbar
+from hyperspy.signal import BaseSignal
+from hyperspy.signals import LazySignal1D, Signal1D
 
-from femlib.calibration import Calibration
+from femlib import integration
+from femlib import thickness as _thickness
+from femlib import variance as _variance
+from femlib.calibration import Calibration, check_mask
+from femlib.signals.polar import FEMPolar2D, LazyFEMPolar2D
+from femlib.signals.variance import FEMVariance1D
 
 __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
+
+# Eager work is streamed in blocks of about this many bytes of input, for progress bars
+# and bounded float64 temporaries.
+_BLOCK_BYTES = 256 * 2**20
+
+
+def _frame_blocks(n_frames, frame_bytes):
+    step = max(1, int(_BLOCK_BYTES // max(frame_bytes, 1)))
+    return [slice(i, min(i + step, n_frames)) for i in range(0, n_frames, step)]
 
 
 class FEMDiffraction2D(Signal2D):
@@ -26,6 +48,480 @@ class FEMDiffraction2D(Signal2D):
             cal = Calibration(self)
             self.__dict__["_femlib_calibration"] = cal
         return cal
+
+    # ------------------------------------------------------------------ helpers
+    def _weights(self, npt, npt_azim=1, radial_range=None, azimuth_range=None, mask=None):
+        """The cached weight matrix for this signal's calibration and the given bins."""
+        geo = self.calibration.geometry()
+        mask = geo["mask"] if mask is None else check_mask(mask, geo["detector_shape"])
+        return integration.build_weights(
+            geo["detector_shape"],
+            geo["center"],
+            affine=geo["affine"],
+            scale=geo["scale"],
+            npt=npt,
+            npt_azim=npt_azim,
+            radial_range=radial_range,
+            azimuth_range=azimuth_range,
+            mask=mask,
+        )
+
+    def _radius_axis(self, weights):
+        return {
+            "name": "Radius",
+            "units": self.calibration.units,
+            "size": weights.npt,
+            "offset": weights.radial_centers[0],
+            "scale": weights.radial_edges[1] - weights.radial_edges[0],
+        }
+
+    def _new_signal(self, cls, data, signal_axes, title, fem=None):
+        """A result signal with this signal's navigation axes and metadata."""
+        axes = self.axes_manager._get_navigation_axes_dicts() + list(signal_axes)
+        md = copy.deepcopy(self.metadata.as_dictionary())
+        md.get("General", {}).pop("detector_mask", None)
+        md.get("General", {}).pop("affine_transformation", None)
+        md.setdefault("General", {})["title"] = title
+        md.setdefault("Signal", {})["signal_type"] = getattr(cls, "_signal_type", "")
+        if fem:
+            md["FEM"] = fem
+        return cls(data, axes=axes, metadata=md, original_metadata={})
+
+    def _integrate(self, weights, mean, dtype, show_progressbar):
+        """Weighted sums (or means) of every frame, eager or lazy."""
+        if self._lazy:
+            return integration.integrate_dask(self.data, weights, mean=mean, dtype=dtype)
+        nav = self.data.shape[:-2]
+        frames = self.data.reshape((-1,) + self.data.shape[-2:])
+        tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
+        out = np.empty((frames.shape[0],) + tail, dtype=dtype)
+        if show_progressbar is None:
+            show_progressbar = preferences.General.show_progressbar
+        blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
+        for b in progressbar(blocks, disable=not show_progressbar, leave=False):
+            out[b] = integration.integrate(frames[b], weights, mean=mean, dtype=dtype)
+        return out.reshape(nav + tail)
+
+    def _replace_with(self, result):
+        """Turn this signal into ``result`` (the ``inplace=True`` path)."""
+        # Re-initialise as a plain signal first: Signal2D.__init__ would force two signal
+        # dimensions onto a 1D result.
+        self.__class__ = LazySignal if self._lazy else BaseSignal
+        self.__init__(
+            result.data,
+            axes=result.axes_manager._get_axes_dicts(),
+            metadata=result.metadata.as_dictionary(),
+        )
+        self.metadata.Signal.signal_type = result.metadata.Signal.signal_type
+        self._assign_subclass()
+
+    # ------------------------------------------------------------------ API
+    def get_azimuthal_integral2d(
+        self,
+        npt,
+        npt_azim=360,
+        radial_range=None,
+        azimuth_range=None,
+        mask=None,
+        mean=False,
+        inplace=False,
+        show_progressbar=None,
+    ):
+        """Polar transform of every pattern with pixel splitting.
+
+        Parameters
+        ----------
+        npt : int
+            Number of radial bins.
+        npt_azim : int
+            Number of azimuthal bins over ``azimuth_range``.
+        radial_range : (float, float) or None
+            Radial range in the signal's calibrated units (e.g. ``nm^-1``); default from 0
+            to the detector corner farthest from the centre.
+        azimuth_range : (float, float) or None
+            Azimuthal range in radians within ``[-pi, pi]``; it restricts the integration
+            itself, not only the axis. Default: the full circle.
+        mask : bool array, boolean Signal2D or None
+            True = excluded pixel (e.g. ``summed < 10000``). Default: ``calibration.mask``.
+        mean : bool
+            If True, each bin holds the mean intensity per pixel over the covered (on the
+            detector, unmasked) part of the bin, so partly covered bins do not droop.
+            If False (default), the pixel-split weighted sum.
+        inplace : bool
+            If True, replace this signal by the result and return None.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+
+        Returns
+        -------
+        FEMPolar2D or LazyFEMPolar2D
+            Signal axes ``Radians`` (x, bin centres in ``(-pi, pi]``) and ``Radius`` (y, bin
+            centres, calibrated units); float32 data. ``metadata.FEM.coverage`` holds the
+            covered fraction of every bin (0 for bins off the detector, whose value is 0).
+
+        Raises
+        ------
+        ValueError
+            For ``npt < 1``, reversed or out-of-detector ranges, a mask of the wrong shape.
+
+        Examples
+        --------
+        >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
+        >>> polar = s.get_azimuthal_integral2d(npt=100)  # doctest: +SKIP
+        >>> polar.sum().isig[:, 2.0:8.0].plot()  # doctest: +SKIP
+        """
+        w = self._weights(npt, npt_azim, radial_range, azimuth_range, mask)
+        data = self._integrate(w, mean, np.float32, show_progressbar)
+        radians = {
+            "name": "Radians",
+            "units": "rad",
+            "size": w.npt_azim,
+            "offset": w.azimuth_centers[0],
+            "scale": w.azimuth_edges[1] - w.azimuth_edges[0],
+        }
+        cls = LazyFEMPolar2D if self._lazy else FEMPolar2D
+        fem = {
+            "Integration": {
+                "npt": w.npt,
+                "npt_azim": w.npt_azim,
+                "radial_range": tuple(w.radial_edges[[0, -1]]),
+                "azimuth_range": tuple(w.azimuth_edges[[0, -1]]),
+                "mean": bool(mean),
+            },
+            "coverage": w.coverage.reshape(w.npt, w.npt_azim),
+        }
+        title = f"Polar transform of {self.metadata.General.title}".strip()
+        result = self._new_signal(cls, data, [self._radius_axis(w), radians], title, fem)
+        if inplace:
+            self._replace_with(result)
+            return None
+        return result
+
+    def get_azimuthal_integral1d(
+        self,
+        npt,
+        radial_range=None,
+        azimuth_range=None,
+        mask=None,
+        mean=False,
+        inplace=False,
+        show_progressbar=None,
+    ):
+        """Azimuthal integral of every pattern over rings of constant radius.
+
+        Parameters
+        ----------
+        npt : int
+            Number of radial bins.
+        radial_range : (float, float) or None
+            Radial range in calibrated units; default 0 to the farthest detector corner.
+        azimuth_range : (float, float) or None
+            Restrict the integration to this azimuthal sector (radians, within
+            ``[-pi, pi]``).
+        mask : bool array, boolean Signal2D or None
+            True = excluded pixel. Default: ``calibration.mask``.
+        mean : bool
+            If True, the azimuthal mean per pixel over the covered part of each ring;
+            else (default) the pixel-split weighted sum.
+        inplace : bool
+            If True, replace this signal by the result and return None.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+
+        Returns
+        -------
+        Signal1D or LazySignal1D
+            Signal axis ``Radius`` (bin centres, calibrated units), float64.
+            ``metadata.FEM.coverage`` holds each ring's covered fraction.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`get_azimuthal_integral2d`, and for rings with no unmasked pixel
+            (their radii are listed).
+        """
+        w = self._weights(npt, 1, radial_range, azimuth_range, mask)
+        _check_no_empty_bins(w)
+        data = self._integrate(w, mean, np.float64, show_progressbar)
+        cls = LazySignal1D if self._lazy else Signal1D
+        fem = {
+            "Integration": {
+                "npt": w.npt,
+                "radial_range": tuple(w.radial_edges[[0, -1]]),
+                "azimuth_range": tuple(w.azimuth_edges[[0, -1]]),
+                "mean": bool(mean),
+            },
+            "coverage": w.coverage.copy(),
+        }
+        title = f"Azimuthal integral of {self.metadata.General.title}".strip()
+        result = self._new_signal(cls, data, [self._radius_axis(w)], title, fem)
+        if inplace:
+            self._replace_with(result)
+            return None
+        return result
+
+
+    def _thickness_groups(self, thickness, bins):
+        """Thickness bin of every probe position, checked against the navigation shape."""
+        if thickness is None:
+            if bins is not None:
+                raise ValueError("bins needs thickness: pass thickness=... (nm per position)")
+            return None, None
+        if bins is None:
+            raise ValueError("thickness needs bins: an int (equal bins) or a list of edges")
+        nav_shape = self.axes_manager._navigation_shape_in_array
+        t = np.asarray(getattr(thickness, "data", thickness), dtype=float)
+        if t.shape != tuple(nav_shape):
+            raise ValueError(
+                f"thickness has shape {t.shape} but the navigation shape is {tuple(nav_shape)}"
+            )
+        return _thickness.bin_by_thickness(t, bins)
+
+    def _navigation_mask(self, navigation_mask):
+        nav_shape = tuple(self.axes_manager._navigation_shape_in_array)
+        if navigation_mask is None:
+            return np.zeros(nav_shape, bool)
+        m = np.asarray(getattr(navigation_mask, "data", navigation_mask))
+        if m.dtype != bool:
+            raise TypeError(f"navigation_mask must be boolean (True = excluded), got {m.dtype}")
+        if m.shape != nav_shape:
+            raise ValueError(
+                f"navigation_mask has shape {m.shape} but the navigation shape is {nav_shape}"
+            )
+        return m
+
+    def split_by_thickness(self, thickness, bins):
+        """Split the probe positions into thickness bins.
+
+        Parameters
+        ----------
+        thickness : Signal2D or array_like
+            Thickness per probe position (nm), navigation shaped, e.g. from
+            :func:`femlib.thickness.thickness_from_haadf`.
+        bins : int or sequence of float
+            Number of equal-width bins (top edge inclusive) or explicit edges.
+
+        Returns
+        -------
+        list of FEMDiffraction2D (or LazyFEMDiffraction2D)
+            One signal per bin with a single navigation axis (the positions of that bin in
+            scan order), the signal axes, calibration (centre, affine, mask) and metadata of
+            this signal; ``metadata.FEM.thickness_range`` holds the bin's edges. For eager
+            input each result holds a copy of only its own frames (NumPy fancy indexing);
+            lazy input stays lazy and copies nothing.
+
+        Raises
+        ------
+        ValueError
+            If ``thickness`` does not match the navigation shape, or ``bins`` is invalid.
+        """
+        index, edges = self._thickness_groups(thickness, bins)
+        flat_index = index.ravel()
+        frames = self.data.reshape((-1,) + self.data.shape[-2:])
+        out = []
+        for b in range(edges.size - 1):
+            sel = np.flatnonzero(flat_index == b)
+            axes = [
+                {"name": "Position", "size": sel.size, "units": "", "navigate": True}
+            ] + self.axes_manager._get_signal_axes_dicts()
+            md = copy.deepcopy(self.metadata.as_dictionary())
+            md.setdefault("FEM", {})["thickness_range"] = (float(edges[b]), float(edges[b + 1]))
+            part = type(self)(frames[sel], axes=axes, metadata=md, original_metadata={})
+            out.append(part)
+        return out
+
+    def get_variance(
+        self,
+        npt,
+        method="Omega",
+        gain=None,
+        radial_range=None,
+        mask=None,
+        navigation_mask=None,
+        thickness=None,
+        bins=None,
+        show_progressbar=None,
+    ):
+        """Normalized variance ``V(k)`` of the diffracted intensity (FEM), in one pass.
+
+        Parameters
+        ----------
+        npt : int
+            Number of radial bins.
+        method : {"Omega", "r", "re", "VImage", "all"} or list of them
+            FEM estimator(s) (see :mod:`femlib.variance` for the formulas). ``"all"``
+            computes the four together from the same pass.
+        gain : float or None
+            Detector units per electron. When given, the Poisson shot-noise term of each
+            estimator is subtracted; None = uncorrected.
+        radial_range : (float, float) or None
+            Radial range in calibrated units (e.g. ``nm^-1``).
+        mask : bool array, boolean Signal2D or None
+            Detector pixels to exclude (True). Default: ``calibration.mask``.
+        navigation_mask : bool array or None
+            Probe positions to exclude (True), e.g. holes or contamination.
+        thickness : Signal2D or array_like, optional
+            Thickness per probe position (nm); requires ``bins``.
+        bins : int or sequence of float, optional
+            Thickness bins: a count of equal-width bins or explicit edges. ``V(k)`` is
+            computed inside every bin in the same pass.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+
+        Returns
+        -------
+        FEMVariance1D
+            Signal axis ``Radius``. Navigation axes: ``Thickness`` (bin centres, nm) when
+            binned, ``Method`` when several methods are asked for. ``metadata.FEM`` holds
+            ``method``, ``gain``, ``npt``, ``radial_range``, ``number_of_patterns``,
+            ``standard_error`` (jackknife, shape of the data) and, when binned,
+            ``thickness_edges``, ``counts``, ``labels``, ``combined`` and
+            ``combined_standard_error`` (frame-weighted mean over the bins; also
+            :meth:`FEMVariance1D.combined`). The result is computed (not lazy) for lazy
+            input too: a few hundred numbers from one streaming pass.
+
+        Raises
+        ------
+        ValueError
+            Unknown method, ``gain <= 0``, a mask or thickness of the wrong shape, a ring
+            with no unmasked pixel, fewer than two usable patterns.
+
+        References
+        ----------
+        Daulton et al., Ultramicroscopy 110 (2010) 1279; Li et al., Microsc. Microanal.
+        20 (2014) 1605.
+
+        Examples
+        --------
+        >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
+        >>> mask = s.sum() < 10000  # doctest: +SKIP
+        >>> v = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75),
+        ...                    mask=mask)  # doctest: +SKIP
+        >>> v.plot()  # doctest: +SKIP
+        """
+        methods = _variance.check_method(method)
+        gain = _variance.check_gain(gain)
+        w = self._weights(npt, 1, radial_range, None, mask)
+        _check_no_empty_bins(w)
+        index, edges = self._thickness_groups(thickness, bins)
+        excluded = self._navigation_mask(navigation_mask)
+        n_groups = 1 if edges is None else edges.size - 1
+        groups = np.zeros(excluded.shape, np.int64) if index is None else index.copy()
+        groups[excluded] = -1
+        states = _variance.frame_states(groups.size, groups.ravel(), n_groups)
+        pixels = "VImage" in methods
+        if show_progressbar is None:
+            show_progressbar = preferences.General.show_progressbar
+        if self._lazy:
+            moments = _compute(
+                _variance.accumulate_dask(self.data, w, states, n_groups, pixels=pixels),
+                show_progressbar,
+            )
+        else:
+            frames = self.data.reshape((-1,) + self.data.shape[-2:])
+            moments = None
+            blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
+            for b in progressbar(blocks, disable=not show_progressbar, leave=False):
+                part = _variance.accumulate(frames[b], w, states[b], n_groups, pixels=pixels)
+                moments = part if moments is None else _variance.merge(moments, part)
+        res = _variance.estimate(moments, w, methods, gain)
+        _variance.warn_undefined(res, w.radial_centers)
+        return self._variance_signal(res, w, methods, method, gain, edges)
+
+    def _variance_signal(self, res, w, methods, method, gain, edges):
+        single = len(methods) == 1
+        fem = {
+            "method": methods[0] if single else list(methods),
+            "methods": list(methods),
+            "gain": gain,
+            "npt": w.npt,
+            "radial_range": tuple(float(x) for x in w.radial_edges[[0, -1]]),
+            "number_of_patterns": int(res["counts"][res["used_groups"]].sum()),
+        }
+        v, se = res["variance"], res["standard_error"]  # (G, M, K)
+        axes = []
+        if edges is None:
+            v, se = v[0], se[0]
+        else:
+            used = res["used_groups"]
+            empty = np.flatnonzero(~used)
+            labels = _thickness.bin_labels(edges, res["counts"])
+            if empty.size:
+                warnings.warn(
+                    "thickness bin(s) with fewer than 2 patterns are left out: "
+                    + ", ".join(labels[i] for i in empty),
+                    UserWarning,
+                    stacklevel=3,
+                )
+            centres = 0.5 * (edges[1:] + edges[:-1])[used]
+            v, se = v[used], se[used]
+            fem.update(
+                thickness_edges=np.asarray(edges),
+                counts=res["counts"],
+                labels=[lab for lab, u in zip(labels, used, strict=True) if u],
+                empty_bins=[labels[i] for i in empty],
+                combined=res["combined"][0] if single else res["combined"],
+                combined_standard_error=(
+                    res["combined_standard_error"][0]
+                    if single
+                    else res["combined_standard_error"]
+                ),
+            )
+            axes.append(_nav_axis("Thickness", "nm", centres))
+        if single:
+            v, se = v[..., 0, :], se[..., 0, :]
+        else:
+            axes.append(
+                {"name": "Method", "size": len(methods), "units": "", "navigate": True}
+            )
+        fem["standard_error"] = se
+        radius = self._radius_axis(w)
+        radius["navigate"] = False
+        md = {
+            "General": {"title": f"V(k) of {self.metadata.General.title}".strip()},
+            "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
+            "FEM": fem,
+        }
+        # HyperSpy wants the navigation axes in array order: thickness, then method.
+        return FEMVariance1D(v, axes=axes + [radius], metadata=md)
+
+
+def _nav_axis(name, units, values):
+    values = np.asarray(values, dtype=float)
+    if values.size > 1 and np.allclose(np.diff(values), values[1] - values[0]):
+        return {
+            "name": name,
+            "units": units,
+            "size": values.size,
+            "offset": values[0],
+            "scale": values[1] - values[0],
+            "navigate": True,
+        }
+    if values.size == 1:
+        return {"name": name, "units": units, "size": 1, "offset": values[0], "navigate": True}
+    return {"name": name, "units": units, "axis": values, "navigate": True}
+
+
+def _compute(delayed, show_progressbar):
+    """Compute with the active scheduler, showing dask's progress bar on local schedulers."""
+    import contextlib
+
+    from dask.diagnostics import ProgressBar
+
+    ctx = ProgressBar() if show_progressbar else contextlib.nullcontext()
+    with ctx:
+        return delayed.compute()
+
+
+def _check_no_empty_bins(weights):
+    empty = np.flatnonzero(weights.area.reshape(weights.npt, weights.npt_azim).sum(1) <= 0)
+    if empty.size:
+        radii = ", ".join(f"{r:.4g}" for r in weights.radial_centers[empty][:10])
+        more = "" if empty.size <= 10 else f" and {empty.size - 10} more"
+        raise ValueError(
+            f"{empty.size} radial bin(s) contain no unmasked pixel (radius {radii}{more}); "
+            "narrow radial_range, use fewer bins (npt) or check the mask"
+        )
 
 
 class LazyFEMDiffraction2D(LazySignal, FEMDiffraction2D):
