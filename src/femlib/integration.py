@@ -115,6 +115,65 @@ class AzimuthalWeights:
             m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in mats
         )
 
+    @classmethod
+    def from_matrix(
+        cls, matrix, radial_edges, azimuth_edges, detector_shape, geometric_area=None
+    ):
+        """Wrap any ``(K, P)`` weight matrix (e.g. hard bins, custom regions).
+
+        Parameters
+        ----------
+        matrix : scipy sparse matrix or array, shape (K, P)
+            Non-negative weights; ``K = (len(radial_edges) - 1) * (len(azimuth_edges) - 1)``,
+            ``P = rows * columns``.
+        radial_edges, azimuth_edges : 1D array_like
+        detector_shape : tuple of 2 ints
+        geometric_area : (K,) array_like or None
+            Full area of each bin in pixels, for ``coverage`` (default: ``area``).
+
+        Returns
+        -------
+        AzimuthalWeights
+        """
+        csc = sp.csc_array(matrix)
+        csc.sum_duplicates()
+        csc.eliminate_zeros()
+        csc.sort_indices()
+        radial_edges = np.asarray(radial_edges, dtype=float)
+        azimuth_edges = np.asarray(azimuth_edges, dtype=float)
+        nbins = (radial_edges.size - 1) * (azimuth_edges.size - 1)
+        shape = tuple(int(n) for n in detector_shape)
+        if csc.shape != (nbins, shape[0] * shape[1]):
+            raise ValueError(
+                f"matrix has shape {csc.shape}, expected (bins, pixels) = "
+                f"({nbins}, {shape[0] * shape[1]})"
+            )
+        if csc.nnz and csc.data.min() < 0:
+            raise ValueError("matrix weights must be non-negative")
+        csr = csc.tocsr()
+        csr.sort_indices()
+        squared = csr.copy()
+        squared.data **= 2
+        area = np.asarray(csr.sum(axis=1)).ravel()
+        geo = area if geometric_area is None else np.asarray(geometric_area, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coverage = np.where(geo > 0, area / np.where(geo > 0, geo, 1), 0.0)
+        counts = np.diff(csc.indptr)
+        touched = np.flatnonzero(counts)
+        return cls(
+            matrix=csr,
+            squared=squared,
+            area=area,
+            coverage=coverage,
+            radial_edges=radial_edges,
+            azimuth_edges=azimuth_edges,
+            detector_shape=shape,
+            touched=touched.astype(np.int64),
+            colptr=np.concatenate([[0], np.cumsum(counts[touched])]).astype(np.int64),
+            rowidx=csc.indices.astype(np.int64),
+            wdata=csc.data.astype(np.float64),
+        )
+
     def empty_bins(self):
         """Indices ``(radial, azimuthal)`` of bins with no unmasked pixel area.
 
@@ -311,32 +370,13 @@ def _build(shape, center, affine, scale, npt, npt_azim, radial_range, azimuth_ra
     vals = np.concatenate(vals) if vals else np.zeros(0)
     nbins = npt * npt_azim
     # COO -> CSC sums the duplicate (bin, pixel) samples.
-    csc = sp.coo_array((vals, (bins, ids)), shape=(nbins, ny * nx)).tocsc()
-    csc.sum_duplicates()
-    csc.sort_indices()
-    matrix = csc.tocsr()
-    squared = matrix.copy()
-    squared.data **= 2
-    area = np.asarray(matrix.sum(axis=1)).ravel()
-    det = abs(np.linalg.det(lin)) * abs(scale[0] * scale[1])
+    matrix = sp.coo_array((vals, (bins, ids)), shape=(nbins, ny * nx)).tocsr()
     radial_edges = np.linspace(r0, r1, npt + 1)
     azimuth_edges = np.linspace(a0, a1, npt_azim + 1)
+    det = abs(np.linalg.det(lin)) * abs(scale[0] * scale[1])
     geo_area = 0.5 * np.diff(radial_edges**2)[:, None] * np.diff(azimuth_edges)[None, :] / det
-    coverage = area / geo_area.ravel()
-    nz = np.flatnonzero(np.diff(csc.indptr))
-    colptr = np.concatenate([[0], np.cumsum(np.diff(csc.indptr)[nz])]).astype(np.int64)
-    return AzimuthalWeights(
-        matrix=matrix,
-        squared=squared,
-        area=area,
-        coverage=coverage,
-        radial_edges=radial_edges,
-        azimuth_edges=azimuth_edges,
-        detector_shape=shape,
-        touched=nz.astype(np.int64),
-        colptr=colptr,
-        rowidx=csc.indices.astype(np.int64),
-        wdata=csc.data.astype(np.float64),
+    return AzimuthalWeights.from_matrix(
+        matrix, radial_edges, azimuth_edges, shape, geometric_area=geo_area.ravel()
     )
 
 
