@@ -190,7 +190,7 @@ class FEMDiffraction2D(Signal2D):
             },
             "coverage": w.coverage.reshape(w.npt, w.npt_azim),
         }
-        title = f"Polar transform of {self.metadata.General.title}".strip()
+        title = _title("Polar transform", self)
         result = self._new_signal(cls, data, [self._radius_axis(w), radians], title, fem)
         if inplace:
             self._replace_with(result)
@@ -253,7 +253,7 @@ class FEMDiffraction2D(Signal2D):
             },
             "coverage": w.coverage.copy(),
         }
-        title = f"Azimuthal integral of {self.metadata.General.title}".strip()
+        title = _title("Azimuthal integral", self)
         result = self._new_signal(cls, data, [self._radius_axis(w)], title, fem)
         if inplace:
             self._replace_with(result)
@@ -474,16 +474,22 @@ class FEMDiffraction2D(Signal2D):
             axes.append(
                 {"name": "Method", "size": len(methods), "units": "", "navigate": True}
             )
-        fem["standard_error"] = se
         radius = self._radius_axis(w)
         radius["navigate"] = False
         md = {
-            "General": {"title": f"V(k) of {self.metadata.General.title}".strip()},
+            "General": {"title": _title("V(k)", self)},
             "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
             "FEM": fem,
         }
         # HyperSpy wants the navigation axes in array order: thickness, then method.
-        return FEMVariance1D(v, axes=axes + [radius], metadata=md)
+        result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
+        result._set_standard_error(se)
+        return result
+
+
+def _title(what, signal):
+    source = signal.metadata.General.title
+    return f"{what} of {source}" if source else what
 
 
 def _nav_axis(name, units, values):

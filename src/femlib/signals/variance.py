@@ -1,19 +1,201 @@
 """``FEMVariance1D``: the normalized variance V(k) with its standard error."""
 
+import numpy as np
 from hyperspy._signals.lazy import LazySignal
 from hyperspy._signals.signal1d import Signal1D
 
 __all__ = ["FEMVariance1D", "LazyFEMVariance1D"]
 
+_VAR_KEY = "Signal.Noise_properties.variance"
+
 
 class FEMVariance1D(Signal1D):
-    """Normalized variance ``V(k)`` over the ``Radius`` axis.
+    """Normalized variance ``V(k)`` over the ``Radius`` axis, with its standard error.
 
     ``metadata.FEM`` holds the method, gain, npt, radial range, number of patterns and
-    ``standard_error`` (same shape as the data).
+    ``standard_error`` (same shape as the data). The squared standard error is also kept as
+    ``metadata.Signal.Noise_properties.variance`` (a signal), so it follows ``inav``
+    slicing and :meth:`split`; :attr:`standard_error` always matches the data.
+    Navigation axes, when present: ``Thickness`` (bin centres, nm) and ``Method``.
     """
 
     _signal_type = "fem_variance"
+
+    @property
+    def standard_error(self):
+        """ndarray, shape of the data: one standard error of every ``V(k)`` value."""
+        if self.metadata.has_item(_VAR_KEY):
+            var = self.metadata.get_item(_VAR_KEY)
+            var = getattr(var, "data", var)
+            if np.shape(var) == self.data.shape:
+                return np.sqrt(np.asarray(var))
+        se = self.metadata.get_item("FEM.standard_error")
+        if se is not None and np.shape(se) == self.data.shape:
+            return np.asarray(se)
+        raise ValueError("this signal holds no standard error matching its data")
+
+    def _set_standard_error(self, se):
+        se = np.asarray(se, dtype=float)
+        self.metadata.set_item("FEM.standard_error", se)
+        var = self._deepcopy_with_new_data(se**2, copy_variance=False)
+        self.metadata.set_item(_VAR_KEY, var)
+
+    def split(self, axis="auto", number_of_parts="auto", step_sizes="auto"):
+        """Split as :meth:`hyperspy.signal.BaseSignal.split`, keeping each part's error.
+
+        Returns
+        -------
+        list of FEMVariance1D
+        """
+        parts = super().split(axis, number_of_parts, step_sizes)
+        if self.metadata.has_item(_VAR_KEY):
+            var = self.metadata.get_item(_VAR_KEY)
+            var_parts = var.split(axis, number_of_parts, step_sizes)
+            labels = self.curve_labels()
+            for i, (p, v) in enumerate(zip(parts, var_parts, strict=True)):
+                p.metadata.set_item(_VAR_KEY, v)
+                p.metadata.set_item("FEM.standard_error", np.sqrt(v.data))
+                if len(labels) == len(parts):
+                    p.metadata.General.title = labels[i]
+        return parts
+
+    def _fem(self):
+        return self.metadata.FEM.as_dictionary() if self.metadata.has_item("FEM") else {}
+
+    def curve_labels(self):
+        """Legend labels of the curves, in navigation order (flattened).
+
+        Returns
+        -------
+        list of str
+            Thickness-bin labels like ``"17.0–18.0 nm (n=812)"``, method names, or both.
+        """
+        names = [ax.name for ax in self.axes_manager.navigation_axes]
+        fem = self._fem()
+        per_axis = []
+        for ax in self.axes_manager.navigation_axes:
+            if ax.name == "Thickness" and fem.get("labels") is not None:
+                labs = list(fem["labels"])
+            elif ax.name == "Method" and fem.get("methods") is not None:
+                labs = list(fem["methods"])
+            else:
+                labs = [f"{ax.name}={v:.4g}" for v in ax.axis]
+            if len(labs) != ax.size:
+                labs = [f"{ax.name}={v:.4g}" for v in ax.axis]
+            per_axis.append(labs)
+        if not names:
+            return [str(fem.get("method", self.metadata.General.title))]
+        # navigation_axes[0] varies fastest in the flattened array order.
+        grids = np.meshgrid(*[np.arange(len(p)) for p in per_axis[::-1]], indexing="ij")
+        flat = [g.ravel() for g in grids][::-1]
+        return [
+            ", ".join(per_axis[a][flat[a][i]] for a in range(len(per_axis)))
+            for i in range(flat[0].size)
+        ]
+
+    def combined(self):
+        """Frame-weighted mean of the per-thickness-bin ``V(k)`` with its standard error.
+
+        Returns
+        -------
+        FEMVariance1D
+            Navigation axes other than ``Thickness`` are kept (e.g. ``Method``).
+
+        Raises
+        ------
+        ValueError
+            If this result was not computed with thickness bins.
+        """
+        fem = self._fem()
+        if fem.get("combined") is None:
+            raise ValueError("no thickness bins: get_variance(..., thickness=t, bins=b) first")
+        axes = [
+            ax.get_axis_dictionary()
+            for ax in self.axes_manager._axes
+            if ax.name != "Thickness"
+        ]
+        md = self.metadata.as_dictionary()
+        md["General"]["title"] = f"{self.metadata.General.title} (thickness-bin average)"
+        md.get("Signal", {}).pop("Noise_properties", None)
+        for key in ("labels", "combined", "combined_standard_error", "standard_error"):
+            md["FEM"].pop(key, None)
+        out = type(self)(np.asarray(fem["combined"]), axes=axes, metadata=md)
+        out._set_standard_error(fem["combined_standard_error"])
+        return out
+
+    def plot(self, *args, error_band=True, **kwargs):
+        """Plot ``V(k)`` with a shaded ±1 standard-error band.
+
+        With no navigation axis this is HyperSpy's interactive plot plus the band. With
+        navigation axes (thickness bins, methods) all curves are drawn on one matplotlib
+        axes with a legend (labels like ``17.0–18.0 nm (n=812)``).
+
+        Parameters
+        ----------
+        error_band : bool
+            Shade ±1 standard error.
+        *args, **kwargs
+            Passed to HyperSpy's ``plot`` (no navigation axis) or used as ``ax`` (a
+            matplotlib axes to draw on) for several curves.
+
+        Returns
+        -------
+        matplotlib.axes.Axes or None
+        """
+        if self.axes_manager.navigation_dimension == 0:
+            super().plot(*args, **kwargs)
+            if error_band:
+                ax = self._plot.signal_plot.ax
+                self._band(ax, self.data, self._se_or_none(), color="C0")
+                ax.figure.canvas.draw_idle()
+            return None
+        return self.plot_curves(error_band=error_band, **kwargs)
+
+    def _se_or_none(self):
+        try:
+            return self.standard_error
+        except ValueError:
+            return None
+
+    def _band(self, ax, v, se, color):
+        if se is None:
+            return
+        k = self.axes_manager.signal_axes[0].axis
+        ax.fill_between(k, v - se, v + se, color=color, alpha=0.25, lw=0)
+
+    def plot_curves(self, ax=None, error_band=True):
+        """Draw every curve with its error band and a legend on one matplotlib axes.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes or None
+            Axes to draw on; a new figure when None.
+        error_band : bool
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6.4, 4.2))
+        k_axis = self.axes_manager.signal_axes[0]
+        v = self.data.reshape(-1, k_axis.size)
+        se = self._se_or_none()
+        se = None if se is None else se.reshape(v.shape)
+        for i, label in enumerate(self.curve_labels()):
+            color = f"C{i % 10}"
+            ax.plot(k_axis.axis, v[i], color=color, label=label)
+            if error_band and se is not None:
+                self._band(ax, v[i], se[i], color)
+        ax.axhline(0, color="0.6", lw=0.8)
+        units = k_axis.units if k_axis.units and "undefined" not in str(k_axis.units) else ""
+        ax.set_xlabel(f"k ({units})" if units else "k")
+        ax.set_ylabel("V(k)")
+        ax.set_title(self.metadata.General.title)
+        ax.legend(fontsize="small")
+        return ax
 
 
 class LazyFEMVariance1D(LazySignal, FEMVariance1D):
