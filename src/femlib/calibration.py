@@ -38,7 +38,10 @@ def check_center(center):
     ValueError
         If ``center`` is not a finite 2-vector.
     """
-    c = np.asarray(center, dtype=float)
+    try:
+        c = np.array(center, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"center must be 2 numbers (x, y) in pixels, got {center!r}") from None
     if c.shape != (2,):
         raise ValueError(
             f"center must be a 2-vector (x, y) in pixels, got an array of shape {c.shape}"
@@ -68,7 +71,10 @@ def check_affine(affine):
     """
     if affine is None:
         return None
-    a = np.asarray(affine, dtype=float)
+    try:
+        a = np.array(affine, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"affine must be a 3x3 matrix of numbers, got {affine!r}") from None
     if a.shape == (2, 2):
         full = np.eye(3)
         full[:2, :2] = a
@@ -110,7 +116,7 @@ def check_mask(mask, detector_shape, name="mask"):
     data = getattr(mask, "data", mask)
     if hasattr(data, "compute"):
         data = data.compute()
-    m = np.asarray(data)
+    m = np.array(data)  # a copy: later edits of the caller's array must not leak in
     if m.dtype != bool:
         if np.issubdtype(m.dtype, np.integer) and np.isin(m, (0, 1)).all():
             m = m.astype(bool)
@@ -179,7 +185,7 @@ class Calibration:
         if not md.has_item(_AFFINE_KEY):
             return None
         value = md.get_item(_AFFINE_KEY)
-        return None if value is None else np.asarray(value, dtype=float)
+        return None if value is None else np.array(value, dtype=float)
 
     @affine.setter
     def affine(self, value):
@@ -198,7 +204,7 @@ class Calibration:
         if not md.has_item(_MASK_KEY):
             return None
         value = md.get_item(_MASK_KEY)
-        return None if value is None else np.asarray(value, dtype=bool)
+        return None if value is None else np.array(value, dtype=bool)
 
     @mask.setter
     def mask(self, value):
@@ -217,7 +223,10 @@ class Calibration:
 
     @scale.setter
     def scale(self, value):
-        value = float(value)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale must be a positive finite number, got {value!r}") from None
         if not np.isfinite(value) or value <= 0:
             raise ValueError(f"scale must be a positive finite number, got {value}")
         center = self.center
