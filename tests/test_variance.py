@@ -147,13 +147,15 @@ def test_merge_of_halves_equals_whole_and_is_order_free():
         np.testing.assert_allclose(r1["variance"], r2["variance"], rtol=1e-10, atol=1e-15)
 
 
-def test_lazy_chunked_equals_eager():
+def test_lazy_chunked_equals_eager(keep_small_chunks):
     frames = poisson_frames(12 * 17, seed=16).reshape((12, 17) + SHAPE)
     w = weights()
     st = V.frame_states(frames.shape[0] * frames.shape[1]).reshape(12, 17)
     eager = V.estimate(V.accumulate(frames, w, st, pixels=True), w, V.METHODS, G)
     darr = da.from_array(frames, chunks=(5, 4, 48, 24))  # uneven, detector split too
-    lazy = V.estimate(V.accumulate_dask(darr, w, st, pixels=True).compute(), w, V.METHODS, G)
+    delayed = V.accumulate_dask(darr, w, st, pixels=True)
+    assert len(delayed.dask) > 20  # many chunks, merged as a tree
+    lazy = V.estimate(delayed.compute(), w, V.METHODS, G)
     for key in ("variance", "standard_error", "combined"):
         np.testing.assert_allclose(lazy[key], eager[key], rtol=1e-10, atol=1e-16)
 
@@ -221,3 +223,29 @@ def test_r_undefined_rings_warn():
     res = run(frames, w, ("r",), gain=None)
     with pytest.warns(RuntimeWarning, match="undefined"):
         V.warn_undefined(res, w.radial_centers)
+
+
+def test_tiny_chunks_are_merged_and_signal_chunks_made_whole(caplog):
+    import logging
+
+    frames = poisson_frames(12 * 17, seed=16).reshape((12, 17) + SHAPE)
+    darr = da.from_array(frames, chunks=(1, 1, 48, 24))
+    with caplog.at_level(logging.INFO, logger="femlib.integration"):
+        out = I.prepare_chunks(darr)
+    assert out.chunks[-2:] == ((48,), (48,))
+    assert out.numblocks[0] * out.numblocks[1] < 12 * 17
+    assert sum("whole frames" in r.message for r in caplog.records) == 1
+
+
+def test_nonfinite_frames_are_left_out_and_counted():
+    frames = poisson_frames(300, seed=21)
+    bad = frames.copy()
+    bad[[3, 50, 51], 20, 30] = np.nan  # an in-range pixel
+    bad[7, 0, 0] = np.inf  # outside the radial range: harmless
+    w = weights()
+    st = V.frame_states(300)
+    m = V.accumulate(bad, w, st)
+    assert m.n_nonfinite == 3 and m.n_frames == 297
+    keep = np.setdiff1d(np.arange(300), [3, 50, 51])
+    ref = V.accumulate(frames[keep], w, st[keep])
+    np.testing.assert_allclose(m.mean, ref.mean, rtol=1e-12)

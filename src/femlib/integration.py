@@ -37,12 +37,15 @@ __all__ = [
     "integrate",
     "integrate_dask",
     "as_native_frames",
+    "prepare_chunks",
 ]
 
 _log = logging.getLogger(__name__)
 _CACHE = OrderedDict()
 _CACHE_SIZE = 8
 _S_MIN, _S_MAX = 4, 32
+MIN_CHUNK_BYTES = 16 * 2**20
+TARGET_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -459,25 +462,49 @@ def _inverse_area(weights):
     return inv
 
 
-def signal_chunks_whole(darr):
-    """Rechunk a dask array so its last two (detector) dimensions are single chunks.
+def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
+    """Chunk a dask array for streaming: whole frames, and no tiny navigation chunks.
 
     Parameters
     ----------
     darr : dask.array.Array, shape (..., rows, columns)
+    min_chunk_bytes : int or None
+        Navigation chunks smaller than this on average are merged (hundreds of thousands
+        of tiny tasks cost more in scheduling than in reading). Default
+        ``MIN_CHUNK_BYTES`` (16 MiB).
+    target_chunk_bytes : int or None
+        Size aimed at when merging. Default ``TARGET_CHUNK_BYTES`` (64 MiB).
 
     Returns
     -------
     dask.array.Array
-        ``darr`` itself when already so, else a rechunked array (logged once at INFO level).
+        ``darr`` itself when nothing needs changing, else a rechunked array; each change is
+        logged once at INFO level.
     """
-    if all(len(c) == 1 for c in darr.chunks[-2:]):
-        return darr
-    _log.info(
-        "femlib: rechunking the detector dimensions into whole frames (chunks were %s)",
-        darr.chunks[-2:],
-    )
-    return darr.rechunk({darr.ndim - 2: -1, darr.ndim - 1: -1})
+    min_chunk_bytes = MIN_CHUNK_BYTES if min_chunk_bytes is None else min_chunk_bytes
+    target_chunk_bytes = TARGET_CHUNK_BYTES if target_chunk_bytes is None else target_chunk_bytes
+    nav = darr.ndim - 2
+    if any(len(c) > 1 for c in darr.chunks[-2:]):
+        _log.info(
+            "femlib: rechunking the detector dimensions into whole frames (chunks were %s)",
+            darr.chunks[-2:],
+        )
+        darr = darr.rechunk({nav: -1, nav + 1: -1})
+    nblocks = int(np.prod(darr.numblocks[:nav])) if nav else 1
+    mean_bytes = darr.nbytes / max(nblocks, 1)
+    if nav and nblocks > 1 and mean_bytes < min_chunk_bytes:
+        chunks = {i: "auto" for i in range(nav)}
+        chunks.update({nav: -1, nav + 1: -1})
+        merged = darr.rechunk(chunks, block_size_limit=target_chunk_bytes)
+        if int(np.prod(merged.numblocks[:nav])) < nblocks:
+            _log.info(
+                "femlib: merging %d small navigation chunks (%.2g MB each) into %d",
+                nblocks,
+                mean_bytes / 2**20,
+                int(np.prod(merged.numblocks[:nav])),
+            )
+            darr = merged
+    return darr
 
 
 def integrate_dask(darr, weights, mean=False, dtype=np.float64):
@@ -498,7 +525,7 @@ def integrate_dask(darr, weights, mean=False, dtype=np.float64):
     import dask
     import dask.array as da
 
-    darr = signal_chunks_whole(darr)
+    darr = prepare_chunks(darr)
     nav = darr.ndim - 2
     two_d = weights.npt_azim > 1
     new_axes = {nav: weights.npt, nav + 1: weights.npt_azim} if two_d else {nav: weights.npt}

@@ -141,6 +141,8 @@ class Moments:
     pix_mean, pix_m2 : (S, P') ndarray or None
         Per touched pixel mean and centred sum of squares (``VImage`` only).
     n_groups, n_blocks : int
+    n_nonfinite : int
+        Frames left out because a weighted pixel was NaN or infinite.
     """
 
     count: np.ndarray
@@ -150,6 +152,7 @@ class Moments:
     pix_m2: np.ndarray | None
     n_groups: int
     n_blocks: int
+    n_nonfinite: int = 0
 
     @property
     def n_frames(self):
@@ -199,6 +202,8 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     Returns
     -------
     Moments
+        Frames with a NaN or infinite value in a weighted (unmasked, in-range) pixel are
+        left out and counted in ``n_nonfinite``.
     """
     flat = as_native_frames(frames, weights.detector_shape)
     states = np.asarray(states, dtype=np.int64).ravel()
@@ -212,6 +217,11 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
             flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, sums
         )
     ring, q, j = sums
+    # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it.
+    nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
+    n_nonfinite = int((nonfinite & (states >= 0)).sum())
+    if n_nonfinite:
+        states = np.where(nonfinite, -1, states)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(ring > 0, weights.area / ring, np.nan)
     per_frame = np.stack([ring, q, j, j * inv * inv / weights.area, inv], axis=1)
@@ -226,7 +236,7 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     pix_mean = pix_m2 = None
     if pixels:
         _, pix_mean, pix_m2 = _kernels.pixel_moments(flat, weights.touched, states, nstates, True)
-    return Moments(count, mean, m2, pix_mean, pix_m2, n_groups, n_blocks)
+    return Moments(count, mean, m2, pix_mean, pix_m2, n_groups, n_blocks, n_nonfinite)
 
 
 def merge(a, b):
@@ -246,7 +256,7 @@ def merge(a, b):
     pm = pq = None
     if a.pix_mean is not None and b.pix_mean is not None:
         _, pm, pq = _merge_arrays(a.count, a.pix_mean, a.pix_m2, b.count, b.pix_mean, b.pix_m2)
-    return Moments(n, mean, m2, pm, pq, a.n_groups, a.n_blocks)
+    return Moments(n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite)
 
 
 def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
@@ -443,9 +453,9 @@ def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels
     import dask
     import dask.array as da
 
-    from femlib.integration import signal_chunks_whole
+    from femlib.integration import prepare_chunks
 
-    darr = signal_chunks_whole(darr)
+    darr = prepare_chunks(darr)
     nav = darr.ndim - 2
     states = np.asarray(states, dtype=np.int64).reshape(darr.shape[:nav])
     sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()

@@ -424,6 +424,19 @@ class FEMDiffraction2D(Signal2D):
             for b in progressbar(blocks, disable=not show_progressbar, leave=False):
                 part = _variance.accumulate(frames[b], w, states[b], n_groups, pixels=pixels)
                 moments = part if moments is None else _variance.merge(moments, part)
+        if moments.n_nonfinite:
+            warnings.warn(
+                f"{moments.n_nonfinite} pattern(s) with NaN or infinite values in unmasked "
+                "pixels of the radial range were left out (mask those pixels, or exclude the "
+                "positions with navigation_mask)",
+                UserWarning,
+                stacklevel=2,
+            )
+        if moments.n_frames < 2:
+            raise ValueError(
+                f"only {moments.n_frames} usable pattern(s) (after navigation_mask, thickness "
+                f"edges and {moments.n_nonfinite} non-finite): V(k) needs at least 2"
+            )
         res = _variance.estimate(moments, w, methods, gain)
         _variance.warn_undefined(res, w.radial_centers)
         return self._variance_signal(res, w, methods, method, gain, edges)

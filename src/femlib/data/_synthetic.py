@@ -1,0 +1,533 @@
+"""A seeded synthetic 4D-STEM dataset of an amorphous sample, with its ground truth."""
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["synthetic_fem"]
+
+# Mean pattern, as intensity density in electrons per nm^-2 up to the normalisation by the dose
+# (the amplitudes are electrons per pixel per frame at the default dose and scale).
+_DIRECT_BEAM = (400.0, 0.10)  # amplitude, Gaussian sigma (nm^-1)
+_BACKGROUND = ((30.0, 1.5), (9.0, 10.0))  # amplitude, decay length (nm^-1)
+_RINGS = ((2.0, 2.6, 0.30), (12.0, 4.3, 0.35), (4.0, 7.4, 0.50))  # amplitude, k, sigma
+# Structural modulation components: k_j (nm^-1), v_j (variance), w_j (nm^-1).
+_MODULATION = ((3.7, 0.004, 0.30), (4.6, 0.007, 0.35), (7.0, 0.003, 0.50))
+
+_DEFAULT_DOSE = 3.4e5  # electrons per frame over the whole diffraction plane
+_BLACK_LEVEL = 26265.0
+_SLOPE = 440.46  # HAADF counts per nm of thickness
+_MEAN_THICKNESS = 30.0  # nm
+_THICKNESS_GRADIENT = (0.20, 0.02)  # peak-to-peak relative change along scan x, scan y
+_HAADF_NOISE = 0.02  # nm-equivalent standard deviation of the HAADF noise
+_SCAN_STEP = 1.0  # nm
+_BEAM_STOP_RADIUS = 1.3  # nm^-1
+_BEAM_STOP_ARM_WIDTH = 5.0  # pixels
+_BEAM_STOP_ARM_ANGLE = np.deg2rad(115.0)  # from +x toward +y
+_BEAM_STOP_TRANSMISSION = 1e-3
+_N_DEAD_PIXELS = 10
+_SUBPIXELS = 3  # the pattern is averaged over 3x3 samples per pixel
+_CHUNK_BYTES = 48e6  # target size of one lazy chunk
+_DEFAULT_CENTER_SHIFT = (0.87, -0.69)  # true centre minus detector middle, per 128 pixels
+_MIN_DETECTOR = 16
+
+
+def _profile(k):
+    """Relative intensity density of the mean pattern at corrected radius ``k`` (nm^-1)."""
+    k = np.asarray(k, dtype=float)
+    amp, sigma = _DIRECT_BEAM
+    f = amp * np.exp(-(k**2) / (2 * sigma**2))
+    for amp, length in _BACKGROUND:
+        f = f + amp * np.exp(-k / length)
+    for amp, k0, sigma in _RINGS:
+        f = f + amp * np.exp(-((k - k0) ** 2) / (2 * sigma**2))
+    return f
+
+
+def _profile_integral():
+    """``F = ∫ f(k) d²k`` over the whole plane (nm^-2 times the amplitude units), in closed form.
+
+    Uses ``∫_0^∞ 2πk exp(-k/L) dk = 2πL²`` and, for a ring,
+    ``∫_0^∞ 2πk exp(-(k-k0)²/2σ²) dk = 2π[σ² exp(-k0²/2σ²) + k0 σ √(π/2) (1 + erf(k0/(σ√2)))]``.
+    """
+    amp, sigma = _DIRECT_BEAM
+    total = 2 * math.pi * amp * sigma**2
+    for amp, length in _BACKGROUND:
+        total += 2 * math.pi * amp * length**2
+    for amp, k0, sigma in _RINGS:
+        total += (
+            2
+            * math.pi
+            * amp
+            * (
+                sigma**2 * math.exp(-(k0**2) / (2 * sigma**2))
+                + k0 * sigma * math.sqrt(math.pi / 2) * (1 + math.erf(k0 / (sigma * math.sqrt(2))))
+            )
+        )
+    return total
+
+
+def _true_variance(k, components):
+    """``V_true(k) = Σ_j v_j exp(-(k-k_j)²/w_j²)``."""
+    k = np.asarray(k, dtype=float)
+    v = np.zeros_like(k)
+    for kj, vj, wj in components:
+        v += vj * np.exp(-((k - kj) ** 2) / wj**2)
+    return v
+
+
+def _distortion_affine(ellipticity, rotation):
+    """``A = R(θ) · diag(1, 1 + ellipticity) · R(-θ)`` embedded in a 3x3 matrix."""
+    c, s = math.cos(rotation), math.sin(rotation)
+    rot = np.array([[c, -s], [s, c]])
+    a = np.eye(3)
+    a[:2, :2] = rot @ np.diag([1.0, 1.0 + ellipticity]) @ rot.T
+    return a
+
+
+def _corrected_radius(x, y, center, affine, scale):
+    """``|A[:2, :2] · (p - c)| · scale`` for pixel coordinates ``x`` (column), ``y`` (row)."""
+    dx = x - center[0]
+    dy = y - center[1]
+    a = affine[:2, :2]
+    u = a[0, 0] * dx + a[0, 1] * dy
+    v = a[1, 0] * dx + a[1, 1] * dy
+    return np.hypot(u, v) * scale
+
+
+def _beam_stop(detector_shape, center, scale):
+    """Boolean map of the pixels whose centre lies behind the beam stop (disk plus arm)."""
+    ny, nx = detector_shape
+    y, x = np.mgrid[0:ny, 0:nx].astype(float)
+    dx = x - center[0]
+    dy = y - center[1]
+    disk = np.hypot(dx, dy) <= _BEAM_STOP_RADIUS / scale
+    ux, uy = math.cos(_BEAM_STOP_ARM_ANGLE), math.sin(_BEAM_STOP_ARM_ANGLE)
+    along = dx * ux + dy * uy
+    across = -dx * uy + dy * ux
+    arm = (along >= 0) & (np.abs(across) <= _BEAM_STOP_ARM_WIDTH / 2)
+    return disk | arm
+
+
+def _thickness_map(navigation_shape, gradient):
+    """Thickness (nm) per probe position: linear ramps along scan x (±10 %) and y (±1 %)."""
+    ny, nx = navigation_shape
+    if not gradient:
+        return np.full(navigation_shape, _MEAN_THICKNESS)
+    gx, gy = _THICKNESS_GRADIENT
+    fx = np.linspace(-0.5, 0.5, nx) if nx > 1 else np.zeros(1)
+    fy = np.linspace(-0.5, 0.5, ny) if ny > 1 else np.zeros(1)
+    return _MEAN_THICKNESS * (1 + gx * fx[None, :] + gy * fy[:, None])
+
+
+def _simulate_rows(start, stop, base, basis, coefficients, tau, seed, gain, dtype, frame_shape):
+    """Frames of scan rows ``start`` to ``stop``: ``gain · Poisson(λ_n)``.
+
+    Each row draws from its own generator ``default_rng([seed, row])``, so a frame does not
+    depend on how the rows are grouped into chunks.
+    """
+    nx = tau.shape[1]
+    out = np.empty((stop - start, nx) + tuple(frame_shape), dtype=dtype)
+    integer = np.issubdtype(dtype, np.integer)
+    top = np.iinfo(dtype).max if integer else None
+    for i, row in enumerate(range(start, stop)):
+        lam = base[None, :] + coefficients[row] @ basis  # (nx, pixels)
+        lam *= tau[row][:, None]
+        np.maximum(lam, 0.0, out=lam)  # exact zeros stay zeros; guards rounding only
+        counts = np.random.default_rng([seed, row]).poisson(lam)
+        values = gain * counts
+        if integer:
+            values = np.minimum(np.rint(values), top)
+        out[i] = values.reshape((nx,) + tuple(frame_shape))
+    return out
+
+
+def _check_shape(value, name, minimum):
+    try:
+        shape = tuple(int(v) for v in value)
+        ok = len(shape) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+        )
+    except TypeError:
+        ok = False
+    if not ok or min(shape) < minimum:
+        raise ValueError(
+            f"{name} must be a tuple of two integers >= {minimum} (rows, columns), got {value!r}"
+        )
+    return shape
+
+
+def _check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(
+            f"dtype must be a numpy float or integer dtype (e.g. 'float32', 'uint16'), "
+            f"got {dtype!r}"
+        ) from err
+    if dt.kind not in "fiu":
+        raise TypeError(
+            f"dtype must be a numpy float or integer dtype (e.g. 'float32', 'uint16'), got {dt}"
+        )
+    return dt
+
+
+def _check_seed(seed):
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def _rows_per_chunk(chunks, navigation_shape, frame_shape, itemsize):
+    ny, nx = navigation_shape
+    full = (nx,) + tuple(frame_shape)
+    if chunks is None:
+        return int(min(ny, max(1, _CHUNK_BYTES // (np.prod(full) * itemsize))))
+    if isinstance(chunks, numbers.Integral) and not isinstance(chunks, bool):
+        rows = int(chunks)
+    else:
+        try:
+            chunks = tuple(chunks)
+        except TypeError:
+            chunks = None
+        if (
+            chunks is None
+            or len(chunks) != 4
+            or any(c not in (-1, None, f) for c, f in zip(chunks[1:], full, strict=True))
+            or isinstance(chunks[0], bool)
+            or not isinstance(chunks[0], numbers.Integral)
+        ):
+            raise ValueError(
+                "chunks must be None, an int (scan rows per chunk) or a tuple "
+                f"(rows, {nx}, {frame_shape[0]}, {frame_shape[1]}) of whole scan rows, "
+                f"got {chunks!r}"
+            )
+        rows = int(chunks[0])
+    if rows == -1:
+        rows = ny
+    if rows < 1:
+        raise ValueError(f"chunks must give at least one scan row per chunk, got {rows}")
+    return min(rows, ny)
+
+
+def synthetic_fem(
+    navigation_shape=(40, 40),
+    detector_shape=(128, 128),
+    dose=_DEFAULT_DOSE,
+    gain=4.2,
+    ellipticity=0.02,
+    rotation=np.deg2rad(30),
+    center=None,
+    scale=0.14,
+    modulation=True,
+    thickness_gradient=True,
+    seed=0,
+    dtype="float32",
+    lazy=False,
+    chunks=None,
+):
+    r"""Simulate a 4D-STEM FEM dataset of an amorphous film, with its ground truth.
+
+    The patterns have elliptically distorted amorphous rings around an off-centre direct beam
+    hidden by a beam stop, dead pixels, a thickness gradient across the scan, a structural
+    modulation of known normalized variance, and Poisson shot noise times a detector gain.
+    The returned signal's calibration is left at the detector middle (no affine): finding the
+    centre and the distortion is the user's job, the truth is in ``metadata.Simulation``.
+
+    **Model.** Pixel ``p`` (column ``x``, row ``y``) has the corrected radius
+
+    .. math:: k_p = \lVert A_{2\times2} (p - c) \rVert \, s,
+              \qquad A = R(\theta)\,\mathrm{diag}(1, 1 + e)\,R(-\theta),
+
+    with ``c`` the true centre, ``s = scale``, ``e = ellipticity`` and ``θ = rotation`` the
+    direction of the major axis of the ring ellipses (from +x toward +y): ``A`` maps the
+    ellipses onto circles of radius equal to their major semi-axis, so on the detector the
+    minor axis lies along ``θ + 90°``. The mean pattern is the intensity density
+
+    .. math:: f(k) = 400\, e^{-k^2/2(0.1)^2} + 30\, e^{-k/1.5} + 9\, e^{-k/10}
+              + \sum_i a_i\, e^{-(k - k_i)^2 / 2\sigma_i^2},
+
+    rings ``(a_i, k_i, σ_i)`` = (2, 2.6, 0.30), (12, 4.3, 0.35), (4, 7.4, 0.50) (``k`` in
+    nm^-1), normalised so that the whole diffraction plane receives ``dose`` electrons per frame:
+    ``λ0(k) = dose · f(k) / F · s² |det A|`` electrons per pixel, ``F = ∫ f d²k`` (closed form).
+    At the defaults the amplitudes are electrons per pixel per frame: about 20 on the first ring,
+    6 at ``k = 8`` and 2.5 in the detector corners. The structural modulation of frame ``n`` is
+
+    .. math:: \varepsilon_n(k) = \sum_j c_{nj} \sqrt{v_j}\, e^{-(k - k_j)^2 / 2 w_j^2},
+              \qquad c_{nj} \sim \mathcal{U}[-\sqrt3, \sqrt3]
+
+    (unit variance, bounded so that intensities stay positive), with ``(k_j, v_j, w_j)`` =
+    (3.7, 0.004, 0.30), (4.6, 0.007, 0.35), (7.0, 0.003, 0.50); it is radially symmetric in
+    corrected ``k`` and its true normalized variance is
+
+    .. math:: V_\mathrm{true}(k) = \sum_j v_j\, e^{-(k - k_j)^2 / w_j^2}
+
+    (peak 0.0070 at 4.6 nm^-1). The detector image of frame ``n`` is
+
+    .. math:: D_n(p) = G \cdot \mathrm{Poisson}\!\left(\tau_n\, T(p)\, \tfrac19 \sum_{s}
+              \lambda_0(k_s) \left(1 + \varepsilon_n(k_s)\right)\right),
+
+    the inner sum running over 3x3 sub-pixel samples ``s`` of pixel ``p`` (offsets
+    ``-1/3, 0, 1/3`` around the pixel centre; pixel ``i`` covers ``[i - 1/2, i + 1/2]``),
+    ``G = gain`` and ``τ_n = t_n / t̄`` the relative thickness. ``T(p)`` is 1e-3 for the pixels
+    whose centre lies behind the beam stop (a disk of radius 1.3 nm^-1 around the true centre
+    and a 5-pixel-wide arm from the centre to the detector edge at 115° from +x toward +y) and
+    0 for 10 seeded dead pixels outside it. The thickness is ``t̄ = 30`` nm with linear ramps
+    from 0.9 t̄ to 1.1 t̄ across scan x and ±1 % along scan y (mean exactly t̄), and the HAADF
+    signal is ``HAADF_n = black_level + slope · t_n + η_n``, ``η_n ~ N(0, (0.02 slope)²)``
+    (0.02 nm of thickness), with ``black_level = 26265`` and ``slope = 440.46``.
+
+    Note that the whole-scan normalized variance contains the thickness variation too:
+    ``(1 + V_τ)(1 + V_true) - 1`` with ``V_τ`` the normalized variance of ``τ_n`` (3.4e-3 with
+    the gradient); binning by thickness removes it.
+
+    With default parameters ``s.sum()`` is below 10000 exactly on the beam stop and the dead
+    pixels, and above it everywhere else, so ``summed < 10000`` is the detector mask.
+
+    Parameters
+    ----------
+    navigation_shape : tuple of 2 int, default (40, 40)
+        Scan (rows, columns); the scan step is 1 nm.
+    detector_shape : tuple of 2 int, default (128, 128)
+        Detector (rows, columns), each at least 16.
+    dose : float, default 3.4e5
+        Mean number of electrons per frame over the whole diffraction plane, before the beam
+        stop, at the mean thickness. The counts per pixel are proportional to it.
+    gain : float, default 4.2
+        Detector units per electron.
+    ellipticity : float, default 0.02
+        ``major / minor - 1`` of the ring ellipses, in ``[0, 1)``.
+    rotation : float, default ``np.deg2rad(30)``
+        Direction of the major axis (radians, from +x toward +y).
+    center : (x, y) floats or None, default None
+        True centre in pixels. None puts it off the detector middle by (0.87, -0.69) pixels per
+        128 pixels of detector, i.e. (64.37, 62.81) on a 128x128 detector.
+    scale : float, default 0.14
+        Detector pixel size in nm^-1.
+    modulation : bool, default True
+        Add the structural modulation; False gives pure Poisson data (``V_true = 0``).
+    thickness_gradient : bool, default True
+        Ramp the thickness across the scan; False keeps it at ``t̄`` everywhere.
+    seed : int or None, default 0
+        Seed of every random draw; None draws a fresh one (stored in the metadata).
+    dtype : str or numpy dtype, default "float32"
+        A float dtype keeps ``gain · N`` unrounded; an integer dtype rounds it to the nearest
+        integer and saturates at the dtype's maximum.
+    lazy : bool, default False
+        Return a :class:`~femlib.signals.LazyFEMDiffraction2D` computed chunk by chunk, so
+        datasets larger than memory can be made. Its values equal the eager ones.
+    chunks : int or tuple of 4 int or None, default None
+        Lazy only: scan rows per chunk (an int, or ``(rows, nx, ny_det, nx_det)`` with whole
+        scan rows). None aims at about 48 MB per chunk.
+
+    Returns
+    -------
+    FEMDiffraction2D or LazyFEMDiffraction2D
+        Navigation axes ``y``, ``x`` in nm; signal axes ``ky``, ``kx`` in ``nm^-1`` centred on
+        the detector middle. ``metadata.HAADF.intensity`` is the HAADF image (a ``Signal2D``
+        over the scan); ``metadata.Simulation`` holds the ground truth: ``center`` (x, y) px,
+        ``affine`` (3x3), ``ellipticity``, ``rotation``, ``scale``, ``gain``, ``dose``,
+        ``black_level``, ``slope``, ``thickness`` (nm, scan shaped), ``mean_thickness``,
+        ``k`` (nm^-1 grid, step 0.01), ``variance`` (``V_true`` on ``k``),
+        ``modulation_components`` ((J, 3): ``k_j, v_j, w_j``), ``mean_pattern`` (expected
+        electrons per pixel per frame at the mean thickness, ``T · λ0``), ``beam_stop_mask``
+        (bool, detector shaped, dead pixels included), ``dead_pixels`` ((10, 2) x, y),
+        ``modulation``, ``thickness_gradient`` and ``seed``.
+
+    Raises
+    ------
+    ValueError
+        For a bad shape, a non-positive ``dose``, ``gain`` or ``scale``, an ``ellipticity``
+        outside ``[0, 1)``, a centre outside the detector or bad ``chunks``.
+    TypeError
+        For a non-numeric parameter, a dtype that is neither float nor integer, or a seed that
+        is not a non-negative integer.
+
+    References
+    ----------
+    Daulton, Bondi & Kelton, Ultramicroscopy 110 (2010) 1279 (normalized variance);
+    Hwang & Voyles, Microsc. Microanal. 17 (2011) 67 (HAADF thickness).
+
+    Examples
+    --------
+    >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
+    >>> mask = s.sum() < 10000  # doctest: +SKIP
+    >>> s.metadata.Simulation.center  # doctest: +SKIP
+    array([64.37, 62.81])
+    """
+    navigation_shape = _check_shape(navigation_shape, "navigation_shape", 1)
+    detector_shape = _check_shape(detector_shape, "detector_shape", _MIN_DETECTOR)
+    dose = _check_positive(dose, "dose")
+    gain = _check_positive(gain, "gain")
+    scale = _check_positive(scale, "scale")
+    if isinstance(ellipticity, bool) or not isinstance(ellipticity, numbers.Real):
+        raise TypeError(f"ellipticity must be a real number in [0, 1), got {ellipticity!r}")
+    ellipticity = float(ellipticity)
+    if not 0 <= ellipticity < 1:
+        raise ValueError(f"ellipticity must be in [0, 1), got {ellipticity}")
+    if isinstance(rotation, bool) or not isinstance(rotation, numbers.Real):
+        raise TypeError(f"rotation must be a real number (radians), got {rotation!r}")
+    rotation = float(rotation)
+    if not math.isfinite(rotation):
+        raise ValueError(f"rotation must be finite, got {rotation}")
+    dtype = _check_dtype(dtype)
+    seed = _check_seed(seed)
+    ny_det, nx_det = detector_shape
+    if center is None:
+        center = np.array(
+            [
+                (nx_det - 1) / 2 + _DEFAULT_CENTER_SHIFT[0] * nx_det / 128,
+                (ny_det - 1) / 2 + _DEFAULT_CENTER_SHIFT[1] * ny_det / 128,
+            ]
+        )
+    else:
+        try:
+            center = np.asarray(center, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"center must be (x, y) in pixels or None, got {center!r}") from err
+        if center.shape != (2,) or not np.all(np.isfinite(center)):
+            raise ValueError(f"center must be a finite (x, y) pair in pixels, got {center!r}")
+        if not (0 <= center[0] <= nx_det - 1 and 0 <= center[1] <= ny_det - 1):
+            raise ValueError(
+                f"center must lie on the detector, 0 <= x <= {nx_det - 1} and "
+                f"0 <= y <= {ny_det - 1}, got {tuple(center)}"
+            )
+    rows_per_chunk = _rows_per_chunk(chunks, navigation_shape, detector_shape, dtype.itemsize)
+
+    affine = _distortion_affine(ellipticity, rotation)
+    components = np.array(_MODULATION if modulation else [], dtype=float).reshape(-1, 3)
+
+    # Random draws that are small enough to make up front, always in this order so that the
+    # dead pixels and the HAADF noise do not depend on ``modulation``.
+    n_frames = navigation_shape[0] * navigation_shape[1]
+    rng = np.random.default_rng(seed)
+    coefficients = rng.uniform(-math.sqrt(3), math.sqrt(3), size=(n_frames, len(_MODULATION)))
+    haadf_noise = rng.normal(0.0, _HAADF_NOISE * _SLOPE, size=navigation_shape)
+    stop = _beam_stop(detector_shape, center, scale)
+    candidates = np.flatnonzero(~stop)
+    if candidates.size < _N_DEAD_PIXELS:
+        raise ValueError(
+            f"detector_shape {detector_shape} with scale {scale} leaves fewer than "
+            f"{_N_DEAD_PIXELS} pixels outside the beam stop; use a larger detector or scale"
+        )
+    dead = np.sort(rng.choice(candidates, size=_N_DEAD_PIXELS, replace=False))
+    coefficients = coefficients[:, : len(components)]
+
+    # Mean pattern and modulation basis per pixel, averaged over sub-pixel samples.
+    offsets = (np.arange(_SUBPIXELS) - (_SUBPIXELS - 1) / 2) / _SUBPIXELS
+    y = np.arange(ny_det)[:, None, None, None] + offsets[None, None, :, None]
+    x = np.arange(nx_det)[None, :, None, None] + offsets[None, None, None, :]
+    k_sub = _corrected_radius(x, y, center, affine, scale)  # (ny, nx, S, S)
+    pixel_area = scale**2 * abs(np.linalg.det(affine[:2, :2]))
+    lam_sub = dose * pixel_area / _profile_integral() * _profile(k_sub)
+    transmission = np.where(stop, _BEAM_STOP_TRANSMISSION, 1.0).ravel()
+    transmission[dead] = 0.0
+    base = lam_sub.mean(axis=(2, 3)).ravel() * transmission
+    basis = np.empty((len(components), ny_det * nx_det))
+    for j, (kj, vj, wj) in enumerate(components):
+        shape_j = np.sqrt(vj) * np.exp(-((k_sub - kj) ** 2) / (2 * wj**2))
+        basis[j] = (lam_sub * shape_j).mean(axis=(2, 3)).ravel() * transmission
+
+    thickness = _thickness_map(navigation_shape, thickness_gradient)
+    tau = thickness / _MEAN_THICKNESS
+    coefficients = coefficients.reshape(navigation_shape + (len(components),))
+    args = (base, basis, coefficients, tau, seed, gain, dtype, detector_shape)
+
+    ny, nx = navigation_shape
+    if lazy:
+        import dask.array as da
+
+        def block(block_info=None):
+            (start, stop_), *_ = block_info[None]["array-location"]
+            return _simulate_rows(start, stop_, *args)
+
+        row_chunks = (rows_per_chunk,) * (ny // rows_per_chunk)
+        if ny % rows_per_chunk:
+            row_chunks += (ny % rows_per_chunk,)
+        data = da.map_blocks(
+            block,
+            chunks=(row_chunks, (nx,), (ny_det,), (nx_det,)),
+            dtype=dtype,
+            meta=np.empty((0, 0, 0, 0), dtype=dtype),
+            name=f"femlib-synthetic-{seed}-" + da.core.tokenize(args),
+        )
+    else:
+        data = _simulate_rows(0, ny, *args)
+
+    from hyperspy.signals import Signal2D
+
+    from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
+
+    nav_axes = [
+        {"name": name, "size": size, "scale": _SCAN_STEP, "offset": 0.0, "units": "nm"}
+        for name, size in zip(("y", "x"), navigation_shape, strict=True)
+    ]
+    sig_axes = [
+        {"name": name, "size": size, "scale": scale, "offset": -(size - 1) / 2 * scale,
+         "units": "nm^-1"}
+        for name, size in zip(("ky", "kx"), detector_shape, strict=True)
+    ]
+    for ax in nav_axes:
+        ax["navigate"] = True
+    for ax in sig_axes:
+        ax["navigate"] = False
+    cls = LazyFEMDiffraction2D if lazy else FEMDiffraction2D
+    s = cls(data, axes=nav_axes + sig_axes)
+    s.metadata.General.title = f"Synthetic FEM (seed {seed})"
+    s.metadata.Signal.quantity = "Intensity (detector units)"
+
+    haadf = Signal2D(
+        _BLACK_LEVEL + _SLOPE * thickness + haadf_noise,
+        axes=[dict(ax, navigate=False) for ax in nav_axes],
+    )
+    haadf.metadata.General.title = "HAADF"
+    s.metadata.set_item("HAADF.intensity", haadf)
+
+    k_max = _corrected_radius(
+        np.array([0.0, nx_det - 1, 0.0, nx_det - 1]),
+        np.array([0.0, 0.0, ny_det - 1, ny_det - 1]),
+        center,
+        affine,
+        scale,
+    ).max()
+    k_grid = np.round(np.arange(int(math.ceil(k_max * 100)) + 1) * 0.01, 10)
+    mask = stop.ravel().copy()
+    mask[dead] = True
+    dead_yx = np.unravel_index(dead, detector_shape)
+    truth = {
+        "center": center.copy(),
+        "affine": affine,
+        "ellipticity": ellipticity,
+        "rotation": rotation,
+        "scale": scale,
+        "gain": gain,
+        "dose": dose,
+        "black_level": _BLACK_LEVEL,
+        "slope": _SLOPE,
+        "thickness": thickness,
+        "mean_thickness": _MEAN_THICKNESS,
+        "k": k_grid,
+        "variance": _true_variance(k_grid, components),
+        "modulation_components": components,
+        "mean_pattern": base.reshape(detector_shape),
+        "beam_stop_mask": mask.reshape(detector_shape),
+        "dead_pixels": np.stack([dead_yx[1], dead_yx[0]], axis=1),
+        "modulation": bool(modulation),
+        "thickness_gradient": bool(thickness_gradient),
+        "seed": seed,
+    }
+    for key, value in truth.items():
+        s.metadata.set_item(f"Simulation.{key}", value)
+    return s
