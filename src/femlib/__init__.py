@@ -12,6 +12,23 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from femlib import calibration, data, signals  # noqa: E402
+from femlib import (  # noqa: E402
+    calibration,
+    data,
+    ellipse,
+    integration,
+    signals,
+    thickness,
+    variance,
+)
 
-__all__ = ["__version__", "calibration", "data", "signals"]
+__all__ = [
+    "__version__",
+    "calibration",
+    "data",
+    "ellipse",
+    "integration",
+    "signals",
+    "thickness",
+    "variance",
+]

@@ -470,8 +470,8 @@ def fit_ellipse_ransac(
     Each trial fits :func:`fit_ellipse` to 5 random points and counts the inliers
     (``|ellipse_residuals| < residual_threshold``); the model with most inliers wins (ties:
     smallest sum of squared inlier residuals). The number of trials adapts to the inlier
-    fraction found so far. The winner is refitted to its inliers, the inliers recomputed and
-    the fit repeated once more.
+    fraction found so far. The winner is refitted to its inliers, and the refit repeated with
+    the inliers of the new model until they no longer change (at most 3 times).
 
     Parameters
     ----------
@@ -590,13 +590,15 @@ def fit_ellipse_ransac(
             "); try a larger residual_threshold or max_trials, or guess_starting_params=False"
         )
     inlier = best_inlier
-    for _ in range(2):
+    for _ in range(3):
         params = _direct_fit(p[inlier])
         new_inlier = np.abs(ellipse_residuals(p, params)) < residual_threshold
         if new_inlier.sum() < _MIN_POINTS or np.array_equal(new_inlier, inlier):
             break
         inlier = new_inlier
-    return params, inlier
+    # report the inliers of the returned model
+    final = np.abs(ellipse_residuals(p, params)) < residual_threshold
+    return params, final if final.sum() >= _MIN_POINTS else inlier
 
 
 # --------------------------------------------------------------------------- determine
@@ -1047,7 +1049,8 @@ def refine_center_affine(
     width = _check_peak_width(peak_width, r0, r1, factor)
     if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    ratio = affine_to_ellipse(affine)[0] if affine is not None else 1.0
+    sv = np.linalg.svd(affine[:2, :2], compute_uv=False)
+    ratio = sv[0] / sv[1]
     for _ in range(int(max_iter)):
         phi, radius = _peak_radii(image, bad, center, affine, r0, r1, n_azimuth, width)
         ok = np.isfinite(radius)
