@@ -16,6 +16,7 @@ _RINGS = ((2.0, 2.6, 0.30), (12.0, 4.3, 0.35), (4.0, 7.4, 0.50))  # amplitude, k
 _MODULATION = ((3.7, 0.004, 0.30), (4.6, 0.007, 0.35), (7.0, 0.003, 0.50))
 
 _DEFAULT_DOSE = 3.4e5  # electrons per frame over the whole diffraction plane
+_DEFAULT_ROTATION = float(np.deg2rad(30.0))  # radians
 _BLACK_LEVEL = 26265.0
 _SLOPE = 440.46  # HAADF counts per nm of thickness
 _MEAN_THICKNESS = 30.0  # nm
@@ -125,37 +126,44 @@ def _simulate_rows(start, stop, base, basis, coefficients, tau, seed, gain, dtyp
     """Frames of scan rows ``start`` to ``stop``: ``gain · Poisson(λ_n)``.
 
     Each row draws from its own generator ``default_rng([seed, row])``, so a frame does not
-    depend on how the rows are grouped into chunks.
+    depend on how the rows are grouped into chunks. Within a row the frames are drawn a few at a
+    time to bound the float64 temporaries (about 8 MB); a ``Generator`` consumes its stream
+    sequentially, so this gives the same numbers as one draw for the whole row.
     """
     nx = tau.shape[1]
-    out = np.empty((stop - start, nx) + tuple(frame_shape), dtype=dtype)
+    npix = base.size
+    out = np.empty((stop - start, nx, npix), dtype=dtype)
     integer = np.issubdtype(dtype, np.integer)
     top = np.iinfo(dtype).max if integer else None
+    step = max(1, 2**20 // npix)
     for i, row in enumerate(range(start, stop)):
-        lam = base[None, :] + coefficients[row] @ basis  # (nx, pixels)
-        lam *= tau[row][:, None]
-        np.maximum(lam, 0.0, out=lam)  # exact zeros stay zeros; guards rounding only
-        counts = np.random.default_rng([seed, row]).poisson(lam)
-        values = gain * counts
-        if integer:
-            values = np.minimum(np.rint(values), top)
-        out[i] = values.reshape((nx,) + tuple(frame_shape))
-    return out
+        rng = np.random.default_rng([seed, row])
+        for j in range(0, nx, step):
+            cols = slice(j, min(j + step, nx))
+            lam = base[None, :] + coefficients[row, cols] @ basis  # (frames, pixels)
+            lam *= tau[row, cols, None]
+            np.maximum(lam, 0.0, out=lam)  # exact zeros stay zeros; guards rounding only
+            values = gain * rng.poisson(lam)
+            if integer:
+                values = np.minimum(np.rint(values), top)
+            out[i, cols] = values
+    return out.reshape((stop - start, nx) + tuple(frame_shape))
 
 
 def _check_shape(value, name, minimum):
     try:
-        shape = tuple(int(v) for v in value)
-        ok = len(shape) == 2 and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
-        )
+        shape = tuple(value)
     except TypeError:
-        ok = False
-    if not ok or min(shape) < minimum:
+        shape = ()
+    if not (
+        len(shape) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape)
+        and min(shape) >= minimum
+    ):
         raise ValueError(
             f"{name} must be a tuple of two integers >= {minimum} (rows, columns), got {value!r}"
         )
-    return shape
+    return tuple(int(v) for v in shape)
 
 
 def _check_positive(value, name):
@@ -228,7 +236,7 @@ def synthetic_fem(
     dose=_DEFAULT_DOSE,
     gain=4.2,
     ellipticity=0.02,
-    rotation=np.deg2rad(30),
+    rotation=_DEFAULT_ROTATION,
     center=None,
     scale=0.14,
     modulation=True,
@@ -282,16 +290,17 @@ def synthetic_fem(
     the inner sum running over 3x3 sub-pixel samples ``s`` of pixel ``p`` (offsets
     ``-1/3, 0, 1/3`` around the pixel centre; pixel ``i`` covers ``[i - 1/2, i + 1/2]``),
     ``G = gain`` and ``τ_n = t_n / t̄`` the relative thickness. ``T(p)`` is 1e-3 for the pixels
-    whose centre lies behind the beam stop (a disk of radius 1.3 nm^-1 around the true centre
-    and a 5-pixel-wide arm from the centre to the detector edge at 115° from +x toward +y) and
-    0 for 10 seeded dead pixels outside it. The thickness is ``t̄ = 30`` nm with linear ramps
-    from 0.9 t̄ to 1.1 t̄ across scan x and ±1 % along scan y (mean exactly t̄), and the HAADF
-    signal is ``HAADF_n = black_level + slope · t_n + η_n``, ``η_n ~ N(0, (0.02 slope)²)``
-    (0.02 nm of thickness), with ``black_level = 26265`` and ``slope = 440.46``.
+    whose centre lies behind the beam stop (a disk of radius ``1.3 / s`` pixels around the true
+    centre, measured on the detector, and a 5-pixel-wide arm from the centre to the detector
+    edge at 115° from +x toward +y), 0 for 10 seeded dead pixels outside it and 1 elsewhere.
+    The thickness is ``t̄ = 30`` nm with linear ramps from 0.9 t̄ to 1.1 t̄ across scan x and
+    ±1 % along scan y (mean exactly t̄), and the HAADF signal is
+    ``HAADF_n = black_level + slope · t_n + η_n``, ``η_n ~ N(0, (0.02 slope)²)`` (0.02 nm of
+    thickness), with ``black_level = 26265`` and ``slope = 440.46``.
 
     Note that the whole-scan normalized variance contains the thickness variation too:
-    ``(1 + V_τ)(1 + V_true) - 1`` with ``V_τ`` the normalized variance of ``τ_n`` (3.4e-3 with
-    the gradient); binning by thickness removes it.
+    ``(1 + V_τ)(1 + V_true) - 1`` with ``V_τ`` the normalized variance of ``τ_n`` (3.5e-3 with
+    the default gradient); binning by thickness removes it.
 
     With default parameters ``s.sum()`` is below 10000 exactly on the beam stop and the dead
     pixels, and above it everywhere else, so ``summed < 10000`` is the detector mask.
@@ -448,6 +457,7 @@ def synthetic_fem(
     ny, nx = navigation_shape
     if lazy:
         import dask.array as da
+        from dask.base import tokenize
 
         def block(block_info=None):
             (start, stop_), *_ = block_info[None]["array-location"]
@@ -461,7 +471,7 @@ def synthetic_fem(
             chunks=(row_chunks, (nx,), (ny_det,), (nx_det,)),
             dtype=dtype,
             meta=np.empty((0, 0, 0, 0), dtype=dtype),
-            name=f"femlib-synthetic-{seed}-" + da.core.tokenize(args),
+            name="femlib-synthetic-" + tokenize(args, rows_per_chunk),
         )
     else:
         data = _simulate_rows(0, ny, *args)
@@ -475,8 +485,13 @@ def synthetic_fem(
         for name, size in zip(("y", "x"), navigation_shape, strict=True)
     ]
     sig_axes = [
-        {"name": name, "size": size, "scale": scale, "offset": -(size - 1) / 2 * scale,
-         "units": "nm^-1"}
+        {
+            "name": name,
+            "size": size,
+            "scale": scale,
+            "offset": -(size - 1) / 2 * scale,
+            "units": "nm^-1",
+        }
         for name, size in zip(("ky", "kx"), detector_shape, strict=True)
     ]
     for ax in nav_axes:
