@@ -390,7 +390,8 @@ def estimate(moments, weights, methods=("Omega",), gain=None):
     se = _jackknife_se(vj, present)
     # Combined over used groups, weighted by frame counts (leave-one-out counts likewise).
     wfull = np.where(used, counts, 0.0)
-    comb = np.tensordot(wfull, v, axes=(0, 0)) / wfull.sum()
+    v_used = np.where(used[:, None, None], v, 0.0)  # unused groups hold NaN, weight 0
+    comb = np.tensordot(wfull, v_used, axes=(0, 0)) / wfull.sum()
     wloo = np.where(used[:, None], counts[:, None] - count, 0.0)  # (G, B)
     comb_j = np.einsum("gb,gbmk->bmk", wloo, np.nan_to_num(vj)) / wloo.sum(0)[:, None, None]
     comb_se = _jackknife_se(comb_j[None], present.any(0)[None])[0]
