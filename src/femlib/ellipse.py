@@ -28,6 +28,8 @@ Conventions
   is what ``s.calibration.affine`` and the integration engine expect. ``A`` is the
   identity for a circle.
 
+The fits are the direct least-squares fit [1]_ in its numerically stable form [2]_, and
+random sample consensus [3]_ with residuals measured by the Sampson distance [4]_.
 The module is pure: numpy, scipy and (lazily, for markers only) ``hyperspy.api``.
 
 References
@@ -316,7 +318,7 @@ def ellipse_points(params, num=360):
 def ellipse_residuals(pos, params):
     """Approximate signed geometric distance of points from an ellipse.
 
-    The first-order (Sampson) distance [4]_ of the corrected radius
+    The first-order (Sampson) distance of the corrected radius
     ``f(p) = |A (p - c)|``: ``d = (f - a) / |grad f|``, with ``A`` from
     :func:`ellipse_to_affine` and ``a`` the major semi-axis. Exact on the axes of the
     ellipse and accurate to first order in ``d`` elsewhere.
@@ -465,7 +467,7 @@ def fit_ellipse_ransac(
     axis_bounds=(0.5, 2.0),
     min_inliers=None,
 ):
-    """Robust ellipse fit by random sample consensus (RANSAC) [3]_.
+    """Robust ellipse fit by random sample consensus (RANSAC).
 
     Each trial fits :func:`fit_ellipse` to 5 random points and counts the inliers
     (``|ellipse_residuals| < residual_threshold``); the model with most inliers wins (ties:

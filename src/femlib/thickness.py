@@ -55,8 +55,14 @@ def thickness_from_haadf(haadf, black_level, slope):
     >>> thickness_from_haadf(np.array([26265.0, 26705.46]), 26265, 440.46)
     array([0., 1.])
     """
-    slope = float(slope)
-    black_level = float(black_level)
+    try:
+        slope = float(slope)
+    except (TypeError, ValueError):
+        raise ValueError(f"slope must be a number (HAADF units per nm), got {slope!r}") from None
+    try:
+        black_level = float(black_level)
+    except (TypeError, ValueError):
+        raise ValueError(f"black_level must be a number, got {black_level!r}") from None
     if not np.isfinite(slope) or slope == 0:
         raise ValueError(
             f"slope must be a finite non-zero number (HAADF units per nm), got {slope}"

@@ -222,9 +222,9 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     n_nonfinite = int((nonfinite & (states >= 0)).sum())
     if n_nonfinite:
         states = np.where(nonfinite, -1, states)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = np.where(ring > 0, weights.area / ring, np.nan)
-    per_frame = np.stack([ring, q, j, j * inv * inv / weights.area, inv], axis=1)
+        per_frame = np.stack([ring, q, j, j * inv * inv / weights.area, inv], axis=1)
 
     count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
     mean = np.zeros((nstates, 5, k))
@@ -417,8 +417,11 @@ def _jackknife_se(vj, present):
 
 
 def warn_undefined(result, radial_centers):
-    """Warn about NaN values in an estimate (e.g. ``r`` where a ring has zero counts)."""
-    bad = ~np.isfinite(result["variance"])
+    """Warn about NaN values in an estimate (e.g. ``r`` where a ring has zero counts).
+
+    Groups left out for having fewer than two frames are not looked at.
+    """
+    bad = ~np.isfinite(result["variance"][result["used_groups"]])
     if bad.any():
         k = np.unique(np.nonzero(bad)[-1])
         warnings.warn(
@@ -436,7 +439,7 @@ def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels
 
     Parameters
     ----------
-    darr : dask.array.Array, shape (*nav, rows, columns)
+    darr : dask.array.Array, shape (..., rows, columns)
         Frames; detector dimensions are rechunked whole if needed.
     weights : femlib.integration.AzimuthalWeights
         Embedded once in the graph and shared by every task.

@@ -100,6 +100,14 @@ class FEMDiffraction2D(Signal2D):
         blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
         for b in progressbar(blocks, disable=not show_progressbar, leave=False):
             out[b] = integration.integrate(frames[b], weights, mean=mean, dtype=dtype)
+        bad = ~np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
+        if bad.any():
+            warnings.warn(
+                f"{int(bad.sum())} pattern(s) have NaN or infinite values in unmasked pixels; "
+                "the bins they touch are NaN/inf in the result (mask those pixels)",
+                UserWarning,
+                stacklevel=3,
+            )
         return out.reshape(nav + tail)
 
     def _replace_with(self, result):
@@ -318,6 +326,15 @@ class FEMDiffraction2D(Signal2D):
         index, edges = self._thickness_groups(thickness, bins)
         flat_index = index.ravel()
         frames = self.data.reshape((-1,) + self.data.shape[-2:])
+        counts = np.bincount(flat_index[flat_index >= 0], minlength=edges.size - 1)
+        labels = _thickness.bin_labels(edges, counts)
+        if (counts == 0).any():
+            warnings.warn(
+                "empty thickness bin(s), returned with no position: "
+                + ", ".join(lab for lab, n in zip(labels, counts, strict=True) if n == 0),
+                UserWarning,
+                stacklevel=2,
+            )
         out = []
         for b in range(edges.size - 1):
             sel = np.flatnonzero(flat_index == b)

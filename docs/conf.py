@@ -1,0 +1,212 @@
+"""Sphinx configuration of the femlib documentation.
+
+Build (offline, warnings are errors)::
+
+    python -m sphinx -W -b html docs docs/_build/html
+
+Nothing here needs the network: there are no intersphinx inventories, the gallery examples
+must run on local data, and MathJax is only fetched by the reader's browser.
+"""
+
+import importlib
+import os
+import re
+from pathlib import Path
+
+# Plots are rendered to files: never open a window, whatever the caller's environment.
+os.environ["MPLBACKEND"] = "Agg"
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg", force=True)
+
+from sphinx.util import logging as sphinx_logging  # noqa: E402
+
+import femlib  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parent / "examples"
+
+# -- Project -------------------------------------------------------------------------------
+project = "femlib"
+author = "femlib developers"
+copyright = "femlib developers"  # noqa: A001 - Sphinx's name
+release = femlib.__version__
+version = ".".join(release.split(".")[:2])
+
+# -- General -------------------------------------------------------------------------------
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+    "matplotlib.sphinxext.plot_directive",
+]
+# sphinx.ext.intersphinx is deliberately not enabled: the build must run offline.
+
+templates_path = ["_templates"]
+# Only .rst files are sources. The gallery pages sphinx-gallery writes into auto_examples/
+# are sources (never exclude them); the .py, .ipynb and .zip files beside them are not.
+exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+source_suffix = {".rst": "restructuredtext"}
+root_doc = "index"
+language = "en"
+default_role = "literal"  # `x` renders as code, never as an unresolved cross-reference
+pygments_style = "sphinx"
+add_module_names = False
+nitpicky = False
+
+# -- autodoc / autosummary -----------------------------------------------------------------
+autosummary_generate = True  # stubs go to docs/api/generated (the :toctree: of api.rst)
+autosummary_generate_overwrite = True
+autosummary_imported_members = False
+autosummary_ignore_module_all = False
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "none"
+autoclass_content = "class"
+autodoc_inherit_docstrings = False  # never show HyperSpy's docstrings as femlib's
+
+# -- numpydoc ------------------------------------------------------------------------------
+numpydoc_show_class_members = False  # the class template lists only femlib's own members
+numpydoc_show_inherited_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_attributes_as_param_list = True
+numpydoc_validation_checks = set()
+# Cross-reference parameter types, but only the names below: everything else in a type
+# ("(N, 2) ndarray of float", "bool or None") stays plain text, so nothing can dangle.
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = "all"
+_XREF = {
+    "Calibration": "femlib.calibration.Calibration",
+    "AzimuthalWeights": "femlib.integration.AzimuthalWeights",
+    "Moments": "femlib.variance.Moments",
+    "EllipseFitError": "femlib.ellipse.EllipseFitError",
+    "FEMDiffraction2D": "femlib.signals.FEMDiffraction2D",
+    "LazyFEMDiffraction2D": "femlib.signals.LazyFEMDiffraction2D",
+    "FEMPolar2D": "femlib.signals.FEMPolar2D",
+    "LazyFEMPolar2D": "femlib.signals.LazyFEMPolar2D",
+    "FEMVariance1D": "femlib.signals.FEMVariance1D",
+    "LazyFEMVariance1D": "femlib.signals.LazyFEMVariance1D",
+}
+numpydoc_xref_aliases = {**_XREF, **{v: v for v in _XREF.values()}}  # short and full names
+
+# -- matplotlib plot directive (figures drawn at build time) -------------------------------
+plot_include_source = False
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 120)]
+plot_pre_code = "import numpy as np\nimport matplotlib.pyplot as plt\n"
+plot_rcparams = {"figure.autolayout": False, "savefig.bbox": "tight"}
+plot_apply_rcparams = True
+
+# -- sphinx-gallery ------------------------------------------------------------------------
+if not (EXAMPLES / "README.rst").is_file():
+    raise RuntimeError(
+        f"the gallery needs {EXAMPLES / 'README.rst'} (and one README.rst per example "
+        "folder); the documentation is built from a full checkout of the repository"
+    )
+
+sphinx_gallery_conf = {
+    "examples_dirs": ["../examples"],
+    "gallery_dirs": ["auto_examples"],
+    "filename_pattern": r"/",  # execute every example
+    "within_subsection_order": "FileNameSortKey",
+    "doc_module": ("femlib",),
+    "backreferences_dir": "api/generated/backreferences",
+    "matplotlib_animations": False,
+    "abort_on_example_error": True,
+    "only_warn_on_example_error": False,
+    "image_scrapers": ("matplotlib",),
+    "remove_config_comments": True,
+    "show_memory": False,
+    "plot_gallery": "True",
+}
+
+# Examples run inside the build: keep their output free of progress bars.
+try:
+    from hyperspy.defaults_parser import preferences as _hs_preferences
+
+    _hs_preferences.General.show_progressbar = False
+except Exception:  # pragma: no cover - HyperSpy layout changed; progress bars are cosmetic
+    pass
+
+# -- HTML ----------------------------------------------------------------------------------
+try:
+    import pydata_sphinx_theme  # noqa: F401
+
+    html_theme = "pydata_sphinx_theme"
+    html_theme_options = {
+        "navigation_with_keys": False,
+        "show_toc_level": 2,
+        "navbar_align": "left",
+        "secondary_sidebar_items": ["page-toc"],
+        "footer_start": ["copyright"],
+        "footer_end": ["sphinx-version"],
+    }
+except ImportError:  # fall back to Sphinx's bundled theme
+    html_theme = "alabaster"
+    html_theme_options = {}
+html_title = f"femlib {release}"
+html_show_sourcelink = False
+html_static_path = []
+
+# -- Coverage check: every public name of femlib is listed in api.rst ----------------------
+_API_MODULES = (
+    "femlib.calibration",
+    "femlib.integration",
+    "femlib.variance",
+    "femlib.thickness",
+    "femlib.ellipse",
+    "femlib.signals",
+    "femlib.data",
+)
+
+
+def _public_names(modname):
+    mod = importlib.import_module(modname)
+    names = getattr(mod, "__all__", None)
+    if names is None:  # no __all__: the public callables defined in the module itself
+        names = [
+            n
+            for n, obj in vars(mod).items()
+            if not n.startswith("_")
+            and callable(obj)
+            and getattr(obj, "__module__", "").startswith(modname)
+        ]
+    return sorted(names)
+
+
+def _check_api_coverage(app):
+    """Warn (an error under -W) for a public name that api.rst does not list."""
+    logger = sphinx_logging.getLogger("femlib.docs")
+    text = (Path(app.srcdir) / "api.rst").read_text(encoding="utf-8")
+    listed = set()
+    module = None
+    for line in text.splitlines():
+        m = re.match(r"\s*\.\. currentmodule:: (\S+)", line)
+        if m:
+            module = m.group(1)
+            continue
+        m = re.match(r"\s{3,}(~?[A-Za-z_][\w.]*)\s*$", line)
+        if m and module:
+            listed.add(f"{module}.{m.group(1).lstrip('~')}")
+    for modname in _API_MODULES:
+        for name in _public_names(modname):
+            if f"{modname}.{name}" not in listed:
+                logger.warning("api.rst does not list the public name %s.%s", modname, name)
+
+
+def _local_xrefs_only(app, config):
+    """Drop numpydoc's default type links (to Python's and NumPy's inventories).
+
+    numpydoc adds them to ``numpydoc_xref_aliases_complete`` when the configuration is
+    read; without intersphinx every one of them would be an unresolved reference.
+    """
+    config.numpydoc_xref_aliases_complete = dict(config.numpydoc_xref_aliases)
+
+
+def setup(app):
+    app.connect("config-inited", _local_xrefs_only, priority=900)  # after numpydoc's own
+    app.connect("builder-inited", _check_api_coverage)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
