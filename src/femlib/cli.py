@@ -182,8 +182,11 @@ def run_fem(args):
         threshold = 0.05 * float(np.median(summed.data))
     mask = summed.data < threshold
 
-    center, affine, params, pos = femlib.ellipse.determine_ellipse(
-        summed.data, mask=mask, num_points=args.num_points, return_params=True
+    # RANSAC keeps the ring with most points (the bright rim around a beam stop can hold
+    # many of the brightest pixels too); refining then removes the pixel-picking bias.
+    center, affine, params, pos, _ = femlib.ellipse.determine_ellipse(
+        summed.data, mask=mask, num_points=args.num_points, return_params=True,
+        use_ransac=True,
     )
     ring = float(params[2])
     center, affine = femlib.ellipse.refine_center_affine(
@@ -276,7 +279,7 @@ def _write_csv(path, var):
             names += [f"V[{tag}]", f"se[{tag}]"]
     header = ",".join(f'"{n}"' if "," in n else n for n in names)
     np.savetxt(path, np.column_stack(cols), delimiter=",", header=header, comments="",
-               fmt="%.10g")
+               fmt="%.10g", encoding="utf-8")
 
 
 def _figures(out, summed, mask, params, pos, polar, curve, per_bin):

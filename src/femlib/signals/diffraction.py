@@ -391,6 +391,7 @@ class FEMDiffraction2D(Signal2D):
             Signal axis ``Radius``. Navigation axes: ``Thickness`` (bin centres, nm) when
             binned, ``Method`` when several methods are asked for. ``metadata.FEM`` holds
             ``method``, ``gain``, ``npt``, ``radial_range``, ``number_of_patterns``,
+            ``Calibration`` (the centre and affine used),
             ``standard_error`` (jackknife, shape of the data) and, when binned,
             ``thickness_edges``, ``counts``, ``labels``, ``combined`` and
             ``combined_standard_error`` (frame-weighted mean over the bins; also
@@ -467,6 +468,10 @@ class FEMDiffraction2D(Signal2D):
             "npt": w.npt,
             "radial_range": tuple(float(x) for x in w.radial_edges[[0, -1]]),
             "number_of_patterns": int(res["counts"][res["used_groups"]].sum()),
+            "Calibration": {
+                "center": self.calibration.center,
+                "affine": np.eye(3) if self.calibration.affine is None else self.calibration.affine,
+            },
         }
         v, se = res["variance"], res["standard_error"]  # (G, M, K)
         axes = []
