@@ -225,7 +225,8 @@ def run_fem(args):
 
     _write_csv(out / "variance.csv", var)
     var.save(out / "variance.hspy", overwrite=True)
-    _figures(out, summed.data, mask, params, pos, polar, main_curve, var if bins else None)
+    _figures(out, summed.data, mask, params, pos, polar, main_curve, var if bins else None,
+             truth if synthetic else None)
 
     k = main_curve.axes_manager.signal_axes[0].axis
     v0 = main_curve.data.reshape(-1, k.size)[0]
@@ -282,7 +283,7 @@ def _write_csv(path, var):
                fmt="%.10g", encoding="utf-8")
 
 
-def _figures(out, summed, mask, params, pos, polar, curve, per_bin):
+def _figures(out, summed, mask, params, pos, polar, curve, per_bin, truth=None):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse
 
@@ -309,6 +310,11 @@ def _figures(out, summed, mask, params, pos, polar, curve, per_bin):
     plt.close(fig)
 
     ax = curve.plot_curves()
+    if truth is not None:
+        k = curve.axes_manager.signal_axes[0].axis
+        sel = (truth["k"] >= k[0]) & (truth["k"] <= k[-1])
+        ax.plot(truth["k"][sel], truth["variance"][sel], "k--", lw=1, label="true V(k)")
+        ax.legend(fontsize="small")
     ax.figure.savefig(out / "variance.png", dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
     if per_bin is not None:
