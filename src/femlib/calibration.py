@@ -47,7 +47,7 @@ def check_center(center):
             f"center must be a 2-vector (x, y) in pixels, got an array of shape {c.shape}"
         )
     if not np.all(np.isfinite(c)):
-        raise ValueError(f"center must be finite, got {tuple(c)}")
+        raise ValueError(f"center must be finite, got {tuple(c.tolist())}")
     return c
 
 

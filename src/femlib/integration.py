@@ -44,6 +44,8 @@ _log = logging.getLogger(__name__)
 _CACHE = OrderedDict()
 _CACHE_SIZE = 8
 _S_MIN, _S_MAX = 4, 32
+# Above this many bins the bin-major kernel is used (measured: benchmarks/README.md).
+_BIN_MAJOR_ABOVE = 2048
 MIN_CHUNK_BYTES = 16 * 2**20
 TARGET_CHUNK_BYTES = 64 * 2**20
 
@@ -212,10 +214,10 @@ def _check_range(value, name, lo, hi, what):
     if r.shape != (2,) or not np.all(np.isfinite(r)):
         raise ValueError(f"{name} must be a pair of finite numbers (start, stop), got {value!r}")
     if r[1] <= r[0]:
-        raise ValueError(f"{name} must be increasing (start < stop), got {tuple(r)}")
+        raise ValueError(f"{name} must be increasing (start < stop), got {tuple(r.tolist())}")
     if r[0] < lo - 1e-12 or r[1] > hi + 1e-12:
         raise ValueError(
-            f"{name} {tuple(r)} lies outside the {what} [{lo:.6g}, {hi:.6g}]"
+            f"{name} {tuple(r.tolist())} lies outside the {what} [{lo:.6g}, {hi:.6g}]"
         )
     return float(r[0]), float(r[1])
 
@@ -285,7 +287,7 @@ def build_weights(
     affine = check_affine(affine)
     sc = np.broadcast_to(np.asarray(scale, dtype=float), (2,)).copy()
     if not np.all(np.isfinite(sc)) or np.any(sc == 0):
-        raise ValueError(f"scale must be finite and non-zero, got {tuple(sc)}")
+        raise ValueError(f"scale must be finite and non-zero, got {tuple(sc.tolist())}")
     npt = _check_npt(npt, "npt")
     npt_azim = _check_npt(npt_azim, "npt_azim")
     rmax = _max_radius(shape, center, affine, sc)
@@ -411,15 +413,20 @@ def as_native_frames(data, detector_shape):
         )
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"frames must be real numbers, got dtype {arr.dtype}")
+    _check_dtype(arr.dtype)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = arr.reshape(-1, arr.shape[-2] * arr.shape[-1])
     return np.ascontiguousarray(arr)
 
 
-def integrate(frames, weights, mean=False, dtype=np.float64):
+def _check_dtype(dtype):
+    kind = np.dtype(dtype).kind
+    if kind not in "biuf":
+        raise TypeError(f"frames must be real numbers, got dtype {dtype}")
+
+
+def integrate(frames, weights, mean=False, dtype=np.float64, out=None):
     """Apply a weight matrix to frames: weighted sums (or means) per bin.
 
     Parameters
@@ -432,6 +439,9 @@ def integrate(frames, weights, mean=False, dtype=np.float64):
         unmasked, on-detector part of the bin); bins with no covered weight give 0.
     dtype : dtype
         Output dtype (accumulation is always float64).
+    out : ndarray, optional
+        Array of shape ``(N, K)`` (N frames, K bins) and dtype ``dtype`` to write into;
+        the result is then a view of it.
 
     Returns
     -------
@@ -445,15 +455,20 @@ def integrate(frames, weights, mean=False, dtype=np.float64):
     """
     nav = np.shape(frames)[:-2]
     flat = as_native_frames(frames, weights.detector_shape)
-    out = np.empty((flat.shape[0], weights.area.size), dtype=np.float64)
+    nbins = weights.area.size
+    if out is None:
+        out = np.empty((flat.shape[0], nbins), dtype=dtype)
+    scale = _inverse_area(weights) if mean else np.ones(nbins)
     if flat.shape[0]:
-        _kernels.apply_weights(
-            flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, out
-        )
-    if mean:
-        out *= _inverse_area(weights)
+        if nbins > _BIN_MAJOR_ABOVE:
+            m = weights.matrix
+            _kernels.apply_weights_by_bin(flat, m.indptr, m.indices, m.data, scale, out)
+        else:
+            _kernels.apply_weights(
+                flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, scale, out
+            )
     tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
-    return out.astype(dtype, copy=False).reshape(nav + tail)
+    return out.reshape(nav + tail)
 
 
 def _inverse_area(weights):
@@ -525,6 +540,7 @@ def integrate_dask(darr, weights, mean=False, dtype=np.float64):
     import dask
     import dask.array as da
 
+    _check_dtype(darr.dtype)
     darr = prepare_chunks(darr)
     nav = darr.ndim - 2
     two_d = weights.npt_azim > 1

@@ -123,7 +123,13 @@ def bin_by_thickness(thickness, bins):
             hi = lo + 1e-9 * max(abs(lo), 1.0)
         edges = np.linspace(lo, hi, int(bins) + 1)
     else:
-        edges = np.asarray(bins, dtype=float)
+        try:
+            edges = np.asarray(bins, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "bins must be a positive integer or a sequence of >= 2 finite edges, "
+                f"got {bins!r}"
+            ) from None
         if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
             raise ValueError(
                 f"bins must be a positive integer or a sequence of >= 2 finite edges, got {bins!r}"

@@ -427,8 +427,8 @@ def warn_undefined(result, radial_centers):
         warnings.warn(
             f"V(k) is undefined (NaN) in {k.size} radial bin(s) "
             f"(radius {', '.join(f'{r:.3g}' for r in radial_centers[k][:5])}"
-            f"{'...' if k.size > 5 else ''}): a frame has zero intensity in the ring "
-            "(method 'r'), or a pixel never received counts",
+            f"{'...' if k.size > 5 else ''}): a frame's ring mean is <= 0 (method 'r'), "
+            "or no pixel of the ring has a positive mean (method 'VImage')",
             RuntimeWarning,
             stacklevel=3,
         )

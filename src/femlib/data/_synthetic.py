@@ -411,7 +411,7 @@ def synthetic_fem(
         if not (0 <= center[0] <= nx_det - 1 and 0 <= center[1] <= ny_det - 1):
             raise ValueError(
                 f"center must lie on the detector, 0 <= x <= {nx_det - 1} and "
-                f"0 <= y <= {ny_det - 1}, got {tuple(center)}"
+                f"0 <= y <= {ny_det - 1}, got {tuple(center.tolist())}"
             )
     rows_per_chunk = _rows_per_chunk(chunks, navigation_shape, detector_shape, dtype.itemsize)
 

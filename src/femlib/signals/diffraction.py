@@ -94,13 +94,13 @@ class FEMDiffraction2D(Signal2D):
         nav = self.data.shape[:-2]
         frames = self.data.reshape((-1,) + self.data.shape[-2:])
         tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
-        out = np.empty((frames.shape[0],) + tail, dtype=dtype)
+        out = np.empty((frames.shape[0], int(np.prod(tail))), dtype=dtype)
         if show_progressbar is None:
             show_progressbar = preferences.General.show_progressbar
         blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
         for b in progressbar(blocks, disable=not show_progressbar, leave=False):
-            out[b] = integration.integrate(frames[b], weights, mean=mean, dtype=dtype)
-        bad = ~np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
+            integration.integrate(frames[b], weights, mean=mean, dtype=dtype, out=out[b])
+        bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             warnings.warn(
                 f"{int(bad.sum())} pattern(s) have NaN or infinite values in unmasked pixels; "
@@ -437,11 +437,11 @@ class FEMDiffraction2D(Signal2D):
             )
         else:
             frames = self.data.reshape((-1,) + self.data.shape[-2:])
-            moments = None
+            moments = _variance.accumulate(frames[:0], w, states[:0], n_groups, pixels=pixels)
             blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
             for b in progressbar(blocks, disable=not show_progressbar, leave=False):
                 part = _variance.accumulate(frames[b], w, states[b], n_groups, pixels=pixels)
-                moments = part if moments is None else _variance.merge(moments, part)
+                moments = _variance.merge(moments, part)
         if moments.n_nonfinite:
             warnings.warn(
                 f"{moments.n_nonfinite} pattern(s) with NaN or infinite values in unmasked "
@@ -455,6 +455,13 @@ class FEMDiffraction2D(Signal2D):
                 f"only {moments.n_frames} usable pattern(s) (after navigation_mask, thickness "
                 f"edges and {moments.n_nonfinite} non-finite): V(k) needs at least 2"
             )
+        if edges is not None:
+            counts = moments.count.reshape(n_groups, -1).sum(axis=1).astype(int)
+            if counts.max() < 2:
+                raise ValueError(
+                    f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
+                    "use fewer or wider bins"
+                )
         res = _variance.estimate(moments, w, methods, gain)
         _variance.warn_undefined(res, w.radial_centers)
         return self._variance_signal(res, w, methods, method, gain, edges)
