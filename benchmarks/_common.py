@@ -241,47 +241,41 @@ def verdict(ratio, target):
     return "ok" if ratio <= target else "MISSED"
 
 
-def jit_stats(dispatcher):
-    """'cache hit', 'compiled' or 'unknown' for a numba dispatcher after its first call."""
-    try:
-        st = dispatcher.stats
-    except AttributeError:  # pragma: no cover
-        return "unknown"
-    if sum(st.cache_misses.values()):
-        return "compiled"
-    if sum(st.cache_hits.values()):
-        return "cache hit"
-    return "in memory"
-
-
-_COLD_JIT = r"""
-import json, sys, time
+_JIT_CALLS = r"""
 import numpy as np
-t0 = time.perf_counter()
-from femlib import _kernels, integration
-t_import = time.perf_counter() - t0
-dtype = np.dtype(sys.argv[1])
-w = integration.build_weights((32, 32), (15.5, 15.5), npt=8, radial_range=(0, 15))
-f = np.ones((8, 32 * 32), dtype=dtype)
+from femlib import integration, variance
+
+w1 = integration.build_weights((32, 32), (15.5, 15.5), npt=8, radial_range=(0, 15))
+w2 = integration.build_weights((32, 32), (15.5, 15.5), npt=64, npt_azim=64)
+
+
+def jit_calls(dtype):
+    f = np.ones((8, 32, 32), dtype=dtype)
+    st = variance.frame_states(8)
+    return {
+        "integrate 1D (pixel-major kernel)": lambda: integration.integrate(f, w1),
+        "integrate 2D (bin-major kernel)": lambda: integration.integrate(f, w2),
+        "accumulate Omega": lambda: variance.accumulate(f, w1, st, squares=False),
+        "accumulate all methods": lambda: variance.accumulate(f, w1, st, pixels=True),
+    }
+"""
+
+_COLD_JIT = _JIT_CALLS + r"""
+import json, sys, time
 out = {}
-t0 = time.perf_counter()
-_kernels.apply_weights(f, w.touched, w.colptr, w.rowidx, w.wdata, np.empty((8, 8)))
-out["apply_weights"] = time.perf_counter() - t0
-t0 = time.perf_counter()
-_kernels.ring_moments(f, w.touched, w.colptr, w.rowidx, w.wdata, np.empty((3, 8, 8)))
-out["ring_moments"] = time.perf_counter() - t0
-t0 = time.perf_counter()
-_kernels.pixel_moments(f, w.touched, np.zeros(8, np.int64), 1, True)
-out["pixel_moments"] = time.perf_counter() - t0
+for name, call in jit_calls(np.dtype(sys.argv[1])).items():
+    t0 = time.perf_counter()
+    call()
+    out[name] = time.perf_counter() - t0
 print(json.dumps(out))
 """
 
 
 def cold_jit_seconds(dtype="float32"):
-    """Compile time of each numba kernel for ``dtype`` frames, from an empty cache.
+    """Compile time of each kernel path for ``dtype`` frames, from an empty numba cache.
 
     Runs in a subprocess whose ``NUMBA_CACHE_DIR`` is a fresh temporary directory, so
-    nothing is loaded from femlib's on-disk cache. Returns ``{kernel: seconds}`` or None.
+    nothing is loaded from femlib's on-disk cache. Returns ``{path: seconds}`` or None.
     """
     import json
     import subprocess
@@ -303,26 +297,13 @@ def cold_jit_seconds(dtype="float32"):
 
 
 def warm_kernels(dtype="float32"):
-    """First call of each kernel in this process (cache load or compile): {name: (s, how)}."""
-    from femlib import _kernels, integration
-
-    w = integration.build_weights((32, 32), (15.5, 15.5), npt=8, radial_range=(0, 15))
-    f = np.ones((8, 32 * 32), dtype=dtype)
-    calls = {
-        "apply_weights": lambda: _kernels.apply_weights(
-            f, w.touched, w.colptr, w.rowidx, w.wdata, np.empty((8, 8))
-        ),
-        "ring_moments": lambda: _kernels.ring_moments(
-            f, w.touched, w.colptr, w.rowidx, w.wdata, np.empty((3, 8, 8))
-        ),
-        "pixel_moments": lambda: _kernels.pixel_moments(
-            f, w.touched, np.zeros(8, np.int64), 1, True
-        ),
-    }
+    """First call of each kernel path in this process (cache load or compile): {name: (s, "")}."""
+    scope = {}
+    exec(_JIT_CALLS, scope)  # noqa: S102 - our own constant source, shared with the subprocess
     out = {}
-    for name, call in calls.items():
+    for name, call in scope["jit_calls"](np.dtype(dtype)).items():
         t, _ = timed(call)
-        out[name] = (t, jit_stats(getattr(_kernels, name)))
+        out[name] = (t, "")
     return out
 
 
@@ -333,7 +314,7 @@ def print_jit(dtype, cold=True):
     rows = []
     for name, (t, how) in warm.items():
         c = "skipped" if coldt is None else f"{coldt[name]:.2f} s"
-        rows.append([name, str(np.dtype(dtype)), f"{t:.2f} s ({how})", c])
+        rows.append([name, str(np.dtype(dtype)), f"{t:.2f} s", c])
     import numba
 
     print(f"JIT (not included in any timing below; threading layer {numba.threading_layer()})")

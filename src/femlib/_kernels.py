@@ -88,83 +88,112 @@ def apply_weights_by_bin(frames, indptr, indices, data, scale, out):  # pragma: 
                 out[f3, k] = a3 * c
 
 
-@numba.njit(parallel=True, **_JIT)
-def ring_moments(frames, touched, colptr, rowidx, wdata, out):  # pragma: no cover - jit
-    """Per frame, ``out[0] = W D``, ``out[1] = W^2 D`` (elementwise square of the weights) and
-    ``out[2] = W D^2``: what every FEM estimator needs from one read of the frame.
+def _make_ring_moments(with_j, with_sq):
+    """Compile the FEM pass for one choice of flags (constants, so no branch remains)."""
 
-    Written out for four frames at a time (twelve independent accumulators per bin): the
-    generic loop over the four frames was 3x slower.
+    @numba.njit(parallel=True, **_JIT)
+    def kernel(frames, touched, colptr, rowidx, wdata, states, out, pixsum, pixsq):  # noqa: C901
+        n = frames.shape[0]
+        nbins = out.shape[2]
+        nquad = (n + 3) // 4
+        for q in numba.prange(nquad):
+            tid = numba.get_thread_id()
+            ps = pixsum[tid]
+            pq = pixsq[tid]
+            f0 = 4 * q
+            nf = min(4, n - f0)
+            f1 = f0 + min(1, nf - 1)
+            f2 = f0 + min(2, nf - 1)
+            f3 = f0 + min(3, nf - 1)
+            s0 = states[f0]
+            s1 = states[f1] if nf > 1 else -1
+            s2 = states[f2] if nf > 2 else -1
+            s3 = states[f3] if nf > 3 else -1
+            acc = np.zeros((nbins, 8 if with_j else 4))
+            for j in range(touched.size):
+                p = touched[j]
+                x0 = np.float64(frames[f0, p])
+                x1 = np.float64(frames[f1, p])
+                x2 = np.float64(frames[f2, p])
+                x3 = np.float64(frames[f3, p])
+                if s0 >= 0:
+                    ps[s0, j] += x0
+                    if with_sq:
+                        pq[s0, j] += x0 * x0
+                if s1 >= 0:
+                    ps[s1, j] += x1
+                    if with_sq:
+                        pq[s1, j] += x1 * x1
+                if s2 >= 0:
+                    ps[s2, j] += x2
+                    if with_sq:
+                        pq[s2, j] += x2 * x2
+                if s3 >= 0:
+                    ps[s3, j] += x3
+                    if with_sq:
+                        pq[s3, j] += x3 * x3
+                for jj in range(colptr[j], colptr[j + 1]):
+                    a = acc[rowidx[jj]]
+                    w = wdata[jj]
+                    w0 = w * x0
+                    w1 = w * x1
+                    w2 = w * x2
+                    w3 = w * x3
+                    a[0] += w0
+                    a[1] += w1
+                    a[2] += w2
+                    a[3] += w3
+                    if with_j:
+                        a[4] += w0 * x0
+                        a[5] += w1 * x1
+                        a[6] += w2 * x2
+                        a[7] += w3 * x3
+            for i in range(nf):
+                for k in range(nbins):
+                    out[0, f0 + i, k] = acc[k, i]
+                    if with_j:
+                        out[1, f0 + i, k] = acc[k, 4 + i]
+
+    return kernel
+
+
+_RING_MOMENTS = {(j, q): _make_ring_moments(j, q) for j in (False, True) for q in (False, True)}
+
+
+def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates, with_j,
+                 with_sq=False):
+    """The FEM pass over a chunk, from one read of each frame.
+
+    Parameters
+    ----------
+    frames : (n, P) ndarray
+    touched, colptr, rowidx, wdata : ndarray
+        Compressed-column weights over the touched pixels.
+    nbins : int
+    states : (n,) int64 ndarray
+        State of every frame; -1 frames are left out of the pixel sums.
+    nstates : int
+    with_j : bool
+        Also compute ``W D^2`` (for the ``r`` and ``re`` estimators).
+    with_sq : bool
+        Also sum the squares of every touched pixel per state (for ``VImage``).
+
+    Returns
+    -------
+    out : (1 or 2, n, nbins) ndarray
+        ``W D`` per frame, then ``W D^2`` if ``with_j``.
+    pixsum, pixsq : (nstates, P') ndarray
+        Per state, the sum of every touched pixel (and of its square, or None) over the
+        state's frames. Raw float64 sums suffice per pixel: its variance is at least the
+        Poisson term ``G <D>``, so ``S2 - S1^2 / n`` loses at most ``eps`` times the
+        electrons per pixel, relatively.
     """
-    n = frames.shape[0]
-    nbins = out.shape[2]
-    nquad = (n + 3) // 4
-    for q in numba.prange(nquad):
-        f0 = 4 * q
-        nf = min(4, n - f0)
-        f1 = f0 + min(1, nf - 1)
-        f2 = f0 + min(2, nf - 1)
-        f3 = f0 + min(3, nf - 1)
-        acc = np.zeros((nbins, 12))
-        for j in range(touched.size):
-            p = touched[j]
-            x0 = np.float64(frames[f0, p])
-            x1 = np.float64(frames[f1, p])
-            x2 = np.float64(frames[f2, p])
-            x3 = np.float64(frames[f3, p])
-            for jj in range(colptr[j], colptr[j + 1]):
-                k = rowidx[jj]
-                w = wdata[jj]
-                a = acc[k]
-                w0 = w * x0
-                w1 = w * x1
-                w2 = w * x2
-                w3 = w * x3
-                a[0] += w0
-                a[1] += w1
-                a[2] += w2
-                a[3] += w3
-                a[4] += w * w0
-                a[5] += w * w1
-                a[6] += w * w2
-                a[7] += w * w3
-                a[8] += w0 * x0
-                a[9] += w1 * x1
-                a[10] += w2 * x2
-                a[11] += w3 * x3
-        for i in range(nf):
-            for k in range(nbins):
-                out[0, f0 + i, k] = acc[k, i]
-                out[1, f0 + i, k] = acc[k, 4 + i]
-                out[2, f0 + i, k] = acc[k, 8 + i]
-
-
-@numba.njit(**_JIT)
-def pixel_moments(frames, touched, state, nstates, second):  # pragma: no cover - jit
-    """Per state (group x jackknife block), count, mean and centred M2 of each touched pixel.
-
-    ``state[f]`` is the state of frame ``f`` (-1 = excluded). Welford's update, so a chunk
-    is read once; chunks are merged with Chan's formula in :mod:`femlib.variance`.
-    """
-    npix = touched.size
-    count = np.zeros(nstates)
-    mean = np.zeros((nstates, npix))
-    m2 = np.zeros((nstates, npix)) if second else np.zeros((nstates, 0))
-    for f in range(frames.shape[0]):
-        s = state[f]
-        if s < 0:
-            continue
-        count[s] += 1.0
-        inv = 1.0 / count[s]
-        mrow = mean[s]
-        if second:
-            qrow = m2[s]
-            for j in range(npix):
-                x = np.float64(frames[f, touched[j]])
-                d = x - mrow[j]
-                mrow[j] += d * inv
-                qrow[j] += d * (x - mrow[j])
-        else:
-            for j in range(npix):
-                mrow[j] += (np.float64(frames[f, touched[j]]) - mrow[j]) * inv
-    return count, mean, m2
+    nthreads = numba.get_num_threads()
+    out = np.empty((2 if with_j else 1, frames.shape[0], nbins))
+    pixsum = np.zeros((nthreads, nstates, touched.size))
+    pixsq = np.zeros((nthreads, nstates, touched.size) if with_sq else (nthreads, 0, 0))
+    if frames.shape[0]:
+        _RING_MOMENTS[bool(with_j), bool(with_sq)](
+            frames, touched, colptr, rowidx, wdata, states, out, pixsum, pixsq
+        )
+    return out, pixsum.sum(axis=0), (pixsq.sum(axis=0) if with_sq else None)

@@ -20,6 +20,7 @@ Geometry conventions
   (unmasked) in-range area fraction.
 """
 
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
@@ -88,6 +89,12 @@ class AzimuthalWeights:
     colptr: np.ndarray = field(repr=False)
     rowidx: np.ndarray = field(repr=False)
     wdata: np.ndarray = field(repr=False)
+
+    @functools.cached_property
+    def compact_squared(self):
+        """``W**2`` over the touched pixels only: scipy.sparse, shape (K, len(touched))."""
+        shape = (self.area.size, self.touched.size)
+        return sp.csc_array((self.wdata**2, self.rowidx, self.colptr), shape=shape).tocsr()
 
     @property
     def npt(self):

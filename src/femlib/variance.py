@@ -143,6 +143,8 @@ class Moments:
     n_groups, n_blocks : int
     n_nonfinite : int
         Frames left out because a weighted pixel was NaN or infinite.
+    squares : bool
+        Whether the ring sums of ``D^2`` (``J``, ``u``, ``v``) were accumulated.
     """
 
     count: np.ndarray
@@ -153,6 +155,7 @@ class Moments:
     n_groups: int
     n_blocks: int
     n_nonfinite: int = 0
+    squares: bool = True
 
     @property
     def n_frames(self):
@@ -185,7 +188,9 @@ def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
     return np.where(g >= 0, g * n_blocks + idx % n_blocks, -1)
 
 
-def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False):
+def accumulate(
+    frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False, squares=True
+):
     """Moments of one chunk of frames (one read of the chunk).
 
     Parameters
@@ -197,7 +202,9 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
         State of each frame (:func:`frame_states`), -1 = excluded.
     n_groups, n_blocks : int
     pixels : bool
-        Also accumulate per-pixel moments (needed by ``VImage``).
+        Also accumulate per-pixel second moments (needed by ``VImage``).
+    squares : bool
+        Also accumulate the ring sums of ``D^2`` (needed by ``r`` and ``re``).
 
     Returns
     -------
@@ -211,32 +218,42 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
         raise ValueError(f"states has {states.size} entries for {flat.shape[0]} frames")
     nstates = n_groups * n_blocks
     k = weights.area.size
-    sums = np.empty((3, flat.shape[0], k))
-    if flat.shape[0]:
-        _kernels.ring_moments(
-            flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, sums
-        )
-    ring, q, j = sums
-    # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it.
+    args = (flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, k)
+    sums, pixsum, pixsq = _kernels.ring_moments(*args, states, nstates, squares, pixels)
+    # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it
+    # (rare: the chunk's pixel sums are then taken again without those frames).
     nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
     n_nonfinite = int((nonfinite & (states >= 0)).sum())
     if n_nonfinite:
         states = np.where(nonfinite, -1, states)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        inv = np.where(ring > 0, weights.area / ring, np.nan)
-        per_frame = np.stack([ring, q, j, j * inv * inv / weights.area, inv], axis=1)
-
+        _, pixsum, pixsq = _kernels.ring_moments(*args, states, nstates, False, pixels)
     count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
-    mean = np.zeros((nstates, 5, k))
+    mean = np.full((nstates, 5, k), np.nan)
     m2 = np.zeros((nstates, k))
+    ring = sums[0]
+    if squares:
+        j = sums[1]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            inv = np.where(ring > 0, weights.area / ring, np.nan)
+            per_frame = np.stack([ring, j, j * inv * inv / weights.area, inv], axis=1)
+        cols = [_I, _J, _U, _V]
+    else:
+        per_frame = ring[:, None, :]
+        cols = [_I]
     for s in np.flatnonzero(count):
         x = per_frame[states == s]
-        mean[s] = x.mean(axis=0)
-        m2[s] = ((x[:, _I] - mean[s, _I]) ** 2).sum(axis=0)
+        mean[s, cols] = x.mean(axis=0)
+        m2[s] = ((x[:, 0] - mean[s, _I]) ** 2).sum(axis=0)
+    # Mean of W^2 D per state, from the pixel sums: the shot-noise term of Omega.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean[:, _Q] = (weights.compact_squared @ pixsum.T).T / count[:, None]
+    mean[count == 0] = 0.0
     pix_mean = pix_m2 = None
     if pixels:
-        _, pix_mean, pix_m2 = _kernels.pixel_moments(flat, weights.touched, states, nstates, True)
-    return Moments(count, mean, m2, pix_mean, pix_m2, n_groups, n_blocks, n_nonfinite)
+        safe = np.maximum(count, 1.0)[:, None]
+        pix_mean = pixsum / safe
+        pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
+    return Moments(count, mean, m2, pix_mean, pix_m2, n_groups, n_blocks, n_nonfinite, squares)
 
 
 def merge(a, b):
@@ -256,7 +273,10 @@ def merge(a, b):
     pm = pq = None
     if a.pix_mean is not None and b.pix_mean is not None:
         _, pm, pq = _merge_arrays(a.count, a.pix_mean, a.pix_m2, b.count, b.pix_mean, b.pix_m2)
-    return Moments(n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite)
+    return Moments(
+        n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
+        a.squares and b.squares,
+    )
 
 
 def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
@@ -329,9 +349,10 @@ def _estimators(n, mean, m2, pm, pq, method, gain, area, sq_area, wc):
         pv = (pq / n[..., None]) / pm**2 - g / pm
         ok = pm > 0
         pv = np.where(ok, pv, 0.0)
-        num = pv @ wc.T
-        den = ok.astype(float) @ wc.T
-        return num / den
+        lead = pv.shape[:-1]
+        num = (wc @ pv.reshape(-1, pv.shape[-1]).T).T
+        den = (wc @ ok.reshape(-1, ok.shape[-1]).T.astype(float)).T
+        return (num / den).reshape(lead + (-1,))
 
 
 def estimate(moments, weights, methods=("Omega",), gain=None):
@@ -365,6 +386,8 @@ def estimate(moments, weights, methods=("Omega",), gain=None):
     gain = check_gain(gain)
     if "VImage" in methods and moments.pix_mean is None:
         raise ValueError("VImage needs per-pixel moments: accumulate with pixels=True")
+    if {"r", "re"} & set(methods) and not moments.squares:
+        raise ValueError("r and re need the ring sums of D^2: accumulate with squares=True")
     gcount = moments.count.reshape(moments.n_groups, moments.n_blocks)
     shape_ring = (moments.n_groups, moments.n_blocks)
     count = gcount
@@ -380,7 +403,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None):
     used = counts >= 2
     if not used.any():
         raise ValueError("no group holds two or more frames: the variance is undefined")
-    wc = weights.matrix[:, weights.touched].toarray() if "VImage" in methods else None
+    wc = weights.matrix[:, weights.touched] if "VImage" in methods else None
     area = weights.area
     sq_area = np.asarray(weights.squared.sum(axis=1)).ravel()
     v = np.stack([_estimators(*full, m, gain, area, sq_area, wc) for m in methods], axis=1)
@@ -434,7 +457,9 @@ def warn_undefined(result, radial_centers):
         )
 
 
-def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False):
+def accumulate_dask(
+    darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False, squares=True
+):
     """Lazy :func:`accumulate` over a dask array: one task per chunk, merged as a tree.
 
     Parameters
@@ -446,7 +471,8 @@ def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels
     states : int ndarray, shape nav
         State of each frame (:func:`frame_states`, reshaped to the navigation shape).
     n_groups, n_blocks : int
-    pixels : bool
+    pixels, squares : bool
+        As :func:`accumulate`.
 
     Returns
     -------
@@ -467,7 +493,7 @@ def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels
     shared = dask.delayed(weights, pure=True)
     part = dask.delayed(_accumulate_block, pure=True)
     parts = [
-        part(f, s, shared, n_groups, n_blocks, pixels)
+        part(f, s, shared, n_groups, n_blocks, pixels, squares)
         for f, s in zip(fblocks, sblocks, strict=True)
     ]
     combine = dask.delayed(merge, pure=True)
@@ -479,5 +505,5 @@ def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels
     return parts[0]
 
 
-def _accumulate_block(frames, states, weights, n_groups, n_blocks, pixels):
-    return accumulate(frames, weights, states, n_groups, n_blocks, pixels)
+def _accumulate_block(frames, states, weights, n_groups, n_blocks, pixels, squares):
+    return accumulate(frames, weights, states, n_groups, n_blocks, pixels, squares)

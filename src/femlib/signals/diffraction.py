@@ -428,19 +428,26 @@ class FEMDiffraction2D(Signal2D):
         groups[excluded] = -1
         states = _variance.frame_states(groups.size, groups.ravel(), n_groups)
         pixels = "VImage" in methods
+        squares = bool({"r", "re"} & set(methods))
         if show_progressbar is None:
             show_progressbar = preferences.General.show_progressbar
         if self._lazy:
             moments = _compute(
-                _variance.accumulate_dask(self.data, w, states, n_groups, pixels=pixels),
+                _variance.accumulate_dask(
+                    self.data, w, states, n_groups, pixels=pixels, squares=squares
+                ),
                 show_progressbar,
             )
         else:
             frames = self.data.reshape((-1,) + self.data.shape[-2:])
-            moments = _variance.accumulate(frames[:0], w, states[:0], n_groups, pixels=pixels)
+            moments = _variance.accumulate(
+                frames[:0], w, states[:0], n_groups, pixels=pixels, squares=squares
+            )
             blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
             for b in progressbar(blocks, disable=not show_progressbar, leave=False):
-                part = _variance.accumulate(frames[b], w, states[b], n_groups, pixels=pixels)
+                part = _variance.accumulate(
+                    frames[b], w, states[b], n_groups, pixels=pixels, squares=squares
+                )
                 moments = _variance.merge(moments, part)
         if moments.n_nonfinite:
             warnings.warn(
