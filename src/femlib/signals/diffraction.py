@@ -123,6 +123,42 @@ class FEMDiffraction2D(Signal2D):
         self.metadata.Signal.signal_type = result.metadata.Signal.signal_type
         self._assign_subclass()
 
+    def _integral_signal(self, w, polar, mean, inplace, show_progressbar):
+        """Integrate with ``w`` and wrap: a FEMPolar2D (float32) if ``polar``, else a
+        Signal1D (float64) over Radius."""
+        data = self._integrate(w, mean, np.float32 if polar else np.float64, show_progressbar)
+        axes = [self._radius_axis(w)]
+        fem = {
+            "Integration": {
+                "npt": w.npt,
+                "npt_azim": w.npt_azim,
+                "radial_range": tuple(w.radial_edges[[0, -1]].tolist()),
+                "azimuth_range": tuple(w.azimuth_edges[[0, -1]].tolist()),
+                "mean": bool(mean),
+            },
+            "coverage": w.coverage.reshape(w.npt, w.npt_azim) if polar else w.coverage.copy(),
+        }
+        if polar:
+            axes.append(
+                {
+                    "name": "Radians",
+                    "units": "rad",
+                    "size": w.npt_azim,
+                    "offset": w.azimuth_centers[0],
+                    "scale": w.azimuth_edges[1] - w.azimuth_edges[0],
+                }
+            )
+            cls = LazyFEMPolar2D if self._lazy else FEMPolar2D
+            title = _title("Polar transform", self)
+        else:
+            cls = LazySignal1D if self._lazy else Signal1D
+            title = _title("Azimuthal integral", self)
+        result = self._new_signal(cls, data, axes, title, fem)
+        if inplace:
+            self._replace_with(result)
+            return None
+        return result
+
     # ------------------------------------------------------------------ API
     def get_azimuthal_integral2d(
         self,
@@ -179,31 +215,7 @@ class FEMDiffraction2D(Signal2D):
         >>> polar.sum().isig[:, 2.0:8.0].plot()  # doctest: +SKIP
         """
         w = self._weights(npt, npt_azim, radial_range, azimuth_range, mask)
-        data = self._integrate(w, mean, np.float32, show_progressbar)
-        radians = {
-            "name": "Radians",
-            "units": "rad",
-            "size": w.npt_azim,
-            "offset": w.azimuth_centers[0],
-            "scale": w.azimuth_edges[1] - w.azimuth_edges[0],
-        }
-        cls = LazyFEMPolar2D if self._lazy else FEMPolar2D
-        fem = {
-            "Integration": {
-                "npt": w.npt,
-                "npt_azim": w.npt_azim,
-                "radial_range": tuple(w.radial_edges[[0, -1]]),
-                "azimuth_range": tuple(w.azimuth_edges[[0, -1]]),
-                "mean": bool(mean),
-            },
-            "coverage": w.coverage.reshape(w.npt, w.npt_azim),
-        }
-        title = _title("Polar transform", self)
-        result = self._new_signal(cls, data, [self._radius_axis(w), radians], title, fem)
-        if inplace:
-            self._replace_with(result)
-            return None
-        return result
+        return self._integral_signal(w, True, mean, inplace, show_progressbar)
 
     def get_azimuthal_integral1d(
         self,
@@ -250,24 +262,7 @@ class FEMDiffraction2D(Signal2D):
         """
         w = self._weights(npt, 1, radial_range, azimuth_range, mask)
         _check_no_empty_bins(w)
-        data = self._integrate(w, mean, np.float64, show_progressbar)
-        cls = LazySignal1D if self._lazy else Signal1D
-        fem = {
-            "Integration": {
-                "npt": w.npt,
-                "radial_range": tuple(w.radial_edges[[0, -1]]),
-                "azimuth_range": tuple(w.azimuth_edges[[0, -1]]),
-                "mean": bool(mean),
-            },
-            "coverage": w.coverage.copy(),
-        }
-        title = _title("Azimuthal integral", self)
-        result = self._new_signal(cls, data, [self._radius_axis(w)], title, fem)
-        if inplace:
-            self._replace_with(result)
-            return None
-        return result
-
+        return self._integral_signal(w, False, mean, inplace, show_progressbar)
 
     def _thickness_groups(self, thickness, bins):
         """Thickness bin of every probe position, checked against the navigation shape."""
