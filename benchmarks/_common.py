@@ -297,14 +297,10 @@ def cold_jit_seconds(dtype="float32"):
 
 
 def warm_kernels(dtype="float32"):
-    """First call of each kernel path in this process (cache load or compile): {name: (s, "")}."""
+    """First call of each kernel path in this process (cache load or compile): {name: s}."""
     scope = {}
     exec(_JIT_CALLS, scope)  # noqa: S102 - our own constant source, shared with the subprocess
-    out = {}
-    for name, call in scope["jit_calls"](np.dtype(dtype)).items():
-        t, _ = timed(call)
-        out[name] = (t, "")
-    return out
+    return {name: timed(call)[0] for name, call in scope["jit_calls"](np.dtype(dtype)).items()}
 
 
 def print_jit(dtype, cold=True):
@@ -312,7 +308,7 @@ def print_jit(dtype, cold=True):
     warm = warm_kernels(dtype)
     coldt = cold_jit_seconds(dtype) if cold else None
     rows = []
-    for name, (t, how) in warm.items():
+    for name, t in warm.items():
         c = "skipped" if coldt is None else f"{coldt[name]:.2f} s"
         rows.append([name, str(np.dtype(dtype)), f"{t:.2f} s", c])
     import numba

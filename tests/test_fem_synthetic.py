@@ -229,3 +229,30 @@ def test_elliptical_ring_is_straight_with_the_true_affine():
     assert good < 0.25  # measured 0.036 px
     # 2 % ellipticity on a ~31 px ring: +-0.31 px, i.e. 0.22 px rms, uncorrected.
     assert bad > 4 * good and bad > 0.15
+
+
+def test_variance_plots_band_and_labelled_curves():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    s, mask = calibrated(seed=10, navigation_shape=(12, 12))
+    t = np.asarray(s.metadata.Simulation.thickness)
+    v = get_variance(s, mask, gain=G)
+    v.plot()
+    ax = v._plot.signal_plot.ax
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1
+    lo, hi = (
+        bands[0].get_paths()[0].vertices[:, 1].min(),
+        bands[0].get_paths()[0].vertices[:, 1].max(),
+    )
+    assert lo == pytest.approx((v.data - v.standard_error).min())
+    assert hi == pytest.approx((v.data + v.standard_error).max())
+    per_bin = get_variance(s, mask, gain=G, thickness=t, bins=3)
+    ax = per_bin.plot()
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == list(per_bin.metadata.FEM.labels)
+    assert labels[0].endswith(f"(n={per_bin.metadata.FEM.counts[0]})")
+    parts = per_bin.split()
+    np.testing.assert_allclose(parts[1].standard_error, per_bin.standard_error[1])
+    plt.close("all")

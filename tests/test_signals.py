@@ -328,3 +328,10 @@ def test_azimuthal_integral1d_inplace(lazy):
     assert s.data.shape == NAV + (7,)
     np.testing.assert_array_equal(values(s.data), values(expected.data))
     np.testing.assert_allclose(values(s.data).sum(axis=-1), frame_sums, rtol=1e-10)
+
+
+def test_installing_femlib_pulls_no_pyxem():
+    import importlib.metadata
+
+    requires = importlib.metadata.requires("femlib") or []
+    assert not [r for r in requires if r.lower().startswith("pyxem")]

@@ -216,11 +216,10 @@ def run_fem(args):
             s.metadata.HAADF.intensity, black_level=black, slope=slope
         )
         bins = args.thickness_bins
-    with progress:
-        var = s.get_variance(
-            npt=args.npt, method=args.method, gain=gain, radial_range=tuple(radial_range),
-            mask=mask, thickness=thickness, bins=bins, show_progressbar=False,
-        )
+    var = s.get_variance(
+        npt=args.npt, method=args.method, gain=gain, radial_range=tuple(radial_range),
+        mask=mask, thickness=thickness, bins=bins, show_progressbar=not args.quiet,
+    )
     main_curve = var.combined() if bins is not None else var
 
     _write_csv(out / "variance.csv", var)
