@@ -122,9 +122,11 @@ def test_thickness_inflates_unbinned_and_bins_recover_the_truth():
     four = get_variance(s, mask, gain=G, thickness=thickness, bins=4).combined()
     # Residual inflation inside a bin falls like 1 / bins^2.
     assert np.median(four.data - smooth) < np.median(inflation) / 10
-    # At this dose 4 bins leave ~v_tau/16 = 2e-4, above 3 SE; 12 bins leave 2.4e-5.
-    twelve = get_variance(s, mask, gain=G, thickness=thickness, bins=12).combined()
-    assert np.mean(np.abs(twelve.data - smooth) < 3 * twelve.standard_error) >= 0.95
+    # At this dose 4 bins leave ~v_tau/16 = 2e-4, far above 3 SE; the residual falls like
+    # 1/bins^2 (12 bins: 0.75 SE on average; 20 bins: 0.05 SE).
+    many = get_variance(s, mask, gain=G, thickness=thickness, bins=20).combined()
+    assert np.mean(np.abs(many.data - smooth) < 3 * many.standard_error) >= 0.95
+    assert abs(np.mean((many.data - smooth) / many.standard_error)) < 0.5
 
 
 def test_per_bin_equals_split_and_counts():

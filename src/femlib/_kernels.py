@@ -8,6 +8,11 @@ spills out of cache and the output is written once in its final dtype. Measured 
 ``benchmarks/`` (16384 frames of 128x128): scipy.sparse products were 12-26x slower for 1D
 and 2-4x for 2D; the pixel-major kernel took 3x longer than the bin-major one on 36000 bins,
 and the bin-major one 1.4x longer than pixel-major on 50 bins.
+
+The kernels are serial and release the GIL: parallelism comes from dask alone, which runs
+one kernel per chunk on its threads (eager data too, on the threaded scheduler) or on its
+workers. Nested numba threading inside dask tasks oversubscribes the cores, multiplies
+per-thread buffers, and aborts under numba's workqueue threading layer.
 """
 
 import numba
@@ -16,7 +21,7 @@ import numpy as np
 _JIT = {"nogil": True, "cache": True, "fastmath": False}
 
 
-@numba.njit(parallel=True, **_JIT)
+@numba.njit(**_JIT)
 def apply_weights(frames, touched, colptr, rowidx, wdata, scale, out):  # pragma: no cover
     """``out[f, k] = scale[k] * sum_p w[k, p] * frames[f, p]``, pixel-major (few bins).
 
@@ -25,7 +30,7 @@ def apply_weights(frames, touched, colptr, rowidx, wdata, scale, out):  # pragma
     n = frames.shape[0]
     nbins = out.shape[1]
     nquad = (n + 3) // 4
-    for q in numba.prange(nquad):
+    for q in range(nquad):
         f0 = 4 * q
         nf = min(4, n - f0)
         f1 = f0 + min(1, nf - 1)
@@ -50,7 +55,7 @@ def apply_weights(frames, touched, colptr, rowidx, wdata, scale, out):  # pragma
                 out[f0 + i, k] = acc[k, i] * scale[k]
 
 
-@numba.njit(parallel=True, **_JIT)
+@numba.njit(**_JIT)
 def apply_weights_by_bin(frames, indptr, indices, data, scale, out):  # pragma: no cover
     """As :func:`apply_weights`, bin-major (many bins, e.g. a polar transform).
 
@@ -60,7 +65,7 @@ def apply_weights_by_bin(frames, indptr, indices, data, scale, out):  # pragma: 
     n = frames.shape[0]
     nbins = out.shape[1]
     nquad = (n + 3) // 4
-    for q in numba.prange(nquad):
+    for q in range(nquad):
         f0 = 4 * q
         nf = min(4, n - f0)
         f1 = f0 + min(1, nf - 1)
@@ -91,15 +96,14 @@ def apply_weights_by_bin(frames, indptr, indices, data, scale, out):  # pragma: 
 def _make_ring_moments(with_j, with_sq):
     """Compile the FEM pass for one choice of flags (constants, so no branch remains)."""
 
-    @numba.njit(parallel=True, **_JIT)
+    @numba.njit(**_JIT)
     def kernel(frames, touched, colptr, rowidx, wdata, states, out, pixsum, pixsq):  # noqa: C901
         n = frames.shape[0]
         nbins = out.shape[2]
         nquad = (n + 3) // 4
-        for q in numba.prange(nquad):
-            tid = numba.get_thread_id()
-            ps = pixsum[tid]
-            pq = pixsq[tid]
+        for q in range(nquad):
+            ps = pixsum
+            pq = pixsq
             f0 = 4 * q
             nf = min(4, n - f0)
             f1 = f0 + min(1, nf - 1)
@@ -188,12 +192,11 @@ def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates,
         Poisson term ``G <D>``, so ``S2 - S1^2 / n`` loses at most ``eps`` times the
         electrons per pixel, relatively.
     """
-    nthreads = numba.get_num_threads()
     out = np.empty((2 if with_j else 1, frames.shape[0], nbins))
-    pixsum = np.zeros((nthreads, nstates, touched.size))
-    pixsq = np.zeros((nthreads, nstates, touched.size) if with_sq else (nthreads, 0, 0))
+    pixsum = np.zeros((nstates, touched.size))
+    pixsq = np.zeros((nstates, touched.size) if with_sq else (0, 0))
     if frames.shape[0]:
         _RING_MOMENTS[bool(with_j), bool(with_sq)](
             frames, touched, colptr, rowidx, wdata, states, out, pixsum, pixsq
         )
-    return out, pixsum.sum(axis=0), (pixsq.sum(axis=0) if with_sq else None)
+    return out, pixsum, (pixsq if with_sq else None)

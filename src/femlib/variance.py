@@ -38,10 +38,11 @@ Chan's pairwise formulas (:func:`merge`), so chunks can be reduced in any order 
 
 Standard error
 --------------
-Delete-a-group jackknife over probe positions: frame ``n`` belongs to block ``n mod B``
-(``B = 20`` by default, independent of chunking). Each estimator is recomputed with one
-block left out, from the same moments, and ``se^2 = (B-1)/B sum_b (V_(b) - mean_b V_(b))^2``.
-It covers every method, the shot-noise term and the thickness-combined result alike.
+Delete-a-group jackknife over probe positions: the ``i``-th frame of each group belongs to
+block ``i mod B`` (``B = 20`` by default, independent of chunking). Each estimator is
+recomputed with one block left out, from the same moments, and
+``se^2 = (B-1)/B sum_b (V_(b) - mean_b V_(b))^2``. It covers every method, the shot-noise
+term and the thickness-combined result alike.
 
 References
 ----------
@@ -63,6 +64,7 @@ __all__ = [
     "Moments",
     "accumulate",
     "accumulate_dask",
+    "accumulate_tree",
     "merge",
     "frame_states",
     "estimate",
@@ -164,7 +166,12 @@ class Moments:
 
 
 def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
-    """State of every frame: ``group * n_blocks + (frame index mod n_blocks)``, -1 excluded.
+    """State of every frame: ``group * n_blocks + block``, -1 for excluded frames.
+
+    The ``i``-th frame of a group (in scan order) goes to jackknife block ``i mod
+    n_blocks``, so every group with ``n >= n_blocks`` frames fills all blocks evenly,
+    whatever the scan shape or how the groups fall on the scan; the assignment is fixed
+    before the pass and does not depend on chunking.
 
     Parameters
     ----------
@@ -179,13 +186,16 @@ def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
     -------
     (n_frames,) ndarray of int64
     """
-    idx = np.arange(n_frames)
     g = np.zeros(n_frames, np.int64) if groups is None else np.asarray(groups, np.int64)
     if g.shape != (n_frames,):
         raise ValueError(f"groups must have one entry per frame ({n_frames}), got {g.shape}")
     if g.max(initial=-1) >= n_groups:
         raise ValueError(f"groups must be < n_groups={n_groups}")
-    return np.where(g >= 0, g * n_blocks + idx % n_blocks, -1)
+    rank = np.zeros(n_frames, np.int64)
+    for group in range(n_groups):
+        members = np.flatnonzero(g == group)
+        rank[members] = np.arange(members.size)
+    return np.where(g >= 0, g * n_blocks + rank % n_blocks, -1)
 
 
 def accumulate(
@@ -480,7 +490,6 @@ def accumulate_dask(
         Computing it gives the merged :class:`Moments` of all frames. Peak memory is a
         few chunks: each chunk is reduced to its moments as soon as it is read.
     """
-    import dask
     import dask.array as da
 
     from femlib.integration import prepare_chunks
@@ -490,11 +499,38 @@ def accumulate_dask(
     states = np.asarray(states, dtype=np.int64).reshape(darr.shape[:nav])
     sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()
     fblocks = darr.to_delayed().reshape(-1)
+    return accumulate_tree(fblocks, sblocks, weights, n_groups, n_blocks, pixels, squares)
+
+
+def accumulate_tree(frames, states, weights, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
+                    squares=True):
+    """One dask task per block of frames, their moments merged pairwise as a tree.
+
+    Parameters
+    ----------
+    frames : sequence of ndarray or dask Delayed
+        Blocks of frames, each ``(..., rows, columns)``; numpy blocks are used in place
+        (not hashed, not copied), so eager data run on dask's threaded scheduler as is.
+    states : sequence of int ndarray or dask Delayed
+        The matching blocks of frame states.
+    weights : femlib.integration.AzimuthalWeights
+        Embedded once in the graph and shared by every task.
+    n_groups, n_blocks : int
+    pixels, squares : bool
+        As :func:`accumulate`.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        Computing it gives the merged :class:`Moments`.
+    """
+    import dask
+
     shared = dask.delayed(weights, pure=True)
-    part = dask.delayed(_accumulate_block, pure=True)
+    part = dask.delayed(_accumulate_block, pure=False)
     parts = [
         part(f, s, shared, n_groups, n_blocks, pixels, squares)
-        for f, s in zip(fblocks, sblocks, strict=True)
+        for f, s in zip(frames, states, strict=True)
     ]
     combine = dask.delayed(merge, pure=True)
     while len(parts) > 1:

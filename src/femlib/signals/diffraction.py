@@ -7,7 +7,6 @@ import numpy as np
 from hyperspy._signals.lazy import LazySignal
 from hyperspy._signals.signal2d import Signal2D
 from hyperspy.defaults_parser import preferences
-from hyperspy.external.progressbar import progressbar
 from hyperspy.signal import BaseSignal
 from hyperspy.signals import LazySignal1D, Signal1D
 
@@ -20,9 +19,9 @@ from femlib.signals.variance import FEMVariance1D
 
 __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
 
-# Eager work is streamed in blocks of about this many bytes of input, for progress bars
-# and bounded float64 temporaries.
-_BLOCK_BYTES = 256 * 2**20
+# Eager work runs as dask tasks over blocks of about this many bytes of input: enough tasks
+# to keep every core busy, small enough to bound each task's temporaries.
+_BLOCK_BYTES = 32 * 2**20
 
 
 def _frame_blocks(n_frames, frame_bytes):
@@ -88,18 +87,22 @@ class FEMDiffraction2D(Signal2D):
         return cls(data, axes=axes, metadata=md, original_metadata={})
 
     def _integrate(self, weights, mean, dtype, show_progressbar):
-        """Weighted sums (or means) of every frame, eager or lazy."""
+        """Weighted sums (or means) of every frame: lazy for lazy data; for eager data one
+        dask task per block on the threaded scheduler, each writing its rows of the output."""
         if self._lazy:
             return integration.integrate_dask(self.data, weights, mean=mean, dtype=dtype)
+        import dask
+
         nav = self.data.shape[:-2]
         frames = self.data.reshape((-1,) + self.data.shape[-2:])
         tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
         out = np.empty((frames.shape[0], int(np.prod(tail))), dtype=dtype)
-        if show_progressbar is None:
-            show_progressbar = preferences.General.show_progressbar
-        blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
-        for b in progressbar(blocks, disable=not show_progressbar, leave=False):
-            integration.integrate(frames[b], weights, mean=mean, dtype=dtype, out=out[b])
+        task = dask.delayed(integration.integrate, pure=False)
+        tasks = [
+            task(frames[b], weights, mean=mean, dtype=dtype, out=out[b])
+            for b in _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
+        ]
+        _compute(tasks, show_progressbar, scheduler="threads")
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             warnings.warn(
@@ -221,9 +224,9 @@ class FEMDiffraction2D(Signal2D):
         self,
         npt,
         radial_range=None,
-        azimuth_range=None,
         mask=None,
         mean=False,
+        azimuth_range=None,
         inplace=False,
         show_progressbar=None,
     ):
@@ -235,14 +238,14 @@ class FEMDiffraction2D(Signal2D):
             Number of radial bins.
         radial_range : (float, float) or None
             Radial range in calibrated units; default 0 to the farthest detector corner.
-        azimuth_range : (float, float) or None
-            Restrict the integration to this azimuthal sector (radians, within
-            ``[-pi, pi]``).
         mask : bool array, boolean Signal2D or None
             True = excluded pixel. Default: ``calibration.mask``.
         mean : bool
             If True, the azimuthal mean per pixel over the covered part of each ring;
             else (default) the pixel-split weighted sum.
+        azimuth_range : (float, float) or None
+            Restrict the integration to this azimuthal sector (radians, within
+            ``[-pi, pi]``).
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
@@ -424,26 +427,20 @@ class FEMDiffraction2D(Signal2D):
         states = _variance.frame_states(groups.size, groups.ravel(), n_groups)
         pixels = "VImage" in methods
         squares = bool({"r", "re"} & set(methods))
-        if show_progressbar is None:
-            show_progressbar = preferences.General.show_progressbar
         if self._lazy:
-            moments = _compute(
-                _variance.accumulate_dask(
-                    self.data, w, states, n_groups, pixels=pixels, squares=squares
-                ),
-                show_progressbar,
+            work = _variance.accumulate_dask(
+                self.data, w, states, n_groups, pixels=pixels, squares=squares
             )
         else:
+            # Eager data: the same per-block tasks, on dask's threaded scheduler, in place.
             frames = self.data.reshape((-1,) + self.data.shape[-2:])
-            moments = _variance.accumulate(
-                frames[:0], w, states[:0], n_groups, pixels=pixels, squares=squares
-            )
             blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
-            for b in progressbar(blocks, disable=not show_progressbar, leave=False):
-                part = _variance.accumulate(
-                    frames[b], w, states[b], n_groups, pixels=pixels, squares=squares
-                )
-                moments = _variance.merge(moments, part)
+            blocks = blocks or [slice(0, 0)]
+            work = _variance.accumulate_tree(
+                [frames[b] for b in blocks], [states[b] for b in blocks], w, n_groups,
+                pixels=pixels, squares=squares,
+            )
+        moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
         if moments.n_nonfinite:
             warnings.warn(
                 f"{moments.n_nonfinite} pattern(s) with NaN or infinite values in unmasked "
@@ -552,15 +549,20 @@ def _nav_axis(name, units, values):
     return {"name": name, "units": units, "axis": values, "navigate": True}
 
 
-def _compute(delayed, show_progressbar):
-    """Compute with the active scheduler, showing dask's progress bar on local schedulers."""
+def _compute(work, show_progressbar, scheduler=None):
+    """Compute with dask (the active scheduler, or ``scheduler``), with dask's progress bar
+    on local schedulers when asked (default: HyperSpy's preference)."""
     import contextlib
 
+    import dask
     from dask.diagnostics import ProgressBar
 
+    if show_progressbar is None:
+        show_progressbar = preferences.General.show_progressbar
     ctx = ProgressBar() if show_progressbar else contextlib.nullcontext()
     with ctx:
-        return delayed.compute()
+        (result,) = dask.compute(work, scheduler=scheduler)
+    return result
 
 
 def _check_no_empty_bins(weights):
