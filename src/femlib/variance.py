@@ -81,6 +81,10 @@ _I, _Q, _J, _U, _V = range(5)
 def check_method(method):
     """Validate ``method``: one of :data:`METHODS`, ``"all"`` or a list of them.
 
+    Parameters
+    ----------
+    method : str or sequence of str
+
     Returns
     -------
     tuple of str
@@ -106,6 +110,15 @@ def check_method(method):
 
 def check_gain(gain):
     """Validate ``gain``: None (no shot-noise correction) or a positive finite number.
+
+    Parameters
+    ----------
+    gain : float or None
+        Detector units per electron.
+
+    Returns
+    -------
+    float or None
 
     Raises
     ------
@@ -453,6 +466,13 @@ def warn_undefined(result, radial_centers):
     """Warn about NaN values in an estimate (e.g. ``r`` where a ring has zero counts).
 
     Groups left out for having fewer than two frames are not looked at.
+
+    Parameters
+    ----------
+    result : dict
+        As returned by :func:`estimate`.
+    radial_centers : (K,) ndarray
+        Radii of the bins, named in the warning.
     """
     bad = ~np.isfinite(result["variance"][result["used_groups"]])
     if bad.any():

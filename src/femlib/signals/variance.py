@@ -15,7 +15,9 @@ class FEMVariance1D(Signal1D):
     ``metadata.FEM`` holds the method, gain, npt, radial range, number of patterns and
     ``standard_error`` (same shape as the data). The squared standard error is also kept as
     ``metadata.Signal.Noise_properties.variance`` (a signal), so it follows ``inav``
-    slicing and :meth:`split`; :attr:`standard_error` always matches the data.
+    slicing and :meth:`split`; :attr:`standard_error` always matches the data's shape.
+    Arithmetic on the signal (``v * 2``, ``v - w``) does not propagate it: the error then
+    still describes the original ``V(k)``.
     Navigation axes, when present: ``Thickness`` (bin centres, nm) and ``Method``.
     """
 
@@ -42,6 +44,11 @@ class FEMVariance1D(Signal1D):
 
     def split(self, axis="auto", number_of_parts="auto", step_sizes="auto"):
         """Split as :meth:`hyperspy.signal.BaseSignal.split`, keeping each part's error.
+
+        Parameters
+        ----------
+        axis, number_of_parts, step_sizes
+            As for HyperSpy's ``split``.
 
         Returns
         -------
