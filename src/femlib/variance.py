@@ -263,14 +263,24 @@ def accumulate(
     else:
         per_frame = ring[:, None, :]
         cols = [_I]
-    for s in np.flatnonzero(count):
-        x = per_frame[states == s]
-        mean[s, cols] = x.mean(axis=0)
-        m2[s] = ((x[:, 0] - mean[s, _I]) ** 2).sum(axis=0)
+    # Per-state sums over frames sorted by state (reduceat: no Python loop over states, and
+    # no BLAS call whose own threads would compete with dask's).
+    valid = np.flatnonzero(states >= 0)
+    order = valid[np.argsort(states[valid], kind="stable")]
+    seen = count > 0
+    if order.size:
+        present = np.flatnonzero(seen)
+        starts = np.concatenate([[0], np.cumsum(count[present])[:-1]]).astype(np.int64)
+        x = per_frame[order]
+        means = np.add.reduceat(x, starts, axis=0) / count[present, None, None]
+        mean[np.ix_(present, cols)] = means
+        dev = x[:, 0] - np.repeat(means[:, 0], count[present].astype(np.int64), axis=0)
+        m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
+    mean[~seen] = 0.0
     # Mean of W^2 D per state, from the pixel sums: the shot-noise term of Omega.
     with np.errstate(invalid="ignore", divide="ignore"):
         mean[:, _Q] = (weights.compact_squared @ pixsum.T).T / count[:, None]
-    mean[count == 0] = 0.0
+    mean[~seen] = 0.0
     pix_mean = pix_m2 = None
     if pixels:
         safe = np.maximum(count, 1.0)[:, None]

@@ -21,7 +21,7 @@ __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
 
 # Eager work runs as dask tasks over blocks of about this many bytes of input: enough tasks
 # to keep every core busy, small enough to bound each task's temporaries.
-_BLOCK_BYTES = 32 * 2**20
+_BLOCK_BYTES = 64 * 2**20
 
 
 def _frame_blocks(n_frames, frame_bytes):
