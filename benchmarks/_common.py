@@ -43,7 +43,7 @@ def header(title, argv_line):
     )
     print(
         f"# versions: femlib {femlib.__version__}, numpy {np.__version__}, numba "
-        f"{numba.__version__} ({numba.get_num_threads()} threads), dask "
+        f"{numba.__version__} (serial kernels, parallel through dask), dask "
         f"{dask.__version__}"
     )
     print()
@@ -311,7 +311,5 @@ def print_jit(dtype, cold=True):
     for name, t in warm.items():
         c = "skipped" if coldt is None else f"{coldt[name]:.2f} s"
         rows.append([name, str(np.dtype(dtype)), f"{t:.2f} s", c])
-    import numba
-
-    print(f"JIT (not included in any timing below; threading layer {numba.threading_layer()})")
+    print("JIT (not included in any timing below)")
     print_table(["kernel", "frames dtype", "first call here", "cold compile (empty cache)"], rows)

@@ -100,18 +100,7 @@ def main(argv=None):
     p.add_argument("--bins", type=int, default=4, help="thickness bins (4)")
     p.add_argument("--pyxem-frames", type=int, default=1024, help="frames given to pyxem")
     p.add_argument("--no-cold-jit", action="store_true", help="skip the cold-compile subprocess")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="numba threads (default: all cores); 1 compares per core with the "
-        "single-threaded read pass, which is fairer when other work shares the machine",
-    )
     args = p.parse_args(argv)
-    if args.threads:
-        import numba
-
-        numba.set_num_threads(args.threads)
 
     import hyperspy.api as hs  # noqa: F401  (registers femlib's signal types)
 
