@@ -424,3 +424,36 @@ def test_ring_nonuniformity_equals_the_mean_pattern_reference_and_is_removed():
     np.testing.assert_allclose(
         sub["variance"][0], res["variance"][0] - res["ring_nonuniformity"][0], rtol=1e-12
     )
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_get_variance_stores_and_subtracts_the_ring_nonuniformity(lazy):
+    import femlib
+
+    s = femlib.data.synthetic_fem(
+        navigation_shape=(12, 12), detector_shape=(64, 64), modulation=False, seed=5, lazy=lazy
+    )
+    sim = s.metadata.Simulation
+    s.calibration.center = tuple(np.asarray(sim.center))
+    s.calibration.affine = np.asarray(sim.affine)
+    kw = dict(npt=12, gain=4.2, radial_range=(3.0, 5.75), show_progressbar=False)
+    v = s.get_variance(method=["Omega", "r", "re"], **kw)
+    vs = s.get_variance(method=["Omega", "r", "re"], subtract_nonuniformity=True, **kw)
+    fem = v.metadata.FEM
+    assert fem.subtract_nonuniformity is False and vs.metadata.FEM.subtract_nonuniformity
+    # Reference from the mean pattern of the data and the weights get_variance uses.
+    frames = np.asarray(s.data, dtype=np.float64).reshape(144, -1)
+    pm = frames.mean(axis=0)
+    w = s._weights(12, 1, (3.0, 5.75), None, None)
+    dense = w.matrix.toarray()
+    s1 = dense @ pm
+    raw = w.area * (dense @ pm**2) / s1**2 - 1
+    shot = (4.2 * w.area / s1 - 4.2 * (dense**2 @ pm) / s1**2) / 144
+    np.testing.assert_allclose(fem.ring_nonuniformity, raw - shot, rtol=1e-9)
+    assert fem.ring_nonuniformity_standard_error.shape == (12,)
+    np.testing.assert_allclose(vs.data[0], v.data[0], rtol=1e-12)  # Omega unchanged
+    np.testing.assert_allclose(vs.data[1:], v.data[1:] - fem.ring_nonuniformity, rtol=1e-9)
+    # Omega alone: no per-pixel means were needed, nothing stored.
+    assert "ring_nonuniformity" not in s.get_variance(**kw).metadata.FEM
+    with pytest.raises(TypeError, match="subtract_nonuniformity must be True or False"):
+        s.get_variance(subtract_nonuniformity="no", **kw)

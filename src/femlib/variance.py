@@ -226,6 +226,11 @@ def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
     Returns
     -------
     (n_frames,) ndarray of int64
+
+    Examples
+    --------
+    >>> frame_states(5, groups=[0, 1, 0, -1, 0], n_groups=2, n_blocks=2)
+    array([ 0,  2,  1, -1,  0])
     """
     g = np.zeros(n_frames, np.int64) if groups is None else np.asarray(groups, np.int64)
     if g.shape != (n_frames,):
@@ -270,6 +275,16 @@ def accumulate(
     Moments
         Frames with a NaN or infinite value in a weighted (unmasked, in-range) pixel are
         left out and counted in ``n_nonfinite``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib import integration
+    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
+    >>> frames = np.random.default_rng(0).poisson(5.0, size=(10, 8, 8))
+    >>> m = accumulate(frames, w, frame_states(10), squares=True)
+    >>> m.n_frames, m.mean.shape, m.pix_mean.shape == (N_BLOCKS, w.touched.size)
+    (10, (20, 6, 2), True)
     """
     flat = as_native_frames(frames, weights.detector_shape)
     states = np.asarray(states, dtype=np.int64).ravel()
@@ -346,6 +361,18 @@ def merge(a, b):
     Returns
     -------
     Moments
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib import integration
+    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
+    >>> frames = np.random.default_rng(0).poisson(5.0, size=(10, 8, 8))
+    >>> st = frame_states(10)
+    >>> whole = accumulate(frames, w, st)
+    >>> halves = merge(accumulate(frames[:4], w, st[:4]), accumulate(frames[4:], w, st[4:]))
+    >>> bool(np.allclose(halves.m2, whole.m2) and np.allclose(halves.mean, whole.mean))
+    True
     """
     if a.mean.shape != b.mean.shape:
         raise ValueError("cannot merge moments of different geometries or groupings")
@@ -753,6 +780,18 @@ def accumulate_dask(
     dask.delayed.Delayed
         Computing it gives the merged :class:`Moments` of all frames. Peak memory is a
         few chunks: each chunk is reduced to its moments as soon as it is read.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from femlib import integration
+    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
+    >>> frames = np.random.default_rng(0).poisson(5.0, size=(4, 3, 8, 8)).astype(float)
+    >>> st = frame_states(12).reshape(4, 3)
+    >>> lazy = accumulate_dask(da.from_array(frames, chunks=(2, 3, 8, 8)), w, st)
+    >>> bool(np.allclose(lazy.compute().m2, accumulate(frames, w, st).m2))
+    True
     """
     import dask.array as da
 
@@ -789,6 +828,17 @@ def accumulate_tree(frames, states, weights, n_groups=1, n_blocks=N_BLOCKS, pixe
     -------
     dask.delayed.Delayed
         Computing it gives the merged :class:`Moments`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib import integration
+    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
+    >>> frames = np.random.default_rng(0).poisson(5.0, size=(6, 8, 8)).astype(float)
+    >>> st = frame_states(6)
+    >>> tree = accumulate_tree([frames[:3], frames[3:]], [st[:3], st[3:]], w)
+    >>> tree.compute(scheduler="sync").n_frames
+    6
     """
     import dask
 

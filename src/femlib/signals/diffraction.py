@@ -356,6 +356,7 @@ class FEMDiffraction2D(Signal2D):
         thickness=None,
         bins=None,
         show_progressbar=None,
+        subtract_nonuniformity=False,
     ):
         """Normalized variance ``V(k)`` of the diffracted intensity (FEM), in one pass.
 
@@ -382,6 +383,9 @@ class FEMDiffraction2D(Signal2D):
             computed inside every bin in the same pass.
         show_progressbar : bool or None
             Default: HyperSpy's preference.
+        subtract_nonuniformity : bool
+            Subtract the static within-ring non-uniformity of the mean pattern from ``r``
+            and ``re`` (see :func:`femlib.variance.estimate`); other methods unchanged.
 
         Returns
         -------
@@ -393,7 +397,10 @@ class FEMDiffraction2D(Signal2D):
             ``standard_error`` (jackknife, shape of the data) and, when binned,
             ``thickness_edges``, ``counts``, ``labels``, ``combined`` and
             ``combined_standard_error`` (frame-weighted mean over the bins; also
-            :meth:`FEMVariance1D.combined`). The result is computed (not lazy) for lazy
+            :meth:`FEMVariance1D.combined`). When ``r`` or ``re`` is asked for, also
+            ``ring_nonuniformity`` and ``ring_nonuniformity_standard_error`` (per radial
+            bin, and per thickness bin when binned, plus ``combined_ring_nonuniformity``)
+            and ``subtract_nonuniformity``. The result is computed (not lazy) for lazy
             input too: a few hundred numbers from one streaming pass.
 
         Raises
@@ -417,6 +424,10 @@ class FEMDiffraction2D(Signal2D):
         """
         methods = _variance.check_method(method)
         gain = _variance.check_gain(gain)
+        if not isinstance(subtract_nonuniformity, (bool, np.bool_)):
+            raise TypeError(
+                f"subtract_nonuniformity must be True or False, got {subtract_nonuniformity!r}"
+            )
         w = self._weights(npt, 1, radial_range, None, mask)
         _check_no_empty_bins(w)
         index, edges = self._thickness_groups(thickness, bins)
@@ -461,9 +472,13 @@ class FEMDiffraction2D(Signal2D):
                     f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
                     "use fewer or wider bins"
                 )
-        res = _variance.estimate(moments, w, methods, gain)
+        res = _variance.estimate(
+            moments, w, methods, gain, subtract_nonuniformity=subtract_nonuniformity
+        )
         _variance.warn_undefined(res, w.radial_centers)
-        return self._variance_signal(res, w, methods, method, gain, edges)
+        result = self._variance_signal(res, w, methods, method, gain, edges)
+        _store_nonuniformity(result, res, edges is not None, subtract_nonuniformity)
+        return result
 
     def _variance_signal(self, res, w, methods, method, gain, edges):
         single = len(methods) == 1
@@ -526,6 +541,22 @@ class FEMDiffraction2D(Signal2D):
         result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
         result._set_standard_error(se)
         return result
+
+
+def _store_nonuniformity(result, res, binned, subtracted):
+    """``metadata.FEM.ring_nonuniformity`` (and its error) when the estimate holds it."""
+    if res["ring_nonuniformity"] is None:
+        return
+    used = res["used_groups"] if binned else [0]
+    fem = result.metadata.FEM
+    fem.ring_nonuniformity = res["ring_nonuniformity"][used]
+    fem.ring_nonuniformity_standard_error = res["ring_nonuniformity_standard_error"][used]
+    fem.subtract_nonuniformity = bool(subtracted)
+    if binned:
+        fem.combined_ring_nonuniformity = res["combined_ring_nonuniformity"]
+    else:
+        fem.ring_nonuniformity = fem.ring_nonuniformity[0]
+        fem.ring_nonuniformity_standard_error = fem.ring_nonuniformity_standard_error[0]
 
 
 def _title(what, signal):
