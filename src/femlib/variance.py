@@ -1,38 +1,49 @@
 r"""FEM variance estimators from moments accumulated in one pass over the frames.
 
-Notation (Daulton et al. 2010): ``D_n(p)`` is the intensity of pixel ``p`` in frame ``n``,
-``w_kp`` the pixel-splitting weights of ring ``k`` with ``A_k = sum_p w_kp``, ``I_n(k) =
-sum_p w_kp D_n(p) / A_k`` the ring mean, ``<.>_n`` the mean over frames and ``G`` the gain
-(detector units per electron, ``D = G N`` with ``N`` Poisson).
+Notation (Daulton et al. 2010): ``D_n(p)`` is the intensity of pixel ``p`` in frame ``n``
+(detector units), ``w_kp`` the pixel-splitting weights of ring ``k`` with ``A_k = sum_p
+w_kp``, ``S_n(k) = sum_p w_kp D_n(p)`` the ring sum (``S / A`` the ring mean), ``<.>_n`` the
+mean over the ``N`` frames of a group, ``m_p = <D(p)>_n`` the mean pattern. The noise model
+enters through ``k0 = Var(D_p) / <D_p>`` and the shot weights ``s_kp`` of the shot ring sum
+``Q_n(k) = sum_p s_kp D_n(p)``; ``gain=G`` is the counting model, ``k0 = G`` and ``s = G
+w^2`` (``D = G N``, ``N`` Poisson).
 
-==========  =========================================  ==========================================
-method      estimator                                  shot-noise term (subtracted if gain given)
-==========  =========================================  ==========================================
-``Omega``   ``<I^2>_n / <I>_n^2 - 1``                  ``G sum_p w^2 <D>_n / (sum_p w <D>_n)^2``
-``r``       ``< <D^2>_k / <D>_k^2 - 1 >_n``            ``(1 - c_k) < G / I_n(k) >_n``
-``re``      ``<D^2>_{n,k} / <D>_{n,k}^2 - 1``          ``G / <I(k)>_n``
-``VImage``  ring mean of ``<D^2>_n / <D>_n^2 - 1``     ring mean of ``G / <D(p)>_n``
-==========  =========================================  ==========================================
+==========  ========================================  ============================================
+method      estimator                                 shot-noise term (subtracted: gain or k0)
+==========  ========================================  ============================================
+``Omega``   ``<S^2>_n / <S>_n^2 - 1``                 ``(1 - 1/N) <Q>_n / <S>_n^2``
+``r``       ``< <D^2>_k / <D>_k^2 - 1 >_n``           ``< k0 A / S_n - Q_n / S_n^2 >_n``
+``re``      ``<D^2>_{n,k} / <D>_{n,k}^2 - 1``         ``k0 A / <S>_n - <Q>_n / (N <S>_n^2)``
+``VImage``  ring mean of ``var_n D(p) / m_p^2``       ring mean of ``(1 - 1/N) k0 / m_p``
+==========  ========================================  ============================================
 
-``<.>_k`` is the weighted mean in ring ``k`` and ``c_k = sum_p w_kp^2 / A_k^2``.
+``<.>_k`` is the weighted mean in ring ``k``; ``VImage``'s ring mean runs over the pixels
+with ``m_p > 0``. For Poisson counts (counting model) the terms are the exact finite-``N``
+expectations of the uncorrected estimators on structure-free data: ``Omega`` and ``VImage``
+for any weights (conditioning on each pixel's total over the frames makes the frames
+multinomial), ``r`` and ``re`` for hard bins on a uniform ring (conditioning on the frame's
+ring sum, resp. on the ring's total). With split pixels ``r`` and ``re`` are right to first
+order in ``1 / S``; for a general noise kernel every term is the exact expectation of the
+numerator and first order for the ratio. The derivations are in the user guide
+(estimators page).
 
-Deviation from the seed formula (design.md): for ``r`` the shot-noise term carries the factor
-``(1 - c_k)``. A frame's within-ring sample is finite, so the expectation of
-``<D^2>_k / <D>_k^2 - 1`` for Poisson pixels is ``G (1 - c_k) / I_n(k)`` to first order
-(``c_k`` is one over the number of pixels for hard bins); subtracting ``G / I_n(k)`` leaves a
-bias of ``-c_k G / I`` that is many standard errors at realistic doses.
+Static ring non-uniformity (reported with ``r`` and ``re``, optionally subtracted from them):
 
-With hard bins (``w`` in {0, 1}) the ``Omega`` term reduces to ``G / <S(k)>_n`` (``S`` the
-ring sum); with pixel splitting the ``sum w^2`` form is the correct variance of a split ring
-sum of Poisson pixels (the ``G / <S>`` form over-subtracts and drives V negative).
+    ``NU_k = A sum_p w m_p^2 / (sum_p w m_p)^2 - 1 - (k0 A / <S>_n - <Q>_n / <S>_n^2) / N``
+
+the within-ring non-uniformity of the mean pattern less its own shot-noise content. ``re -
+NU`` then carries ``(1 - 1/N) k0 A / <S>_n`` in all, exact for any weights and any static
+mean pattern (Poisson, counting model).
 
 One pass
 --------
-For each frame the streaming kernel returns the ring sums ``I = W D``, ``Q = W^2 D`` and
-``J = W D^2``; the per-frame quantities ``u = J A / I^2`` and ``v = A / I`` follow. A
-:class:`Moments` holds, per *state* (thickness group x jackknife block), the frame count,
-the means of ``(I, Q, J, u, v)``, the centred second moment of ``I`` and, for ``VImage``,
-the per-pixel mean and centred second moment. Moments of two chunks merge exactly with
+For each frame the streaming kernel returns the ring sums ``I = W D`` and ``J = W D^2``;
+the shot ring sums ``Q`` (shot weights times ``D``) follow per frame for ``r`` and from
+the pixel sums otherwise, and the per-frame quantities ``U = J A / I^2``, ``V = A / I`` and
+``Y = Q / I^2``. A :class:`Moments` holds, per *state* (thickness group x jackknife block),
+the frame count, the means of ``(I, Q, J, U, V, Y)``, the centred second moment of ``I``,
+the per-pixel means (for ``VImage`` and the ring non-uniformity of ``r`` and ``re``) and,
+for ``VImage``, the per-pixel centred second moments. Moments of two chunks merge exactly with
 Chan's pairwise formulas (:func:`merge`), so chunks can be reduced in any order or tree
 (dask, a distributed cluster) and centred sums never lose the small variance in float32.
 
