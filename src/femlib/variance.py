@@ -679,11 +679,13 @@ def _warn_large_correction(full, methods, used, args, gain, k0):
         t, r = np.abs(term[ok]).sum(), np.abs(raw[ok]).sum()
         if t > 10 * r:
             what = f"gain ({gain:g})" if gain is not None else f"noise model (k0 = {k0:g})"
+            size = f"{t / r:.3g} times its uncorrected variance" if r else (
+                "non-zero while its uncorrected variance is 0"
+            )
             warnings.warn(
-                f"the shot-noise correction of method {method!r} is {t / r if r else np.inf:.3g}"
-                f" times its uncorrected variance (summed over the radial bins): the {what} "
-                "is probably wrong; it must be in detector units per electron (the counts "
-                "one electron gives)",
+                f"the shot-noise correction of method {method!r} is {size} (summed over the "
+                f"radial bins): the {what} is probably wrong; it must be in detector units "
+                "per electron (the counts one electron gives)",
                 RuntimeWarning,
                 stacklevel=3,
             )
