@@ -408,7 +408,9 @@ def estimate(moments, weights, methods=("Omega",), gain=None):
         ``variance``, ``standard_error``: ``(G, M, K)`` per group, method and bin;
         ``counts``: ``(G,)`` frames per group; ``combined``, ``combined_standard_error``:
         ``(M, K)``, the frame-weighted mean over the groups with at least 2 frames;
-        ``used_groups``: bool ``(G,)``.
+        ``used_groups``: bool ``(G,)``; ``jackknife`` ``(G, B, M, K)`` and
+        ``combined_jackknife`` ``(B, M, K)``: the leave-one-block-out estimates (NaN where a
+        group has no frame in a block), for the standard error of anything derived from V.
 
     Raises
     ------
@@ -459,6 +461,8 @@ def estimate(moments, weights, methods=("Omega",), gain=None):
         "combined_standard_error": comb_se,
         "used_groups": used,
         "methods": methods,
+        "jackknife": np.where(present[:, :, None, None], vj, np.nan),
+        "combined_jackknife": np.where(present.any(0)[:, None, None], comb_j, np.nan),
     }
 
 

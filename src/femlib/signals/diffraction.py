@@ -480,9 +480,12 @@ class FEMDiffraction2D(Signal2D):
             },
         }
         v, se = res["variance"], res["standard_error"]  # (G, M, K)
+        # Leave-one-block-out estimates, blocks first: (B, G, M, K).
+        jack = np.moveaxis(res["jackknife"], 1, 0) if "jackknife" in res else None
         axes = []
         if edges is None:
             v, se = v[0], se[0]
+            jack = None if jack is None else jack[:, 0]
         else:
             used = res["used_groups"]
             empty = np.flatnonzero(~used)
@@ -496,6 +499,7 @@ class FEMDiffraction2D(Signal2D):
                 )
             centres = 0.5 * (edges[1:] + edges[:-1])[used]
             v, se = v[used], se[used]
+            jack = None if jack is None else jack[:, used]
             fem.update(
                 thickness_edges=np.asarray(edges),
                 counts=res["counts"],
@@ -508,13 +512,19 @@ class FEMDiffraction2D(Signal2D):
                     else res["combined_standard_error"]
                 ),
             )
+            if "combined_jackknife" in res:
+                cj = res["combined_jackknife"]
+                fem["combined_jackknife"] = cj[:, 0] if single else cj
             axes.append(_nav_axis("Thickness", "nm", centres))
         if single:
             v, se = v[..., 0, :], se[..., 0, :]
+            jack = None if jack is None else jack[..., 0, :]
         else:
             axes.append(
                 {"name": "Method", "size": len(methods), "units": "", "navigate": True}
             )
+        if jack is not None:
+            fem["jackknife"] = jack
         radius = self._radius_axis(w)
         radius["navigate"] = False
         md = {
