@@ -83,7 +83,7 @@ class FEMVariance1D(Signal1D):
         fem = self._fem()
         per_axis = []
         for ax in self.axes_manager.navigation_axes:
-            if ax.name == "Thickness" and fem.get("labels") is not None:
+            if ax.name in ("Thickness", "Group") and fem.get("labels") is not None:
                 labs = list(fem["labels"])
             elif ax.name == "Method" and fem.get("methods") is not None:
                 labs = list(fem["methods"])
@@ -103,12 +103,14 @@ class FEMVariance1D(Signal1D):
         ]
 
     def combined(self):
-        """Frame-weighted mean of the per-thickness-bin ``V(k)`` with its standard error.
+        """Frame-weighted mean of the per-thickness-bin (or per-group) ``V(k)`` with its
+        standard error.
 
         Returns
         -------
         FEMVariance1D
-            Navigation axes other than ``Thickness`` are kept (e.g. ``Method``).
+            Navigation axes other than ``Thickness``/``Group`` are kept (e.g. ``Method``,
+            or the tile axes of a map binned by thickness: one combined V per tile).
 
         Raises
         ------
@@ -121,10 +123,13 @@ class FEMVariance1D(Signal1D):
         axes = [
             ax.get_axis_dictionary()
             for ax in self.axes_manager._axes
-            if ax.name != "Thickness"
+            if ax.name not in ("Thickness", "Group")
         ]
         md = self.metadata.as_dictionary()
-        md["General"]["title"] = f"{self.metadata.General.title} (thickness-bin average)"
+        what = "group" if "Group" in [ax.name for ax in self.axes_manager._axes] else (
+            "thickness-bin"
+        )
+        md["General"]["title"] = f"{self.metadata.General.title} ({what} average)"
         md.get("Signal", {}).pop("Noise_properties", None)
         for key in ("labels", "combined", "combined_standard_error", "standard_error",
                     "jackknife", "combined_jackknife"):
