@@ -397,8 +397,9 @@ class FEMDiffraction2D(Signal2D):
         Returns
         -------
         FEMVariance1D
-            Signal axis ``Radius``. Navigation axes, in array order: ``tile_y``,
-            ``tile_x`` (tile centres in the scan's units) with ``tiles``; ``Group`` (the
+            Signal axis ``Radius``. Navigation axes, in array order: with ``tiles`` two
+            axes named and calibrated like the scan's (rows, columns; values at the tile
+            centres, non-uniform when the edge tiles are smaller); ``Group`` (the
             labels) with ``groups``; ``Thickness`` (bin centres, nm) when binned;
             ``Method`` when several methods are asked for. With ``groups`` or bins,
             ``metadata.FEM`` has ``counts`` per group and ``combined`` (with ``tiles``: per
