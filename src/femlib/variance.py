@@ -546,11 +546,13 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         ``variance``, ``standard_error``: ``(G, M, K)`` per group, method and bin;
         ``counts``: ``(G,)`` frames per group; ``combined``, ``combined_standard_error``:
         ``(M, K)``, the frame-weighted mean over the groups with at least 2 frames;
-        ``used_groups``: bool ``(G,)``; ``methods``; ``ring_nonuniformity`` and its
-        ``ring_nonuniformity_standard_error`` ``(G, K)``, ``combined_ring_nonuniformity``
-        and ``combined_ring_nonuniformity_standard_error`` ``(K,)``: the within-ring
-        non-uniformity of the mean pattern less its shot-noise content, present (else
-        None) when the moments hold per-pixel means.
+        ``used_groups``: bool ``(G,)``; ``methods``; ``jackknife`` ``(G, B, M, K)`` and
+        ``combined_jackknife`` ``(B, M, K)``: the leave-one-block-out estimates (NaN where a
+        group has no frame in a block), for the standard error of anything derived from V;
+        ``ring_nonuniformity`` and its ``ring_nonuniformity_standard_error`` ``(G, K)``,
+        ``combined_ring_nonuniformity`` and ``combined_ring_nonuniformity_standard_error``
+        ``(K,)``: the within-ring non-uniformity of the mean pattern less its shot-noise
+        content, present (else None) when the moments hold per-pixel means.
 
     Raises
     ------
@@ -630,7 +632,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     # vj: (G, B, M, K); a block with no frame in a group does not count for that group.
     present = count > 0  # (G, B)
     se = _jackknife_se(vj, present)
-    comb, comb_se = _combine(v, vj, counts, count, used, present)
+    comb, comb_se, comb_j = _combine(v, vj, counts, count, used, present)
     out = {
         "variance": v,
         "standard_error": se,
@@ -639,6 +641,8 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         "combined_standard_error": comb_se,
         "used_groups": used,
         "methods": methods,
+        "jackknife": np.where(present[:, :, None, None], vj, np.nan),
+        "combined_jackknife": np.where(present.any(0)[:, None, None], comb_j, np.nan),
         "ring_nonuniformity": None,
         "ring_nonuniformity_standard_error": None,
         "combined_ring_nonuniformity": None,
@@ -647,7 +651,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     if pm is not None:
         nu = _nonuniformity(full[0], full[1], full[3], kk, qs, area, wc)[:, None]
         nuj = _nonuniformity(loo[0], loo[1], loo[3], kk, qs, area, wc)[:, :, None]
-        nu_comb, nu_comb_se = _combine(nu, nuj, counts, count, used, present)
+        nu_comb, nu_comb_se, _ = _combine(nu, nuj, counts, count, used, present)
         out.update(
             ring_nonuniformity=nu[:, 0],
             ring_nonuniformity_standard_error=_jackknife_se(nuj, present)[:, 0],
@@ -660,14 +664,15 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
 
 
 def _combine(v, vj, counts, count, used, present):
-    """Frame-weighted mean over the used groups of ``v`` (G, M, K), with its jackknife error."""
+    """Frame-weighted mean over the used groups of ``v`` (G, M, K), with its jackknife error
+    and leave-one-block-out values ``(B, M, K)``."""
     wfull = np.where(used, counts, 0.0)
     v_used = np.where(used[:, None, None], v, 0.0)  # unused groups hold NaN, weight 0
     comb = np.tensordot(wfull, v_used, axes=(0, 0)) / wfull.sum()
     wloo = np.where(used[:, None], counts[:, None] - count, 0.0)  # (G, B)
     comb_j = np.einsum("gb,gbmk->bmk", wloo, np.nan_to_num(vj)) / wloo.sum(0)[:, None, None]
     comb_se = _jackknife_se(comb_j[None], present.any(0)[None])[0]
-    return comb, comb_se
+    return comb, comb_se, comb_j
 
 
 def _warn_large_correction(full, methods, used, args, gain, k0):

@@ -1,5 +1,7 @@
 """``FEMVariance1D``: the normalized variance V(k) with its standard error."""
 
+import warnings
+
 import numpy as np
 from hyperspy._signals.lazy import LazySignal
 from hyperspy._signals.signal1d import Signal1D
@@ -81,7 +83,7 @@ class FEMVariance1D(Signal1D):
         fem = self._fem()
         per_axis = []
         for ax in self.axes_manager.navigation_axes:
-            if ax.name == "Thickness" and fem.get("labels") is not None:
+            if ax.name in ("Thickness", "Group") and fem.get("labels") is not None:
                 labs = list(fem["labels"])
             elif ax.name == "Method" and fem.get("methods") is not None:
                 labs = list(fem["methods"])
@@ -101,12 +103,14 @@ class FEMVariance1D(Signal1D):
         ]
 
     def combined(self):
-        """Frame-weighted mean of the per-thickness-bin ``V(k)`` with its standard error.
+        """Frame-weighted mean of the per-thickness-bin (or per-group) ``V(k)`` with its
+        standard error.
 
         Returns
         -------
         FEMVariance1D
-            Navigation axes other than ``Thickness`` are kept (e.g. ``Method``).
+            Navigation axes other than ``Thickness``/``Group`` are kept (e.g. ``Method``,
+            or the tile axes of a map binned by thickness: one combined V per tile).
 
         Raises
         ------
@@ -119,13 +123,19 @@ class FEMVariance1D(Signal1D):
         axes = [
             ax.get_axis_dictionary()
             for ax in self.axes_manager._axes
-            if ax.name != "Thickness"
+            if ax.name not in ("Thickness", "Group")
         ]
         md = self.metadata.as_dictionary()
-        md["General"]["title"] = f"{self.metadata.General.title} (thickness-bin average)"
+        what = "group" if "Group" in [ax.name for ax in self.axes_manager._axes] else (
+            "thickness-bin"
+        )
+        md["General"]["title"] = f"{self.metadata.General.title} ({what} average)"
         md.get("Signal", {}).pop("Noise_properties", None)
-        for key in ("labels", "combined", "combined_standard_error", "standard_error"):
+        for key in ("labels", "combined", "combined_standard_error", "standard_error",
+                    "jackknife", "combined_jackknife"):
             md["FEM"].pop(key, None)
+        if fem.get("combined_jackknife") is not None:
+            md["FEM"]["jackknife"] = np.asarray(fem["combined_jackknife"])
         out = type(self)(np.asarray(fem["combined"]), axes=axes, metadata=md)
         out._set_standard_error(fem["combined_standard_error"])
         return out
@@ -207,3 +217,150 @@ class FEMVariance1D(Signal1D):
 
 class LazyFEMVariance1D(LazySignal, FEMVariance1D):
     """Lazy (dask-backed) :class:`FEMVariance1D`."""
+
+
+# find_peaks is defined here and attached below (not inside the class body) to keep this
+# addition apart from the plotting methods; it is an ordinary method of FEMVariance1D.
+def _find_peaks(self, n_peaks=None, positions=None, k_range=None, background_order=1,
+                errors="auto", min_significance=3.0):
+    """Fit the peaks of every ``V(k)`` curve: positions, heights and widths with errors.
+
+    Each curve (every thickness bin, group, tile and method of this result) is fitted with
+    Gaussian peaks on a polynomial background, ``V(k) = b(k) + sum_i h_i exp(-4 ln2
+    (k - k_i)^2 / f_i^2)``, by HyperSpy's least-squares model fitting weighted by the stored
+    standard errors (``metadata.Signal.Noise_properties.variance``), using HyperSpy's
+    ``GaussianHF`` and ``Offset``/``Polynomial`` components.
+
+    Parameters
+    ----------
+    n_peaks : int or None
+        Number of peaks per curve when ``positions`` is None: the ``n_peaks`` most prominent
+        local maxima. None keeps every maximum more prominent than ``min_significance``
+        standard errors.
+    positions : sequence of float or None
+        Starting positions of the peaks (calibrated units, e.g. ``nm^-1``), the same for
+        every curve; overrides the automatic search.
+    k_range : (float, float) or None
+        Fit only inside this radial range.
+    background_order : int
+        0 = constant offset, 1 = linear (default), ... polynomial background.
+    errors : {"auto", "jackknife", "fit"}
+        ``"jackknife"`` refits every leave-one-block-out curve stored by
+        :meth:`FEMDiffraction2D.get_variance` (``metadata.FEM.jackknife``) and takes the
+        spread of the parameters: this accounts for V(k) errors that are correlated across
+        k (the structural fluctuations are) and is calibrated on synthetic data.
+        ``"fit"`` uses HyperSpy's parameter errors (weighted-fit covariance times the
+        reduced chi-square), which treat the points as independent and come out too small
+        when they are not. ``"auto"``: jackknife when the replicates match the data.
+    min_significance : float
+        Prominence, in standard errors, for an automatically found peak.
+
+    Returns
+    -------
+    PeakTable
+        A list of dicts, one per peak and curve, with keys ``curve`` (flat index in
+        navigation order), ``label`` (:meth:`curve_labels`), ``peak`` (0, 1, ... by
+        position), ``position``, ``height``, ``fwhm`` (calibrated units; height in V units)
+        and their standard errors ``position_se``, ``height_se``, ``fwhm_se``, and
+        ``converged`` (bool) with ``message``. A curve whose fit fails (or that has no
+        peak, ``peak = -1``) keeps its rows with ``converged=False``, NaN values and the
+        reason, and a warning names it. ``print(table)`` shows it aligned,
+        ``table.to_csv(path)`` writes CSV; ``table.errors`` tells which errors were used.
+
+    Raises
+    ------
+    ValueError
+        For bad ``errors``, ``n_peaks``, ``background_order`` or ``positions``, or
+        ``errors="jackknife"`` without stored replicates.
+
+    Examples
+    --------
+    >>> import femlib
+    >>> s = femlib.data.synthetic_fem(navigation_shape=(12, 12), detector_shape=(64, 64),
+    ...                               scale=0.28, seed=2, thickness_gradient=False)
+    >>> s.calibration.center = s.metadata.Simulation.center
+    >>> s.calibration.affine = s.metadata.Simulation.affine
+    >>> v = s.get_variance(npt=40, gain=4.2, radial_range=(3.0, 8.0),
+    ...                    mask=s.metadata.Simulation.beam_stop_mask,
+    ...                    show_progressbar=False)
+    >>> table = v.find_peaks(positions=[3.7, 4.6, 7.0])
+    >>> [round(row["position"], 1) for row in table]
+    [3.7, 4.6, 7.0]
+    """
+    from femlib.signals import _peaks
+
+    if errors not in ("auto", "jackknife", "fit"):
+        raise ValueError(f"errors must be 'auto', 'jackknife' or 'fit', got {errors!r}")
+    if n_peaks is not None and (
+        isinstance(n_peaks, bool) or not isinstance(n_peaks, (int, np.integer)) or n_peaks < 1
+    ):
+        raise ValueError(f"n_peaks must be a positive integer or None, got {n_peaks!r}")
+    if isinstance(background_order, bool) or not isinstance(
+        background_order, (int, np.integer)
+    ) or background_order < 0:
+        raise ValueError(
+            f"background_order must be a non-negative integer, got {background_order!r}"
+        )
+    k_axis = self.axes_manager.signal_axes[0]
+    k = k_axis.axis
+    if positions is not None:
+        try:
+            positions = np.asarray(positions, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"positions must be a sequence of radii, got {positions!r}"
+            ) from None
+        if positions.size == 0 or not np.all(np.isfinite(positions)) or (
+            positions.min() < k[0] or positions.max() > k[-1]
+        ):
+            raise ValueError(
+                f"positions must be finite radii within [{k[0]:.4g}, {k[-1]:.4g}], "
+                f"got {positions.tolist()}"
+            )
+    v = np.asarray(self.data, dtype=float).reshape(-1, k.size)
+    se = self.standard_error.reshape(v.shape)
+    jack = self.metadata.get_item("FEM.jackknife")
+    has_jack = jack is not None and np.shape(jack)[1:] == self.data.shape
+    if errors == "jackknife" and not has_jack:
+        raise ValueError(
+            "errors='jackknife' needs metadata.FEM.jackknife matching the data (the "
+            "result of get_variance or combined(), not a slice or split part)"
+        )
+    use_jack = has_jack and errors != "fit"
+    reps = np.asarray(jack, dtype=float).reshape(-1, *v.shape) if use_jack else None
+    labels = self.curve_labels()
+    if len(labels) != v.shape[0]:
+        labels = [str(i) for i in range(v.shape[0])]
+    axis = k_axis.get_axis_dictionary()
+    table = _peaks.PeakTable()
+    table.errors = "jackknife" if use_jack else "fit"
+    failed = []
+    for i in range(v.shape[0]):
+        if positions is None:
+            guesses = _peaks.guess_peaks(k, v[i], se[i], n_peaks, min_significance)
+        else:
+            guesses = _peaks.guess_at_positions(k, v[i], positions)
+        if not guesses:
+            rows = [dict(_peaks.empty_row(), message="no significant peak found")]
+            peak_ids = [-1]
+        else:
+            rows = _peaks.fit_peaks(
+                axis, v[i], se[i], guesses, background_order, k_range,
+                None if reps is None else reps[:, i],
+            )
+            peak_ids = range(len(rows))
+        for j, row in zip(peak_ids, rows, strict=True):
+            table.append({"curve": i, "label": labels[i], "peak": j, **row})
+        if not all(r["converged"] for r in rows):
+            failed.append(f"{labels[i]} ({rows[0]['message'] or 'see table'})")
+    if failed:
+        warnings.warn(
+            f"peak fit failed for {len(failed)} curve(s), flagged converged=False in the "
+            "table: " + "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""),
+            UserWarning,
+            stacklevel=2,
+        )
+    return table
+
+
+FEMVariance1D.find_peaks = _find_peaks
