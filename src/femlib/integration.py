@@ -148,6 +148,15 @@ class AzimuthalWeights:
         Returns
         -------
         AzimuthalWeights
+
+        Examples
+        --------
+        Two hard bins on a 2 x 2 detector: the left column and the right column.
+
+        >>> m = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+        >>> w = AzimuthalWeights.from_matrix(m, [0.0, 1.0, 2.0], [-np.pi, np.pi], (2, 2))
+        >>> integrate(np.array([[1.0, 2.0], [3.0, 4.0]]), w).tolist()
+        [4.0, 6.0]
         """
         csc = sp.csc_array(matrix)
         csc.sum_duplicates()
@@ -576,6 +585,15 @@ def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
     dask.array.Array
         ``darr`` itself when nothing needs changing, else a rechunked array; each change is
         logged once at INFO level.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> darr = da.zeros((1000, 64, 64), chunks=(10, 32, 32))  # split frames, tiny chunks
+    >>> prepare_chunks(darr).chunks[1:]  # whole frames
+    ((64,), (64,))
+    >>> prepare_chunks(darr).numblocks[0] < darr.numblocks[0]  # merged navigation chunks
+    True
     """
     min_chunk_bytes = MIN_CHUNK_BYTES if min_chunk_bytes is None else min_chunk_bytes
     target_chunk_bytes = TARGET_CHUNK_BYTES if target_chunk_bytes is None else target_chunk_bytes
@@ -617,6 +635,15 @@ def integrate_dask(darr, weights, mean=False, dtype=np.float64):
     Returns
     -------
     dask.array.Array, shape (..., npt) or (..., npt, npt_azim)
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> frames = da.ones((6, 16, 16), chunks=(2, 16, 16))
+    >>> out = integrate_dask(frames, w, mean=True)
+    >>> out.shape, out.compute().round(6)[0].tolist()
+    ((6, 4), [1.0, 1.0, 1.0, 1.0])
     """
     import dask
     import dask.array as da
