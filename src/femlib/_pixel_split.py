@@ -134,10 +134,11 @@ def _radial_extent(xs, ys, n):  # pragma: no cover
 
 @numba.njit(**_JIT)
 def _polygon_area(xs, ys, n):  # pragma: no cover
+    # Shoelace about the first vertex, not the origin: far from the centre the terms about
+    # the origin are (radius / pixel size) times larger than the area and cancel.
     total = 0.0
-    for i in range(n):
-        j = i + 1 if i + 1 < n else 0
-        total += xs[i] * ys[j] - ys[i] * xs[j]
+    for i in range(1, n - 1):
+        total += (xs[i] - xs[0]) * (ys[i + 1] - ys[0]) - (ys[i] - ys[0]) * (xs[i + 1] - xs[0])
     return 0.5 * total
 
 
