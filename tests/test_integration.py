@@ -169,7 +169,7 @@ def test_pyxem_equal_sector_areas():
     areas = w.area.reshape(100, 360)
     spread = areas.max(axis=1) - areas.min(axis=1)
     assert spread.max() < 0.01
-    assert spread.max() < 1e-12  # measured: exact up to rounding
+    assert spread.max() < 1e-11  # measured 5e-13: exact up to rounding
     np.testing.assert_allclose(areas.sum(), np.pi * 40**2, rtol=1e-12)
 
 
