@@ -187,7 +187,8 @@ class FEMDiffraction2D(Signal2D):
             Radial range in the signal's calibrated units (e.g. ``nm^-1``); default from 0
             to the detector corner farthest from the centre.
         azimuth_range : (float, float) or None
-            Azimuthal range in radians within ``[-pi, pi]``; it restricts the integration
+            Azimuthal range in radians within ``[-pi, pi]`` or ``[0, 2pi]`` (pyxem's azimuth:
+            0 along +x, counter-clockwise on screen); it restricts the integration
             itself, not only the axis. Default: the full circle.
         mask : bool array, boolean Signal2D or None
             True = excluded pixel (e.g. ``summed < 10000``). Default: ``calibration.mask``.
@@ -203,7 +204,7 @@ class FEMDiffraction2D(Signal2D):
         Returns
         -------
         FEMPolar2D or LazyFEMPolar2D
-            Signal axes ``Radians`` (x, bin centres in ``(-pi, pi]``) and ``Radius`` (y, bin
+            Signal axes ``Radians`` (x, bin centres within ``azimuth_range``) and ``Radius`` (y, bin
             centres, calibrated units); float32 data. ``metadata.FEM.coverage`` holds the
             covered fraction of every bin (0 for bins off the detector, whose value is 0).
 
@@ -246,7 +247,7 @@ class FEMDiffraction2D(Signal2D):
             else (default) the pixel-split weighted sum.
         azimuth_range : (float, float) or None
             Restrict the integration to this azimuthal sector (radians, within
-            ``[-pi, pi]``).
+            ``[-pi, pi]`` or ``[0, 2pi]``, pyxem's azimuth).
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
