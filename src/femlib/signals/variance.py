@@ -273,14 +273,15 @@ class FEMVariance1D(Signal1D):
         labels = self.curve_labels()
         for i, label in enumerate(labels):
             color = f"C{i % 10}"
-            ax.plot(k_axis.axis, v[i], color=color, label=label, drawstyle="steps-mid")
+            ax.plot(k_axis.axis, v[i], color=color, label=label or f"curve {i}",
+                    drawstyle="steps-mid")
             if error_band and se is not None:
                 self._band(ax, v[i], se[i], color, "steps-mid")
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xlabel(_radial_label(k_axis))
         ax.set_ylabel(self._quantity())
         ax.set_title(self.metadata.General.title)
-        if legend is True or (legend == "auto" and len(labels) <= 12):
+        if legend is True or (legend == "auto" and len(labels) <= 12 and any(labels)):
             ax.legend(fontsize="small", loc="best")
         return ax
 
