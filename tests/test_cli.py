@@ -97,6 +97,7 @@ def test_report_shows_existing_figures_and_tables(main_job):
     # Calibration: the centre printed in the summary; one table row per thickness bin.
     centre = re.search(r"centre \(x, y\): (\(.*?\)) px", main_job[0].stdout).group(1)
     assert f"<td>centre (x, y)</td><td>{centre} px</td>" in page
+    assert "<td>input</td><td>synthetic dataset" in page
     bins_table = page.split("<h2>Thickness bins</h2>")[1].split("</table>")[0]
     counts = [int(n) for n in re.findall(r"<td>\d+\.\d+–\d+\.\d+</td><td>(\d+)</td>", bins_table)]
     assert len(counts) == 8 and sum(counts) == 1600

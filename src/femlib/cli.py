@@ -656,7 +656,12 @@ def _calibration_rows(s, center, affine, threshold, mask, radial_range, args, ga
     units = _units(s.axes_manager.signal_axes[0])
     ratio, rotation = _ellipse_ratio(affine)
     matrix = "\n".join("  ".join(f"{x: .6f}" for x in row) for row in np.asarray(affine))
+    if args.input is None:
+        source = f"synthetic dataset (femlib.data.synthetic_fem, seed {args.seed or 0})"
+    else:
+        source = str(Path(args.input).resolve())
     rows = [
+        ("input", source),
         ("detector", f"{mask.shape[1]} x {mask.shape[0]} px, {cal.scale:.6g} {units} per px"),
         ("centre (x, y)", f"({center[1]:.3f}, {center[0]:.3f}) px"),
         ("ellipse", f"axis ratio {ratio:.5f} (ellipticity {ratio - 1:.4%}), major axis at "
@@ -757,7 +762,7 @@ def write_report(path, summary, figures, calibration, bins=None, peaks=None,
         "<h2>Summary</h2>",
         f"<pre>{esc(summary)}</pre>",
         "<h2>Calibration and settings</h2>",
-        _html_table([{"": name, "value": value} for name, value in calibration],
+        _html_table([{"item": name, "value": value} for name, value in calibration],
                     pre_columns=("value",)),
         "<h2>Figures</h2>",
     ]
