@@ -176,6 +176,7 @@ def bad_files(tmp_path_factory):
     data = good.read_bytes()
     (folder / "truncated.hspy").write_bytes(data[: len(data) // 3])
     hs.signals.Signal2D(np.ones((16, 16))).save(folder / "image.hspy")
+    hs.signals.Signal2D(np.ones((3, 3, 16, 16))).save(folder / "no_haadf.hspy")
     return folder
 
 
@@ -207,6 +208,10 @@ def bad_files(tmp_path_factory):
         (["--thickness-bins", "2", "--slope", "0"], "argument --slope: must not be 0"),
         (["--black-level", "3"], "--black-level only applies with --thickness-bins"),
         (["good.hspy", "--thickness-bins", "2"], "needs --black-level and --slope"),
+        (["no_haadf.hspy", "--thickness-bins", "2", "--black-level", "0", "--slope", "1"],
+         "--thickness-bins needs a HAADF image in metadata.HAADF.intensity"),
+        (["--thickness-bins", "2", "--black-level", "inf"],
+         "argument --black-level: must be finite"),
         (["--num-points", "2"], "argument --num-points: must be >= 5"),
         (["--out", "good.hspy"], "--out good.hspy exists and is not a folder"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -217,9 +222,12 @@ def test_bad_option_exits_2_with_one_line_and_no_output(args, message, bad_files
     if "--out" not in args:
         args = [*args, "--out", out]
     res = femlib_cmd("fem", *args, cwd=bad_files)
-    errors = [x for x in res.stderr.splitlines() if x.startswith("femlib: error:")]
+    lines = res.stderr.splitlines()
+    errors = [x for x in lines if x.startswith("femlib: error:")]
     assert res.returncode == 2, res.stderr
     assert len(errors) == 1 and message in errors[0], res.stderr
+    # Anything else is a finished-step line, for the errors found after summing.
+    assert all(re.fullmatch(r"femlib: .+ \(\d+\.\d s\)", x) for x in lines if x not in errors)
     assert "Traceback" not in res.stderr and "WARNING" not in res.stderr
     assert "ERROR |" not in res.stderr  # no HyperSpy or RosettaSciIO log lines
     assert res.stdout == ""

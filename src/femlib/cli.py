@@ -525,7 +525,7 @@ def run_fem(args, progress=None, command=None):
             f"  ellipticity: {ratio - 1:.4%} (axis ratio {ratio:.5f})",
             f"  mask: {int(mask.sum())} pixels below {threshold:.4g} in the summed pattern",
             f"  radial range: {radial_range[0]:.4g}-{radial_range[1]:.4g} {units}, "
-            f"gain: {gain}",
+            f"gain: {'none (no shot-noise correction)' if gain is None else f'{gain:g}'}",
         ]
         if bins_line:
             lines.append(f"  {bins_line}")
