@@ -237,3 +237,19 @@ def test_bad_option_exits_2_with_one_line_and_no_output(args, message, bad_files
 def test_python_dash_m_help(tmp_path):
     res = femlib_cmd("fem", "--help", cwd=tmp_path)
     assert res.returncode == 0 and "--thickness-bins" in res.stdout
+
+
+def test_warnings_are_one_line_without_source(capsys):
+    """A library warning, however long and multi-line, becomes one line on stderr."""
+    import warnings
+
+    from femlib.cli import _one_line_warnings
+
+    with _one_line_warnings():
+        warnings.warn("first line\n  second line", UserWarning, stacklevel=1)
+        warnings.warn("x" * 1000, RuntimeWarning, stacklevel=1)
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)  # not for CLI users
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "femlib: warning: first line second line"
+    assert err[1] == "femlib: warning: " + "x" * 297 + "..."
+    assert len(err) == 2
