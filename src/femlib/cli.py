@@ -397,10 +397,10 @@ def run_fem(args, progress=None, command=None):
 
     Steps: check every option; load INPUT lazily (or make the synthetic dataset); sum the
     patterns; mask the pixels below ``--mask-below`` in the sum; fit and refine the ring
-    ellipse (centre and affine); transform the summed pattern to polar coordinates;
-    compute ``V(k)`` (per thickness bin with ``--thickness-bins``) in one pass; then
-    create ``--out`` and write ``variance.csv``, ``variance.hspy``, the PNG figures and
-    ``report.html``. Nothing is written when any step fails.
+    ellipse (centre and affine); compute ``V(k)`` (per thickness bin with
+    ``--thickness-bins``) in one pass; transform the summed pattern to polar coordinates;
+    then create ``--out`` and write ``variance.csv``, ``variance.hspy``, the PNG figures
+    and ``report.html``. Nothing is written when any step before that fails.
 
     Parameters
     ----------
@@ -508,6 +508,8 @@ def run_fem(args, progress=None, command=None):
         calibration = _calibration_rows(s, center, affine, threshold, mask, radial_range,
                                          args, gain, n_used, n_total, truth)
         bin_rows = _bin_rows(var) if binned else None
+        # The local maxima of the summary; a fitted peak table (FEMVariance1D.find_peaks)
+        # can replace these rows: write_report takes any list of column -> value dicts.
         peak_rows = [
             {f"k ({units})": f"{kk:.4f}", "V": f"{vv:.5f}", "standard error": f"{ss:.5f}"}
             for kk, vv, ss in peaks
@@ -719,7 +721,7 @@ def write_report(path, summary, figures, calibration, bins=None, peaks=None,
         The command's summary text.
     figures : list of str
         Figure file names (in the report's folder), shown with the captions of
-        :data:`FIGURES` (unknown names get no caption).
+        ``femlib.cli.FIGURES`` (unknown names get no caption).
     calibration : list of (str, str)
         Calibration and settings as name/value pairs.
     bins : list of dict or None
