@@ -253,3 +253,22 @@ def test_warnings_are_one_line_without_source(capsys):
     assert err[0] == "femlib: warning: first line second line"
     assert err[1] == "femlib: warning: " + "x" * 297 + "..."
     assert len(err) == 2
+
+
+def test_progress_bars_go_to_stderr(capsys):
+    """dask's bar writes to stdout by default; the CLI's goes to stderr with the step line."""
+    import time
+
+    import dask
+
+    from femlib.cli import _Progress
+
+    slow = dask.delayed(lambda: time.sleep(1.3) or 1)()  # longer than the bar's minimum
+    with _Progress(bars=True, lines=True).step("slept"):
+        assert dask.compute(slow, scheduler="threads") == (1,)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "100% Completed" in err and re.search(r"^femlib: slept \(\d+\.\d s\)$", err, re.M)
+    with _Progress(bars=False, lines=False).step("quiet"):
+        dask.compute(slow, scheduler="threads")
+    assert capsys.readouterr() == ("", "")
