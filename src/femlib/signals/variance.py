@@ -11,6 +11,15 @@ __all__ = ["FEMVariance1D", "LazyFEMVariance1D"]
 _VAR_KEY = "Signal.Noise_properties.variance"
 
 
+def _radial_label(axis):
+    """``"k (nm^-1)"`` for a calibrated radial axis, ``"radius (px)"`` for pixels."""
+    units = getattr(axis, "units", None)
+    units = "" if units is None else str(units).strip()
+    if units.lower() in ("", "<undefined>", "undefined", "px", "pixel", "pixels"):
+        return "radius (px)"
+    return f"k ({units})"
+
+
 class FEMVariance1D(Signal1D):
     """Normalized variance ``V(k)`` over the ``Radius`` axis, with its standard error.
 
@@ -141,32 +150,70 @@ class FEMVariance1D(Signal1D):
         return out
 
     def plot(self, *args, error_band=True, **kwargs):
-        """Plot ``V(k)`` with a shaded ±1 standard-error band.
+        """Plot ``V(k)`` as HyperSpy does, with a shaded ±1 standard-error band.
 
-        With no navigation axis this is HyperSpy's interactive plot plus the band. With
-        navigation axes (thickness bins, methods) all curves are drawn on one matplotlib
-        axes with a legend (labels like ``17.0–18.0 nm (n=812)``).
+        This is :meth:`hyperspy.signal.BaseSignal.plot`: every HyperSpy argument works
+        (``navigator="slider"``, ``navigator=None``, ``axes_manager=...``, ``color`` ...).
+        With navigation axes (thickness bins, methods, scan tiles) the navigator browses
+        the curves and the band follows the curve shown. The band is drawn with the same
+        step style as the line (``steps-mid``: flat across each radial bin). To draw all
+        curves on one axes with a legend, use :meth:`plot_curves`.
 
         Parameters
         ----------
-        error_band : bool
-            Shade ±1 standard error.
         *args, **kwargs
-            Passed to HyperSpy's ``plot`` (no navigation axis) or used as ``ax`` (a
-            matplotlib axes to draw on) for several curves.
+            Passed to HyperSpy's ``plot``.
+        error_band : bool
+            Shade ±1 standard error around the curve shown (nothing is shaded when the
+            signal holds no standard error).
 
         Returns
         -------
-        matplotlib.axes.Axes or None
+        None
+
+        Examples
+        --------
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8))
+        >>> s.calibration.center = s.metadata.Simulation.center
+        >>> t = s.metadata.HAADF.intensity
+        >>> per_bin = s.get_variance(npt=20, gain=4.2, radial_range=(3.0, 5.5),
+        ...                          thickness=t, bins=2, show_progressbar=False)
+        >>> per_bin.plot(navigator="slider")
+        >>> per_bin.axes_manager.indices = (1,)  # the band follows to the second bin
         """
-        if self.axes_manager.navigation_dimension == 0:
-            super().plot(*args, **kwargs)
-            if error_band:
-                ax = self._plot.signal_plot.ax
-                self._band(ax, self.data, self._se_or_none(), color="C0")
-                ax.figure.canvas.draw_idle()
+        super().plot(*args, **kwargs)
+        signal_plot = self._plot.signal_plot
+        ax = signal_plot.ax
+        if not self.metadata.has_item("Signal.quantity"):
+            ax.set_ylabel(self._quantity())  # HyperSpy would say "Intensity"
+        se = self._se_or_none() if error_band else None
+        if se is None:
             return None
-        return self.plot_curves(error_band=error_band, **kwargs)
+        line = signal_plot.ax_lines[0].line
+        axes_manager = self._plot.axes_manager
+        state = {"band": None}
+
+        def draw_band(*_args, **_kwargs):
+            if state["band"] is not None:
+                state["band"].remove()
+            # HyperSpy's indices are in navigation-axis order, the array's are reversed.
+            index = tuple(axes_manager.indices[::-1])
+            v = np.asarray(self.data[index], dtype=float)
+            state["band"] = self._band(
+                ax, v, se[index], line.get_color(), line.get_drawstyle()
+            )
+            ax.figure.canvas.draw_idle()
+
+        draw_band()
+        if axes_manager.navigation_dimension:
+            axes_manager.events.indices_changed.connect(draw_band, [])
+
+            def disconnect():
+                axes_manager.events.indices_changed.disconnect(draw_band)
+
+            signal_plot.events.closed.connect(disconnect, [])
+        return None
 
     def _se_or_none(self):
         try:
@@ -174,45 +221,82 @@ class FEMVariance1D(Signal1D):
         except ValueError:
             return None
 
-    def _band(self, ax, v, se, color):
+    def _band(self, ax, v, se, color, drawstyle="steps-mid"):
+        """Shade ``v ± se`` on ``ax`` with the step style of a line of ``drawstyle``."""
         if se is None:
-            return
+            return None
+        # fill_between's step names: a "steps-mid" line has its jumps halfway between
+        # points, which is step="mid"; "steps"/"steps-pre" is "pre"; "default" is linear.
+        step = {
+            "steps-mid": "mid",
+            "steps-pre": "pre",
+            "steps": "pre",
+            "steps-post": "post",
+        }.get(drawstyle)
         k = self.axes_manager.signal_axes[0].axis
-        ax.fill_between(k, v - se, v + se, color=color, alpha=0.25, lw=0)
+        return ax.fill_between(
+            k, v - se, v + se, color=color, alpha=0.25, lw=0, step=step,
+            label="_±1 standard error",
+        )
 
-    def plot_curves(self, ax=None, error_band=True):
-        """Draw every curve with its error band and a legend on one matplotlib axes.
+    def plot_curves(self, ax=None, error_band=True, legend="auto"):
+        """Draw every curve with its error band on one matplotlib axes, with a legend.
+
+        Each curve is drawn as HyperSpy draws a spectrum (``steps-mid``: flat across each
+        radial bin) and its ±1 standard-error band with the same steps. The x axis is
+        labelled with the radial axis' units (``px`` when the data are uncalibrated),
+        the y axis ``V(k)``.
 
         Parameters
         ----------
         ax : matplotlib.axes.Axes or None
             Axes to draw on; a new figure when None.
         error_band : bool
+            Shade ±1 standard error around every curve.
+        legend : "auto", bool
+            Show a legend of :meth:`curve_labels` (placed where it hides the fewest data
+            points). ``"auto"``: when there are at most 12 curves.
 
         Returns
         -------
         matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8))
+        >>> s.calibration.center = s.metadata.Simulation.center
+        >>> v = s.get_variance(npt=20, gain=4.2, radial_range=(3.0, 5.5),
+        ...                    show_progressbar=False)
+        >>> ax = v.plot_curves()
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('k (nm^-1)', 'V(k)')
         """
         import matplotlib.pyplot as plt
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6.4, 4.2))
         k_axis = self.axes_manager.signal_axes[0]
-        v = self.data.reshape(-1, k_axis.size)
+        v = np.asarray(self.data, dtype=float).reshape(-1, k_axis.size)
         se = self._se_or_none()
         se = None if se is None else se.reshape(v.shape)
-        for i, label in enumerate(self.curve_labels()):
+        labels = self.curve_labels()
+        for i, label in enumerate(labels):
             color = f"C{i % 10}"
-            ax.plot(k_axis.axis, v[i], color=color, label=label)
+            ax.plot(k_axis.axis, v[i], color=color, label=label or f"curve {i}",
+                    drawstyle="steps-mid")
             if error_band and se is not None:
-                self._band(ax, v[i], se[i], color)
+                self._band(ax, v[i], se[i], color, "steps-mid")
         ax.axhline(0, color="0.6", lw=0.8)
-        units = k_axis.units if k_axis.units and "undefined" not in str(k_axis.units) else ""
-        ax.set_xlabel(f"k ({units})" if units else "k")
-        ax.set_ylabel("V(k)")
+        ax.set_xlabel(_radial_label(k_axis))
+        ax.set_ylabel(self._quantity())
         ax.set_title(self.metadata.General.title)
-        ax.legend(fontsize="small")
+        if legend is True or (legend == "auto" and len(labels) <= 12 and any(labels)):
+            ax.legend(fontsize="small", loc="best")
         return ax
+
+    def _quantity(self):
+        return self.metadata.get_item("Signal.quantity") or "V(k)"
 
 
 class LazyFEMVariance1D(LazySignal, FEMVariance1D):
