@@ -188,10 +188,7 @@ def run_fem(args):
         summed.data, mask=mask, num_points=args.num_points, return_params=True,
         use_ransac=True,
     )
-    ring = float(params[2])
-    center, affine = femlib.ellipse.refine_center_affine(
-        summed.data, center, affine, radial_range=(0.8 * ring, 1.2 * ring), mask=mask
-    )
+    center, affine = femlib.ellipse.refine_center_affine(summed.data, center, affine, mask=mask)
     s.calibration.center = center[::-1]
     s.calibration.affine = affine
     s.calibration.mask = mask
