@@ -1,7 +1,8 @@
 """Points on the brightest ring of a pattern, and :func:`determine_ellipse`."""
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
+from scipy.signal import find_peaks, peak_widths
 
 from femlib.calibration import check_mask
 from femlib.ellipse._fit import (
@@ -108,13 +109,13 @@ def _find_ring(image, excluded, center, lin):
     r = (np.flatnonzero(enough) + 0.5) * 0.5
     prof = ndimage.gaussian_filter1d(sums[enough] / counts[enough], 1.0)
     wlen = max(9, int(min(image.shape) / 4 / 0.5))
-    peaks, props = signal.find_peaks(prof, prominence=0, wlen=wlen)
+    peaks, props = find_peaks(prof, prominence=0, wlen=wlen)
     if len(peaks) == 0:
         return None
     best = np.argmax(props["prominences"])
     i = peaks[best]
     # width from the half-prominence crossing (scipy's peak_widths), as a Gaussian sigma
-    widths = signal.peak_widths(
+    widths = peak_widths(
         prof,
         [i],
         rel_height=0.5,
