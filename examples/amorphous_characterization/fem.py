@@ -24,6 +24,7 @@ import os
 
 import hyperspy.api as hs
 import matplotlib.pyplot as plt
+import numpy as np
 
 import femlib
 
@@ -38,31 +39,56 @@ summed = s.sum()
 # ---------------------------------------------
 # Lens aberrations and detector tilt make the amorphous rings ellipses, and the centre is
 # never the middle pixel. Averaging around a wrong centre or over an ellipse smears the
-# peaks of the azimuthal average, and with them ``V(k)``. ``determine_ellipse`` fits an
-# ellipse to the brightest pixels of the summed pattern and returns the centre ``(row,
-# col)`` and the 3x3 affine that maps the ellipse onto a circle.
+# peaks of the azimuthal average, and with them ``V(k)``. ``determine_ellipse`` finds the
+# brightest ring, puts ``num_points`` points on it (one ring peak per ray from the centre;
+# the beam stop, dark pixels and a margin around them are left out) and fits an ellipse to
+# them. It returns the centre ``(row, col)`` and the 3x3 affine that maps the ellipse onto
+# a circle of its major semi-axis (the k axis pyxem's affine gives).
 center, affine, params, pos = femlib.ellipse.determine_ellipse(
     summed, return_params=True, num_points=500, use_ransac=False
 )
-# Pixel picking is biased by the background slope under the ring; refining makes the
-# ring's peak radius constant over azimuth in the polar transform (sub-0.1 px).
+# The ring's maximum sits slightly inside its radius where the background falls; refining
+# makes the ring's peak radius the same at every azimuth of the polar transform. Its radial
+# range defaults to the ring found about the starting centre.
 mask = summed < 10000  # beam stop and dead pixels: True = excluded
-ring = params[2]
-center, affine = femlib.ellipse.refine_center_affine(
-    summed, center, affine, radial_range=(0.8 * ring, 1.2 * ring), mask=mask
-)
+center, affine = femlib.ellipse.refine_center_affine(summed, center, affine, mask=mask)
 print("centre (row, col):", center)
 print("axis ratio:", femlib.ellipse.affine_to_ellipse(affine)[0])
+if not real:
+    print("true centre (row, col):", s.metadata.Simulation.center[::-1])
 
 # %%
-# Draw the fitted ellipse on the summed pattern. The points are pixel positions;
-# ``signal=summed`` converts them to the plot's calibrated coordinates.
+# Check the fit: the ellipse must follow the ring all the way round. The markers are in
+# pixels; ``signal=summed`` places them in the plot's calibrated coordinates.
 el, in_points = femlib.ellipse.ellipse_to_markers(
     ellipse_array=params, points=pos, signal=summed
 )
 summed.plot(norm="log")
 summed.add_marker(el, plot_marker=True)
 summed.add_marker(in_points, plot_marker=True)
+
+# %%
+# The same check as a labelled figure: the ellipse, the fitted points and the centre on
+# the summed pattern, in nm^-1.
+from matplotlib.patches import Ellipse  # noqa: E402
+
+ax_x, ax_y = summed.axes_manager.signal_axes
+extent = [ax_x.axis[0] - ax_x.scale / 2, ax_x.axis[-1] + ax_x.scale / 2,
+          ax_y.axis[-1] + ax_y.scale / 2, ax_y.axis[0] - ax_y.scale / 2]
+fig, ax = plt.subplots(figsize=(5.5, 5))
+ax.imshow(summed.data, norm="log", cmap="gray", extent=extent)
+ax.plot(ax_x.offset + pos[:, 1] * ax_x.scale, ax_y.offset + pos[:, 0] * ax_y.scale, ".",
+        ms=2, color="C1", label=f"{len(pos)} fitted points")
+ax.add_patch(Ellipse((ax_x.offset + params[1] * ax_x.scale, ax_y.offset + params[0] * ax_y.scale),
+                     2 * params[2] * ax_x.scale, 2 * params[3] * ax_y.scale,
+                     angle=np.degrees(params[4]), fill=False, color="cyan", lw=1.2,
+                     label="fitted ellipse"))
+ax.plot(ax_x.offset + center[1] * ax_x.scale, ax_y.offset + center[0] * ax_y.scale, "+",
+        color="red", ms=12, mew=2, label="refined centre")
+ax.set_xlabel(f"{ax_x.name} ({ax_x.units})")
+ax.set_ylabel(f"{ax_y.name} ({ax_y.units})")
+ax.legend(loc="upper right", fontsize="small")
+plt.show()
 
 # %%
 # Calibrate and look at the polar transform

@@ -376,10 +376,7 @@ def _calibrate(summed, mask, num_points):
         summed, mask=mask, num_points=num_points, return_params=True,
         use_ransac=True,
     )
-    ring = float(params[2])
-    center, affine = femlib.ellipse.refine_center_affine(
-        summed, center, affine, radial_range=(0.8 * ring, 1.2 * ring), mask=mask
-    )
+    center, affine = femlib.ellipse.refine_center_affine(summed, center, affine, mask=mask)
     return center, affine, params, pos
 
 
