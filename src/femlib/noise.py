@@ -512,7 +512,7 @@ class DetectorNoise:
             ``calibration.mask`` if any.
         radial_range : (float, float), optional
             Annulus ``(start, stop)`` in calibrated units (pixels for an array). Default:
-            from 0.75 of the largest radius of a circle on the detector to the detector
+            from 0.9 of the largest radius of a circle on the detector to the detector
             corners.
         size : int, default :data:`DEFAULT_SIZE`
             Odd window side in pixels.
@@ -554,7 +554,7 @@ class DetectorNoise:
         base = _as_offset(offset, "offset", (ny, nx))
         radius, rmax_in = _radii((ny, nx), geo)
         if radial_range is None:
-            lo, hi = 0.75 * rmax_in, np.inf
+            lo, hi = 0.9 * rmax_in, np.inf
         else:
             try:
                 lo, hi = (float(v) for v in radial_range)
