@@ -362,8 +362,9 @@ class DetectorNoise:
                               {\sum_p (\bar D_p + \bar D_{p+Δ}) / 2}.
 
         ``Cov`` uses ``n - 1`` (unbiased). One streaming pass over the frames (a dask array
-        is reduced block by block). Pixels whose mean is not positive (dead) or that are
-        masked are left out.
+        is reduced block by block). Pixels whose mean is not positive (dead), that are
+        masked, or that lie within ``size // 2`` of the detector edge (they lose charge past
+        the edge, which raises their ``K(0)``) are left out.
 
         Parameters
         ----------
@@ -399,11 +400,14 @@ class DetectorNoise:
 
         Examples
         --------
-        >>> flat = femlib.data.synthetic_flat_field(50, (48, 48), dose=200, gain=4.2,
+        >>> import femlib
+        >>> flat = femlib.data.synthetic_flat_field(100, (64, 64), dose=200, gain=4.2,
         ...                                         psf_sigma=0.5, offset=100.0, seed=1)
-        >>> noise = DetectorNoise.from_flat_field(flat, offset=100.0)
-        >>> abs(noise.gain / 4.2 - 1) < 0.02
+        >>> noise = DetectorNoise.from_flat_field(flat, offset=100.0, size=5)
+        >>> abs(noise.gain / 4.2 - 1) < 0.03  # a 5x5 window holds this PSF's kernel
         True
+        >>> round(noise.k0, 2)  # the analytic K(0) of this PSF is 1.12
+        1.12
         """
         frames = _frames_of(flat, "flat")
         n, ny, nx = (int(v) for v in frames.shape)
@@ -417,10 +421,10 @@ class DetectorNoise:
             raise ValueError("give either dark (a frame) or offset (a number), not both")
         base = _as_offset(dark if dark is not None else offset, "dark" if dark is not None
                           else "offset", (ny, nx))
-        excluded = _as_mask(mask, (ny, nx))
+        half = size // 2
+        excluded = _as_mask(mask, (ny, nx)) | _border((ny, nx), half)
         if saturation is None and np.dtype(frames.dtype).kind in "iu":
             saturation = np.iinfo(frames.dtype).max
-        half = size // 2
         lags = _half_lags(half)
         per_block = max(1, _BLOCK_ELEMENTS // (ny * nx))
 
@@ -486,9 +490,10 @@ class DetectorNoise:
                   {\sum_{\text{pairs}} \sum_p (s_p + s_{p+Δ}) / 2},
                   \qquad s = D_n + D_{n+1},
 
-        over the pixel pairs with both pixels in the annulus. The structure of two different
-        probe positions does not cancel in ``d``: it adds ``<D> V_s(k)`` times its correlation
-        over the lag. The speckle (and any residual thickness step) varies slowly over a
+        over the pixel pairs with both pixels in the annulus (pixels within ``size // 2`` of
+        the detector edge are left out, as in :meth:`from_flat_field`). The structure of two
+        different probe positions does not cancel in ``d``: it adds ``<D> V_s(k)`` times its
+        correlation over the lag. The speckle (and any residual thickness step) varies slowly over a
         window of a few pixels, so it is estimated as the mean of ``K_raw`` on the window's
         border (where the noise kernel has decayed) and subtracted from every lag:
         ``K = K_raw - background``.
@@ -534,9 +539,11 @@ class DetectorNoise:
 
         Examples
         --------
-        >>> s = femlib.data.synthetic_fem((8, 8), (64, 64), modulation=False, seed=3)
-        >>> noise = DetectorNoise.from_scan(s, mask=s.metadata.Simulation.beam_stop_mask)
-        >>> abs(noise.gain / 4.2 - 1) < 0.1
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem((16, 16), (64, 64), modulation=False, seed=3)
+        >>> noise = DetectorNoise.from_scan(s, mask=s.metadata.Simulation.beam_stop_mask,
+        ...                                 size=5)
+        >>> abs(noise.gain / 4.2 - 1) < 0.05
         True
         """
         frames = _frames_of(s, "s")
@@ -550,7 +557,7 @@ class DetectorNoise:
             geo = cal.geometry()
         if mask is None and geo is not None:
             mask = geo["mask"]
-        excluded = _as_mask(mask, (ny, nx))
+        excluded = _as_mask(mask, (ny, nx)) | _border((ny, nx), size // 2)
         base = _as_offset(offset, "offset", (ny, nx))
         radius, rmax_in = _radii((ny, nx), geo)
         if radial_range is None:
@@ -669,12 +676,12 @@ class DetectorNoise:
         Examples
         --------
         >>> import scipy.sparse as sp
-        >>> w = sp.csr_matrix(np.array([[0.0, 1.0, 1.0, 0.0]]))  # two neighbours, 2x2 detector
+        >>> w = sp.csr_matrix(np.array([[1.0, 0.5, 0.0, 0.0]]))  # top row of a 2x2 detector
         >>> noise = DetectorNoise([[0.0, 0.0, 0.0], [0.5, 2.0, 0.5], [0.0, 0.0, 0.0]])
-        >>> noise.shot_weights(w).toarray()
-        array([[0. , 2. , 2. , 0. ]])
+        >>> noise.shot_weights(w).toarray()  # 1 * (2 * 1 + 0.5 * 0.5), 0.5 * (2 * 0.5 + 0.5 * 1)
+        array([[2.25, 0.75, 0.  , 0.  ]])
         >>> DetectorNoise.counting(4.0).shot_weights(w).toarray()
-        array([[0., 4., 4., 0.]])
+        array([[4., 1., 0., 0.]])
         """
         if detector_shape is None and hasattr(matrix, "detector_shape"):
             detector_shape = matrix.detector_shape
@@ -765,6 +772,16 @@ class DetectorNoise:
         ax.set_ylabel("Δy (pixels)")
         ax.set_title(f"noise kernel K: gain {self.gain:.4g}, K(0) {self.k0:.4g}")
         return ax
+
+
+def _border(shape, width):
+    """The ``width`` outermost rows and columns: their pixels lose charge past the edge, so
+    their variance-to-mean ratio is not the bulk one; both estimators leave them out."""
+    out = np.zeros(shape, bool)
+    if width:
+        out[:width] = out[-width:] = True
+        out[:, :width] = out[:, -width:] = True
+    return out
 
 
 def _radii(shape, geo):

@@ -660,6 +660,7 @@ def synthetic_flat_field(
 
     Examples
     --------
+    >>> import femlib
     >>> flat = femlib.data.synthetic_flat_field(20, (32, 32), dose=50, gain=4.2)
     >>> flat.shape
     (20, 32, 32)
