@@ -153,7 +153,7 @@ def main(argv=None):
     print("| PSF σ (px) | npt | noise model | mean V | SE of the mean | mean per-bin SE |")
     print("| --- | --- | --- | --- | --- | --- |")
     for sigma, npt, name, mv, sem, mse in sorted(rows, key=lambda r: (-r[1], r[0])):
-        print(f"| {sigma:g} | {npt} | {name} | {mv:+.5f} | {sem:.5f} | {mse:.5f} |")
+        print(f"| {sigma:g} | {npt} | {name} | {mv:+.6f} | {sem:.6f} | {mse:.6f} |")
     print()
     print("## Gains of the measured kernels (true 4.2)")
     print("| PSF σ | seed | flat field gain (rel. error) | from_scan gain (rel. error) |")
