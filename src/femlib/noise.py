@@ -194,8 +194,9 @@ def _as_mask(mask, detector_shape):
 class DetectorNoise:
     r"""The noise kernel ``K(Δ)`` of a detector, in detector units per electron.
 
-    ``K(Δ) = Cov(D_p, D_{p+Δ}) / <D>`` on an odd window centred on zero lag; ``sum K`` is
-    the gain and ``K`` at zero lag the per-pixel variance-to-mean ratio. See
+    ``K(Δ) = Cov(D_p, D_{p+Δ}) / <D>`` on an odd window centred on zero lag
+    (:attr:`kernel`, read-only, window :attr:`size`); :attr:`gain` is ``sum K`` and
+    :attr:`k0` the value at zero lag, the per-pixel variance-to-mean ratio. See
     :mod:`femlib.noise` for the model and :doc:`/user_guide/noise` for the derivation.
 
     Parameters
@@ -203,17 +204,11 @@ class DetectorNoise:
     kernel : (ny, nx) array_like
         ``K`` with odd sides, zero lag at the centre ``[ny // 2, nx // 2]``; rows are detector
         rows. Must be finite with a positive sum.
+    info : dict, optional
+        Provenance, stored as :attr:`info` (default ``{"method": "kernel"}``).
 
     Attributes
     ----------
-    kernel : (ny, nx) ndarray
-        Read-only copy of ``K``.
-    gain : float
-        ``sum K``: detector units per electron.
-    k0 : float
-        ``K`` at zero lag: ``Var(D_p) / <D_p>`` for one pixel.
-    size : tuple of int
-        The window ``(ny, nx)``.
     info : dict
         How the kernel was made (``method`` and, for measured kernels, ``n_frames``, ``n_pairs``
         or ``background``).
@@ -483,7 +478,7 @@ class DetectorNoise:
         r"""Estimate the kernel from the FEM scan itself, without a flat field.
 
         **Method.** Frames are taken in non-overlapping pairs of scan neighbours ``(n, n+1)``
-        (row-major order; pairs do not straddle the blocks of 64 MiB read at a time). The
+        (row-major order; pairs do not straddle the blocks of 32 MiB read at a time). The
         difference ``d = D_n - D_{n+1}`` removes the mean pattern and the slow thickness
         variation; its noise covariance is ``(<D_n> + <D_{n+1}>) K``. Inside an annulus of
         pixels (high k by default, where the structural speckle is weakest),
@@ -529,8 +524,9 @@ class DetectorNoise:
         Returns
         -------
         DetectorNoise
-            ``info`` holds ``method="scan"``, ``n_pairs``, ``n_pixels`` (annulus) and
-            ``background`` (the subtracted floor, per lag).
+            ``info`` holds ``method="scan"``, ``n_pairs``, ``n_pixels`` (annulus),
+            ``radial_range`` (the annulus used) and ``background`` (the subtracted floor,
+            per lag).
 
         Raises
         ------
