@@ -237,6 +237,12 @@ def test_from_scan_structure_in_the_annulus_biases_it():
     across = DetectorNoise.from_scan(s, mask=mask, radial_range=(6.5, 7.5))
     assert default.gain == pytest.approx(G, rel=0.05)
     assert across.gain > 1.05 * G
+    # Without the border subtraction the structure's covariance stays in every lag.
+    raw = DetectorNoise.from_scan(s, mask=mask, radial_range=(6.5, 7.5), background=False)
+    assert raw.gain > across.gain + 0.1 * G
+    assert raw.info["background"] == 0.0
+    b = across.info["background"]
+    np.testing.assert_allclose(raw.kernel - b, across.kernel, atol=1e-12)
 
 
 @pytest.mark.parametrize("lazy", [False, True])

@@ -474,7 +474,9 @@ class DetectorNoise:
         return cls(k, info=info)
 
     @classmethod
-    def from_scan(cls, s, mask=None, radial_range=None, size=DEFAULT_SIZE, offset=None):
+    def from_scan(
+        cls, s, mask=None, radial_range=None, size=DEFAULT_SIZE, offset=None, background=True
+    ):
         r"""Estimate the kernel from the FEM scan itself, without a flat field.
 
         **Method.** Frames are taken in non-overlapping pairs of scan neighbours ``(n, n+1)``
@@ -520,6 +522,11 @@ class DetectorNoise:
             Odd window side in pixels.
         offset : float or (rows, cols) array, optional
             Dark level subtracted before the normalisation (it cancels in ``d``).
+        background : bool, default True
+            Subtract the border mean (the slowly varying structural covariance). It removes
+            most of the structure's bias but about triples the statistical error of the gain
+            (the border mean is multiplied by the window's area); False keeps ``K_raw``, for
+            an annulus known to be free of structure.
 
         Returns
         -------
@@ -627,7 +634,7 @@ class DetectorNoise:
             value = lsum / norm if norm > 0 else 0.0
             raw_k[half + dy, half + dx] = value
             raw_k[half - dy, half - dx] = value
-        if size >= 3:
+        if background and size >= 3:
             border = np.ones((size, size), bool)
             border[1:-1, 1:-1] = False
             background = float(raw_k[border].mean())
