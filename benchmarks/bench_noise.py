@@ -4,7 +4,8 @@ Reproduce with::
 
     /work/main/.venv/bin/python benchmarks/bench_noise.py
 
-(``--seeds 1 --scan 20`` for a quick run; ``--help`` for every option.)
+(``--seeds 1 --scan 20`` for a quick run; ``--dose 2e4`` for the dose at which issue 17's
+table was measured; ``--help`` for every option.)
 
 What is computed (issue 17's table, from femlib's own synthetic data):
 
@@ -166,11 +167,13 @@ def main(argv=None):
     print("Same seeds for every σ (same electrons, only the PSF differs): the ratio to σ = 0")
     print("is paired. Predicted: the modulation blurred radially by σ * scale (nm^-1).")
     print()
-    print("| PSF σ (px) | mean V, 4.3-4.9 nm^-1 | V_true there | ratio to σ = 0 | predicted |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| PSF σ (px) | mean V, 4.3-4.9 nm^-1 | mean per-bin SE | V_true there "
+          "| ratio to σ = 0 | predicted |")
+    print("| --- | --- | --- | --- | --- | --- |")
     ref = None
     for sigma, peak in structured:
         v = np.stack([a for a, *_ in peak])
+        se = np.stack([b for _, b, *_ in peak])
         truth = peak[0][2]
         k = peak[0][3]
         sel = (k > 4.3) & (k < 4.9)
@@ -179,7 +182,8 @@ def main(argv=None):
         ratio = per_seed / ref
         rse = ratio.std(ddof=1) / np.sqrt(ratio.size) if ratio.size > 1 else np.nan
         pred = blurred_truth(k, sigma * 0.14)[sel].mean() / blurred_truth(k, 0.0)[sel].mean()
-        print(f"| {sigma:g} | {per_seed.mean():.5f} | {truth[sel].mean():.5f} "
+        print(f"| {sigma:g} | {per_seed.mean():.5f} | {se[:, sel].mean():.5f} "
+              f"| {truth[sel].mean():.5f} "
               f"| {ratio.mean():.3f} ± {rse:.3f} | {pred:.3f} |")
     print()
 
