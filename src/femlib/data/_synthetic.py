@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["synthetic_fem"]
+__all__ = ["synthetic_fem", "synthetic_flat_field"]
 
 # Mean pattern, as intensity density in electrons per nm^-2 up to the normalisation by the dose
 # (the amplitudes are electrons per pixel per frame at the default dose and scale).
@@ -125,8 +125,37 @@ def _thickness_map(navigation_shape, gradient):
     return _MEAN_THICKNESS * (1 + gx * fx[None, :] + gy * fy[:, None])
 
 
-def _simulate_rows(start, stop, base, basis, coefficients, tau, seed, gain, dtype, frame_shape):
-    """Frames of scan rows ``start`` to ``stop``: ``gain · Poisson(λ_n)``.
+def _psf_profile(sigma):
+    """1D charge profile of the detector PSF: a Gaussian of ``sigma`` pixels integrated over
+    each pixel, truncated at ``ceil(4 sigma) + 1`` pixels and normalised to sum 1 (the 2D PSF
+    is its outer product with itself). ``sigma = 0`` gives ``[1.0]``."""
+    if sigma == 0:
+        return np.ones(1)
+    half = int(math.ceil(4 * sigma)) + 1
+    edges = (np.arange(-half, half + 2) - 0.5) / (sigma * math.sqrt(2))
+    cdf = np.array([math.erf(e) for e in edges])
+    profile = np.diff(cdf)
+    return profile / profile.sum()
+
+
+def _apply_psf(counts, profile):
+    """Spread electron counts ``(..., rows, cols)`` with the separable PSF ``profile``.
+
+    Charge is conserved except what spreads past the detector edge, which is lost (zero
+    padding), as on a real detector.
+    """
+    if profile.size == 1:
+        return counts
+    from scipy.ndimage import convolve1d
+
+    out = convolve1d(counts.astype(np.float64), profile, axis=-1, mode="constant")
+    return convolve1d(out, profile, axis=-2, mode="constant")
+
+
+def _simulate_rows(
+    start, stop, base, basis, coefficients, tau, seed, gain, dtype, frame_shape, psf=None
+):
+    """Frames of scan rows ``start`` to ``stop``: ``gain · (h ∗ Poisson(λ_n))``.
 
     Each row draws from its own generator ``default_rng([seed, row])``, so a frame does not
     depend on how the rows are grouped into chunks. Within a row the frames are drawn a few at a
@@ -146,7 +175,11 @@ def _simulate_rows(start, stop, base, basis, coefficients, tau, seed, gain, dtyp
             lam = base[None, :] + coefficients[row, cols] @ basis  # (frames, pixels)
             lam *= tau[row, cols, None]
             np.maximum(lam, 0.0, out=lam)  # exact zeros stay zeros; guards rounding only
-            values = gain * rng.poisson(lam)
+            if psf is None:
+                values = gain * rng.poisson(lam)
+            else:
+                counts = rng.poisson(lam).reshape((-1,) + tuple(frame_shape))
+                values = gain * _apply_psf(counts, psf).reshape(counts.shape[0], npix)
             if integer:
                 values = np.minimum(np.rint(values), top)
             out[i, cols] = values
@@ -201,6 +234,15 @@ def _check_seed(seed):
     return int(seed)
 
 
+def _check_psf_sigma(value, name="psf_sigma"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a non-negative real number (pixels), got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (pixels), got {value}")
+    return value
+
+
 def _rows_per_chunk(chunks, navigation_shape, frame_shape, itemsize):
     ny, nx = navigation_shape
     full = (nx,) + tuple(frame_shape)
@@ -249,6 +291,7 @@ def synthetic_fem(
     lazy=False,
     chunks=None,
     two_regions=False,
+    psf_sigma=0.0,
 ):
     r"""Simulate a 4D-STEM FEM dataset of an amorphous film, with its ground truth.
 
@@ -351,6 +394,15 @@ def synthetic_fem(
         ``metadata.Simulation``: ``region`` (scan shaped, 0 = left, 1 = right),
         ``region_components`` ((2, J, 3)) and ``region_variance`` ((2, len(k))); then
         ``variance`` and ``modulation_components`` describe the left region.
+    psf_sigma : float, default 0
+        Point-spread function of an integrating detector, in pixels: each frame's electron
+        counts are spread by a charge-conserving Gaussian of this standard deviation (integrated
+        over the pixels, normalised to sum 1; charge spread past the detector edge is lost)
+        before the gain, ``D_n = G · (h ∗ N_n)``, which correlates the noise of neighbouring
+        pixels (see :mod:`femlib.noise`). 0 (default) is a counting detector, with data
+        bit-for-bit those of earlier versions. With a PSF the beam-stop edge is blurred, so
+        ``summed < 10000`` is no longer exactly the beam stop: use
+        ``metadata.Simulation.beam_stop_mask``.
 
     Returns
     -------
@@ -364,13 +416,15 @@ def synthetic_fem(
         ``modulation_components`` ((J, 3): ``k_j, v_j, w_j``), ``mean_pattern`` (expected
         electrons per pixel per frame at the mean thickness, ``T · λ0``), ``beam_stop_mask``
         (bool, detector shaped, dead pixels included), ``dead_pixels`` ((10, 2) x, y),
-        ``modulation``, ``thickness_gradient`` and ``seed``.
+        ``modulation``, ``thickness_gradient``, ``psf_sigma`` and ``seed``. With a PSF
+        ``mean_pattern`` is the blurred expectation ``h ∗ (T · λ0)``.
 
     Raises
     ------
     ValueError
         For a bad shape, a non-positive ``dose``, ``gain`` or ``scale``, an ``ellipticity``
-        outside ``[0, 1)``, a centre outside the detector or bad ``chunks``.
+        outside ``[0, 1)``, a negative ``psf_sigma``, a centre outside the detector or bad
+        ``chunks``.
     TypeError
         For a non-numeric parameter, a dtype that is neither float nor integer, or a seed that
         is not a non-negative integer.
@@ -404,6 +458,7 @@ def synthetic_fem(
         raise ValueError(f"rotation must be finite, got {rotation}")
     dtype = _check_dtype(dtype)
     seed = _check_seed(seed)
+    psf_sigma = _check_psf_sigma(psf_sigma)
     ny_det, nx_det = detector_shape
     if center is None:
         center = np.array(
@@ -475,6 +530,7 @@ def synthetic_fem(
     tau = thickness / _MEAN_THICKNESS
     coefficients = coefficients.reshape(navigation_shape + (len(components),))
     args = (base, basis, coefficients, tau, seed, gain, dtype, detector_shape)
+    psf = _psf_profile(psf_sigma) if psf_sigma > 0 else None
 
     ny, nx = navigation_shape
     if lazy:
@@ -483,7 +539,7 @@ def synthetic_fem(
 
         def block(block_info=None):
             (start, stop_), *_ = block_info[None]["array-location"]
-            return _simulate_rows(start, stop_, *args)
+            return _simulate_rows(start, stop_, *args, psf=psf)
 
         row_chunks = (rows_per_chunk,) * (ny // rows_per_chunk)
         if ny % rows_per_chunk:
@@ -493,10 +549,10 @@ def synthetic_fem(
             chunks=(row_chunks, (nx,), (ny_det,), (nx_det,)),
             dtype=dtype,
             meta=np.empty((0, 0, 0, 0), dtype=dtype),
-            name="femlib-synthetic-" + tokenize(args, rows_per_chunk),
+            name="femlib-synthetic-" + tokenize(args, rows_per_chunk, psf_sigma),
         )
     else:
-        data = _simulate_rows(0, ny, *args)
+        data = _simulate_rows(0, ny, *args, psf=psf)
 
     from hyperspy.signals import Signal2D
 
@@ -560,11 +616,16 @@ def synthetic_fem(
             k_grid, components[: len(components) // (2 if two_regions else 1)]
         ),
         "modulation_components": components[: len(components) // (2 if two_regions else 1)],
-        "mean_pattern": base.reshape(detector_shape),
+        "mean_pattern": (
+            base.reshape(detector_shape)
+            if psf is None
+            else _apply_psf(base.reshape(detector_shape), psf)
+        ),
         "beam_stop_mask": mask.reshape(detector_shape),
         "dead_pixels": np.stack([dead_yx[1], dead_yx[0]], axis=1),
         "modulation": bool(modulation),
         "thickness_gradient": bool(thickness_gradient),
+        "psf_sigma": psf_sigma,
         "seed": seed,
     }
     if two_regions:
@@ -577,3 +638,82 @@ def synthetic_fem(
     for key, value in truth.items():
         s.metadata.set_item(f"Simulation.{key}", value)
     return s
+
+
+def synthetic_flat_field(
+    n_frames=100,
+    detector_shape=(128, 128),
+    dose=100.0,
+    gain=4.2,
+    psf_sigma=0.0,
+    offset=0.0,
+    seed=0,
+):
+    r"""Simulate a flat-field series: uniformly illuminated frames of the synthetic detector.
+
+    The detector model is that of :func:`synthetic_fem`: frame ``n`` is
+
+    .. math:: F_n = \mathrm{offset} + G \cdot (h \ast N_n), \qquad
+              N_n(p) \sim \mathrm{Poisson}(\mathrm{dose}),
+
+    with ``h`` the charge-conserving Gaussian PSF of ``psf_sigma`` pixels (charge spread past
+    the detector edge is lost, so the outermost few pixels see slightly less) and
+    ``G = gain``. Use it with :meth:`femlib.noise.DetectorNoise.from_flat_field`.
+
+    Parameters
+    ----------
+    n_frames : int, default 100
+        Number of frames (at least 1).
+    detector_shape : tuple of 2 int, default (128, 128)
+        Detector (rows, columns), each at least 1.
+    dose : float, default 100
+        Mean electrons per pixel per frame.
+    gain : float, default 4.2
+        Detector units per electron.
+    psf_sigma : float, default 0
+        PSF standard deviation in pixels (0 = counting detector).
+    offset : float, default 0
+        Constant added to every pixel (a dark level).
+    seed : int or None, default 0
+        Seed of the Poisson draws; frame ``n`` uses ``default_rng([seed, n])``.
+
+    Returns
+    -------
+    (n_frames, rows, columns) ndarray of float64
+
+    Raises
+    ------
+    ValueError
+        For a bad shape or frame count, a non-positive ``dose`` or ``gain``, a negative
+        ``psf_sigma`` or a non-finite ``offset``.
+    TypeError
+        For a non-numeric parameter or a seed that is not a non-negative integer.
+
+    Examples
+    --------
+    >>> import femlib
+    >>> flat = femlib.data.synthetic_flat_field(20, (32, 32), dose=50, gain=4.2)
+    >>> flat.shape
+    (20, 32, 32)
+    >>> round(float(flat.mean()) / (50 * 4.2), 2)
+    1.0
+    """
+    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+        raise ValueError(f"n_frames must be an integer >= 1, got {n_frames!r}")
+    detector_shape = _check_shape(detector_shape, "detector_shape", 1)
+    dose = _check_positive(dose, "dose")
+    gain = _check_positive(gain, "gain")
+    psf_sigma = _check_psf_sigma(psf_sigma)
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Real):
+        raise TypeError(f"offset must be a real number, got {offset!r}")
+    offset = float(offset)
+    if not math.isfinite(offset):
+        raise ValueError(f"offset must be finite, got {offset}")
+    seed = _check_seed(seed)
+    profile = _psf_profile(psf_sigma)
+    out = np.empty((int(n_frames),) + detector_shape)
+    for n in range(int(n_frames)):
+        rng = np.random.default_rng([seed, n])
+        counts = rng.poisson(dose, size=detector_shape)
+        out[n] = offset + gain * _apply_psf(counts, profile)
+    return out

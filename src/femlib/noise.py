@@ -1,0 +1,815 @@
+r"""Detector noise models: the noise kernel of an integrating camera and the shot weights.
+
+A counting detector records ``D = G N`` with ``N`` Poisson electrons per pixel and ``G`` the
+gain (detector units per electron), so pixels are independent: ``Var(D_p) = G <D_p>``.
+An integrating camera spreads each electron's charge over neighbouring pixels with a
+point-spread function ``h`` (``sum h = 1``): ``D = G (h * N)``. Two pixels then share noise,
+
+.. math:: \operatorname{Cov}(D_p, D_q) \approx \langle D \rangle\, K(p - q), \qquad
+          K(\Delta) = G \sum_x h(x)\, h(x + \Delta),
+
+where ``<D>`` is the local mean (the mean pattern varies slowly on the scale of ``h``). The
+**noise kernel** ``K`` sums to the gain, ``sum_Delta K = G``, and its value at zero lag
+``K(0) = Var(D_p) / <D_p>`` is smaller than ``G`` as soon as ``h`` spreads charge
+(``K = G delta`` for a counting detector). The variance of a weighted ring sum
+``I = sum_p w_p D_p`` is then
+
+.. math:: \operatorname{Var}(I) = \sum_{p,q} w_p w_q \langle D_p \rangle K(p - q)
+          = \sum_p \langle D_p \rangle\, s_p, \qquad
+          s_p = w_p \sum_q K(q - p)\, w_q,
+
+which is what :meth:`DetectorNoise.shot_weights` returns row by row (the *shot weights*
+``s``): the FEM pass accumulates ``Q = sum_p s_p D_p`` next to ``I`` and the estimators
+subtract ``<Q>`` normalised as each needs (:doc:`/user_guide/noise`).
+
+:class:`DetectorNoise` holds ``K`` on a small odd window. It is made from a known gain
+(:meth:`~DetectorNoise.counting`), a known PSF (:meth:`~DetectorNoise.from_psf`), a
+flat-field series (:meth:`~DetectorNoise.from_flat_field`) or the FEM scan itself
+(:meth:`~DetectorNoise.from_scan`). This module is pure numpy/scipy; signals are accepted
+duck-typed (anything with ``.data``).
+"""
+
+import math
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["DetectorNoise", "DEFAULT_SIZE"]
+
+#: Default kernel window (pixels, odd). For a Gaussian PSF of ``sigma`` pixels the kernel is
+#: about a Gaussian of ``sigma * sqrt(2)``: an 11x11 window holds all but 3e-4 of its sum at
+#: ``sigma = 1`` px (9x9 would miss 0.4 %, 7x7 3 %) and all but 2 % at 1.5 px, where 15x15
+#: is needed. A larger window costs statistical noise in a measured gain (it grows as the
+#: window side), hence not larger by default.
+DEFAULT_SIZE = 11
+_MIN_FLAT_FRAMES = 2
+_BLOCK_ELEMENTS = 2**22  # float64 elements per work block (32 MiB)
+
+
+def _check_size(size, detector_shape=None):
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise TypeError(f"size must be an odd integer >= 1 (window side in pixels), got {size!r}")
+    size = int(size)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be an odd integer >= 1 (window side in pixels), got {size}")
+    if detector_shape is not None and size > min(detector_shape):
+        raise ValueError(
+            f"size {size} is larger than the detector {tuple(detector_shape)}: use a window "
+            "of at most the smaller detector side"
+        )
+    return size
+
+
+def _half_lags(half):
+    """Lags ``(dy, dx)`` of one half of a ``(2 half + 1)^2`` window (the other half mirrors)."""
+    return [
+        (dy, dx)
+        for dy in range(0, half + 1)
+        for dx in range(-half, half + 1)
+        if dy > 0 or dx >= 0
+    ]
+
+
+def _pair_slices(shape, dy, dx):
+    """Slices ``a, b`` of a ``shape`` image such that ``img[a]`` and ``img[b]`` are the pixel
+    pairs ``(p, p + (dy, dx))`` lying wholly on the detector (``dy >= 0``)."""
+    ny, nx = shape
+    if dx >= 0:
+        return (slice(0, ny - dy), slice(0, nx - dx)), (slice(dy, ny), slice(dx, nx))
+    return (slice(0, ny - dy), slice(-dx, nx)), (slice(dy, ny), slice(0, nx + dx))
+
+
+def _frames_of(data, name):
+    """``(n, rows, cols)`` view (numpy or dask) of an array or a signal's ``.data``."""
+    data = _unwrap(data)
+    if not hasattr(data, "ndim"):
+        try:
+            data = np.asarray(data)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} must be an array (frames, rows, columns) or a signal with .data, "
+                f"got {type(data).__name__}"
+            ) from err
+    if data.ndim < 3:
+        raise ValueError(
+            f"{name} must have at least 3 dimensions (frames, rows, columns), got shape "
+            f"{tuple(data.shape)}"
+        )
+    if np.dtype(data.dtype).kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {data.dtype}")
+    return data.reshape((-1,) + tuple(data.shape[-2:]))
+
+
+def _unwrap(value):
+    """A signal's ``.data``; arrays (numpy's ``.data`` is a buffer) pass through."""
+    if isinstance(value, np.ndarray) or _is_dask(value):
+        return value
+    return getattr(value, "data", value)
+
+
+def _is_dask(a):
+    return type(a).__module__.startswith("dask")
+
+
+def _blocks(frames, per_block):
+    """Yield numpy blocks of consecutive frames (a dask array is computed block by block)."""
+    n = frames.shape[0]
+    for start in range(0, n, per_block):
+        block = frames[start : start + per_block]
+        yield start, (block.compute() if _is_dask(block) else np.asarray(block))
+
+
+def _stream(frames, func, per_block):
+    """Sum ``func(start, block)`` (a tuple of arrays) over blocks of frames, in one pass.
+
+    For dask input the blocks are delayed tasks summed in a tree, so memory stays bounded
+    by a few blocks whatever the size of the data.
+    """
+    if _is_dask(frames):
+        import dask
+
+        frames = frames.rechunk({0: per_block, 1: -1, 2: -1})
+        starts = np.concatenate([[0], np.cumsum(frames.chunks[0])[:-1]])
+        parts = [
+            dask.delayed(func)(int(s), blk)
+            for s, blk in zip(starts, frames.to_delayed().ravel(), strict=True)
+        ]
+        while len(parts) > 1:
+            parts = [
+                dask.delayed(_add)(*parts[i : i + 8]) for i in range(0, len(parts), 8)
+            ]
+        return dask.compute(parts[0])[0]
+    total = None
+    for start, block in _blocks(frames, per_block):
+        part = func(start, block)
+        total = part if total is None else _add(total, part)
+    return total
+
+
+def _add(*parts):
+    return tuple(sum(vals) for vals in zip(*parts, strict=True))
+
+
+def _as_offset(value, name, detector_shape):
+    """A scalar or a detector-shaped dark image (a dark series is averaged)."""
+    if value is None:
+        return 0.0
+    value = _unwrap(value)
+    if _is_dask(value):
+        value = value.compute()
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name} must be a number, a (rows, columns) dark frame or a dark series, "
+            f"got {type(value).__name__}"
+        ) from err
+    if arr.ndim > 2:
+        arr = arr.reshape((-1,) + arr.shape[-2:]).mean(axis=0)
+    if arr.ndim == 2 and arr.shape != tuple(detector_shape):
+        raise ValueError(
+            f"{name} has shape {arr.shape} but the detector is {tuple(detector_shape)}"
+        )
+    if arr.ndim == 1:
+        raise ValueError(f"{name} must be a number or a (rows, columns) dark frame")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    return arr
+
+
+def _as_mask(mask, detector_shape):
+    if mask is None:
+        return np.zeros(detector_shape, bool)
+    arr = np.asarray(_unwrap(mask))
+    if arr.dtype != bool:
+        raise TypeError(f"mask must be a boolean array (True = excluded), got dtype {arr.dtype}")
+    if arr.shape != tuple(detector_shape):
+        raise ValueError(
+            f"mask has shape {arr.shape} but the detector is {tuple(detector_shape)}"
+        )
+    return arr
+
+
+class DetectorNoise:
+    r"""The noise kernel ``K(Δ)`` of a detector, in detector units per electron.
+
+    ``K(Δ) = Cov(D_p, D_{p+Δ}) / <D>`` on an odd window centred on zero lag
+    (:attr:`kernel`, read-only, window :attr:`size`); :attr:`gain` is ``sum K`` and
+    :attr:`k0` the value at zero lag, the per-pixel variance-to-mean ratio. See
+    :mod:`femlib.noise` for the model and :doc:`/user_guide/noise` for the derivation.
+
+    Parameters
+    ----------
+    kernel : (ny, nx) array_like
+        ``K`` with odd sides, zero lag at the centre ``[ny // 2, nx // 2]``; rows are detector
+        rows. Must be finite with a positive sum.
+    info : dict, optional
+        Provenance, stored as :attr:`info` (default ``{"method": "kernel"}``).
+
+    Attributes
+    ----------
+    info : dict
+        How the kernel was made (``method`` and, for measured kernels, ``n_frames``, ``n_pairs``
+        or ``background``).
+
+    Raises
+    ------
+    ValueError
+        For a kernel that is not 2D with odd sides, not finite, or with ``sum K <= 0``.
+
+    Examples
+    --------
+    >>> noise = DetectorNoise.counting(4.2)
+    >>> noise.gain, noise.k0
+    (4.2, 4.2)
+    >>> blurred = DetectorNoise([[0.0, 0.1, 0.0], [0.1, 1.0, 0.1], [0.0, 0.1, 0.0]])
+    >>> round(blurred.gain, 6), blurred.k0
+    (1.4, 1.0)
+    """
+
+    def __init__(self, kernel, info=None):
+        k = np.array(kernel, dtype=float)
+        if k.ndim != 2 or k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
+            raise ValueError(
+                f"kernel must be a 2D array with odd sides (zero lag at the centre), got "
+                f"shape {k.shape}"
+            )
+        if not np.all(np.isfinite(k)):
+            raise ValueError("kernel must be finite")
+        if not k.sum() > 0:
+            raise ValueError(f"kernel must have a positive sum (the gain), got {k.sum()}")
+        k.setflags(write=False)
+        self._kernel = k
+        self.info = dict(info or {"method": "kernel"})
+
+    @property
+    def kernel(self):
+        """(ny, nx) ndarray: ``K(Δ)``, zero lag at the centre (read-only)."""
+        return self._kernel
+
+    @property
+    def gain(self):
+        """float: ``sum K``, detector units per electron."""
+        return float(self._kernel.sum())
+
+    @property
+    def k0(self):
+        """float: ``K(0) = Var(D_p) / <D_p>``."""
+        ny, nx = self._kernel.shape
+        return float(self._kernel[ny // 2, nx // 2])
+
+    @property
+    def size(self):
+        """tuple of int: the window ``(ny, nx)``."""
+        return self._kernel.shape
+
+    def __repr__(self):
+        ny, nx = self.size
+        return (
+            f"<DetectorNoise gain={self.gain:.6g} k0={self.k0:.6g} window={ny}x{nx} "
+            f"({self.info.get('method', 'kernel')})>"
+        )
+
+    # -- constructors -------------------------------------------------------------------
+    @classmethod
+    def counting(cls, gain):
+        """The independent-pixel model ``K = G δ``: what ``gain=G`` means.
+
+        Parameters
+        ----------
+        gain : float
+            Detector units per electron, positive.
+
+        Returns
+        -------
+        DetectorNoise
+            A 1x1 kernel; ``shot_weights(W)`` is ``G W**2``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a non-numeric or non-positive gain.
+
+        Examples
+        --------
+        >>> DetectorNoise.counting(4.2).kernel
+        array([[4.2]])
+        """
+        if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
+            raise TypeError(f"gain must be a positive number, got {gain!r}")
+        gain = float(gain)
+        if not math.isfinite(gain) or gain <= 0:
+            raise ValueError(f"gain must be a positive finite number, got {gain}")
+        return cls([[gain]], info={"method": "counting"})
+
+    @classmethod
+    def from_psf(cls, psf, gain):
+        """The kernel of a known PSF: ``K(Δ) = G Σ_x h(x) h(x + Δ)``.
+
+        Parameters
+        ----------
+        psf : (ny, nx) array_like
+            The charge spread ``h`` of one electron, odd sides, centred; normalised here to
+            sum 1 (charge conservation).
+        gain : float
+            Detector units per electron.
+
+        Returns
+        -------
+        DetectorNoise
+            Window ``(2 ny - 1, 2 nx - 1)``; ``gain`` equals ``gain`` up to rounding.
+
+        Raises
+        ------
+        ValueError
+            For a PSF that is not 2D with odd sides, has negative values or a zero sum, or
+            a non-positive gain.
+
+        Examples
+        --------
+        >>> noise = DetectorNoise.from_psf([[0, 0, 0], [0.1, 0.8, 0.1], [0, 0, 0]], 4.0)
+        >>> noise.size, round(noise.gain, 12), round(noise.k0, 12)
+        ((5, 5), 4.0, 2.64)
+        """
+        from scipy.signal import correlate
+
+        g = cls.counting(gain).gain
+        h = np.array(psf, dtype=float)
+        if h.ndim != 2 or h.shape[0] % 2 == 0 or h.shape[1] % 2 == 0:
+            raise ValueError(f"psf must be a 2D array with odd sides, got shape {h.shape}")
+        if not np.all(np.isfinite(h)) or np.any(h < 0) or not h.sum() > 0:
+            raise ValueError("psf must be finite and non-negative with a positive sum")
+        h = h / h.sum()
+        k = g * correlate(h, h, mode="full", method="direct")
+        return cls(k, info={"method": "psf"})
+
+    @classmethod
+    def from_flat_field(
+        cls, flat, dark=None, offset=None, size=DEFAULT_SIZE, mask=None, saturation=None
+    ):
+        r"""Measure the kernel from a flat-field series (uniformly illuminated frames).
+
+        For each lag ``Δ`` in the window, the covariance over frames of the pixel pairs
+        ``(p, p + Δ)`` (each pixel centred by its own mean over the frames, so a fixed-pattern
+        gain non-uniformity does not enter), summed over all pairs on the detector and
+        divided by the sum of the pairs' mean intensities:
+
+        .. math:: K(Δ) = \frac{\sum_p \widehat{\operatorname{Cov}}_n(D_p, D_{p+Δ})}
+                              {\sum_p (\bar D_p + \bar D_{p+Δ}) / 2}.
+
+        ``Cov`` uses ``n - 1`` (unbiased). One streaming pass over the frames (a dask array
+        is reduced block by block). Pixels whose mean is not positive (dead), that are
+        masked, or that lie within ``size // 2`` of the detector edge (they lose charge past
+        the edge, which raises their ``K(0)``) are left out.
+
+        Parameters
+        ----------
+        flat : (n, rows, cols) array_like, dask array or signal
+            The frames (any leading dimensions are flattened). A signal is read through its
+            ``.data``.
+        dark : (rows, cols) or (m, rows, cols) array_like, or signal, optional
+            Dark frame (a dark series is averaged), subtracted from every frame.
+        offset : float, optional
+            A constant dark level to subtract instead. Give ``dark`` or ``offset``, not both.
+        size : int, default :data:`DEFAULT_SIZE`
+            Odd window side in pixels.
+        mask : (rows, cols) bool array, optional
+            Pixels to leave out (True), e.g. hot pixels.
+        saturation : float, optional
+            Raw value at or above which a pixel is saturated. Default: the maximum of an
+            integer dtype (none for floats).
+
+        Returns
+        -------
+        DetectorNoise
+            ``info`` holds ``method="flat_field"``, ``n_frames`` and ``mean`` (detector units
+            per pixel per frame after the dark).
+
+        Raises
+        ------
+        ValueError
+            Fewer than 2 frames, saturated pixels, a frame with a non-positive mean after
+            the dark (a blank frame), non-finite values, a dark or mask of the wrong shape,
+            both ``dark`` and ``offset``, or a bad ``size``.
+        TypeError
+            For input that is not an array of real numbers.
+
+        Examples
+        --------
+        >>> import femlib
+        >>> flat = femlib.data.synthetic_flat_field(100, (64, 64), dose=200, gain=4.2,
+        ...                                         psf_sigma=0.5, offset=100.0, seed=1)
+        >>> noise = DetectorNoise.from_flat_field(flat, offset=100.0, size=5)
+        >>> abs(noise.gain / 4.2 - 1) < 0.03  # a 5x5 window holds this PSF's kernel
+        True
+        >>> round(noise.k0, 2)  # the analytic K(0) of this PSF is 1.12
+        1.12
+        """
+        frames = _frames_of(flat, "flat")
+        n, ny, nx = (int(v) for v in frames.shape)
+        if n < _MIN_FLAT_FRAMES:
+            raise ValueError(
+                f"flat holds {n} frame(s): the covariance over frames needs at least "
+                f"{_MIN_FLAT_FRAMES} (tens to hundreds give a gain to 1 %)"
+            )
+        size = _check_size(size, (ny, nx))
+        if dark is not None and offset is not None:
+            raise ValueError("give either dark (a frame) or offset (a number), not both")
+        base = _as_offset(dark if dark is not None else offset, "dark" if dark is not None
+                          else "offset", (ny, nx))
+        half = size // 2
+        excluded = _as_mask(mask, (ny, nx)) | _border((ny, nx), half)
+        if saturation is None and np.dtype(frames.dtype).kind in "iu":
+            saturation = np.iinfo(frames.dtype).max
+        lags = _half_lags(half)
+        per_block = max(1, _BLOCK_ELEMENTS // (ny * nx))
+
+        def partial(start, block):
+            raw = np.asarray(block, dtype=np.float64)
+            if not np.all(np.isfinite(raw)):
+                bad = start + int(np.flatnonzero(~np.isfinite(raw).all(axis=(1, 2)))[0])
+                raise ValueError(f"flat frame {bad} holds NaN or infinite values")
+            nsat = 0 if saturation is None else int(np.count_nonzero(raw >= saturation))
+            d = raw - base
+            d[:, excluded] = 0.0
+            means = d.mean(axis=(1, 2))
+            s = d.sum(axis=0)
+            lag = np.array(
+                [np.einsum("nij,nij->", d[(slice(None),) + a], d[(slice(None),) + b])
+                 for a, b in (_pair_slices((ny, nx), dy, dx) for dy, dx in lags)]
+            )
+            first = np.zeros(n)
+            first[start : start + len(means)] = means
+            return (s, lag, np.array([nsat]), first)
+
+        s, lag, nsat, frame_means = _stream(frames, partial, per_block)
+        if nsat[0]:
+            raise ValueError(
+                f"flat has {int(nsat[0])} saturated pixel value(s) (>= {saturation}): use "
+                "frames below saturation, or mask the saturated pixels"
+            )
+        blank = np.flatnonzero(frame_means <= 0)
+        if blank.size:
+            raise ValueError(
+                f"flat frame(s) {blank[:10].tolist()} have a non-positive mean after the dark "
+                "(blank or zero frames): remove them, or check dark/offset"
+            )
+        mean = s / n
+        good = (~excluded) & (mean > 0)
+        if not good.any():
+            raise ValueError("flat has no pixel with a positive mean after the dark and mask")
+        s = np.where(good, s, 0.0)
+        k = np.zeros((size, size))
+        for (dy, dx), lsum in zip(lags, lag, strict=True):
+            a, b = _pair_slices((ny, nx), dy, dx)
+            # Centred cross-products: sum_n d_p d_q - S_p S_q / n, per pair, summed.
+            cov = (lsum - np.sum(s[a] * s[b]) / n) / (n - 1)
+            pairs = good[a] & good[b]
+            norm = 0.5 * np.sum(np.where(pairs, mean[a] + mean[b], 0.0))
+            # Pairs with a left-out pixel add nothing to cov (zeroed) and nothing to norm.
+            k[half + dy, half + dx] = cov / norm if norm > 0 else 0.0
+            k[half - dy, half - dx] = k[half + dy, half + dx]
+        info = {"method": "flat_field", "n_frames": n, "mean": float(mean[good].mean())}
+        return cls(k, info=info)
+
+    @classmethod
+    def from_scan(
+        cls, s, mask=None, radial_range=None, size=DEFAULT_SIZE, offset=None, background=True
+    ):
+        r"""Estimate the kernel from the FEM scan itself, without a flat field.
+
+        **Method.** Frames are taken in non-overlapping pairs of scan neighbours ``(n, n+1)``
+        (row-major order; pairs do not straddle the blocks of 32 MiB read at a time). The
+        difference ``d = D_n - D_{n+1}`` removes the mean pattern and the slow thickness
+        variation; its noise covariance is ``(<D_n> + <D_{n+1}>) K``. Inside an annulus of
+        pixels (high k by default, where the structural speckle is weakest),
+
+        .. math:: K_\mathrm{raw}(Δ) = \frac{\sum_{\text{pairs}} \sum_p d_p\, d_{p+Δ}}
+                  {\sum_{\text{pairs}} \sum_p (s_p + s_{p+Δ}) / 2},
+                  \qquad s = D_n + D_{n+1},
+
+        over the pixel pairs with both pixels in the annulus (pixels within ``size // 2`` of
+        the detector edge are left out, as in :meth:`from_flat_field`). The structure of two
+        different probe positions does not cancel in ``d``: it adds ``<D> V_s(k)`` times its
+        correlation over the lag. The speckle (and any residual thickness step) varies slowly over a
+        window of a few pixels, so it is estimated as the mean of ``K_raw`` on the window's
+        border (where the noise kernel has decayed) and subtracted from every lag:
+        ``K = K_raw - background``.
+
+        **Residual bias.** What is left is the part of the structural covariance that
+        changes across the window (speckle narrower than the window) plus the kernel's own
+        tail on the border (below 1e-4 of the gain for a Gaussian PSF of σ ≤ 1 px in the
+        default window). On femlib's synthetic data it is below 1 % of the gain with the
+        default annulus (see :doc:`/user_guide/noise`); use a flat field when the speckle is
+        as fine as the PSF.
+
+        Parameters
+        ----------
+        s : signal or array_like, shape (..., rows, cols)
+            The scan; a HyperSpy signal is read through ``.data`` (numpy or dask: one
+            streaming pass with bounded memory) and its ``calibration`` (centre, affine,
+            scale, mask) defines the radii. A plain array uses the detector middle as the
+            centre and radii in pixels.
+        mask : (rows, cols) bool array, optional
+            Pixels to leave out (True): beam stop, dead or hot pixels. Default: the signal's
+            ``calibration.mask`` if any.
+        radial_range : (float, float), optional
+            Annulus ``(start, stop)`` in calibrated units (pixels for an array). Default:
+            from 0.9 of the largest radius of a circle on the detector to the detector
+            corners.
+        size : int, default :data:`DEFAULT_SIZE`
+            Odd window side in pixels.
+        offset : float or (rows, cols) array, optional
+            Dark level subtracted before the normalisation (it cancels in ``d``).
+        background : bool, default True
+            Subtract the border mean (the slowly varying structural covariance). It removes
+            most of the structure's bias but about triples the statistical error of the gain
+            (the border mean is multiplied by the window's area); False keeps ``K_raw``, for
+            an annulus known to be free of structure.
+
+        Returns
+        -------
+        DetectorNoise
+            ``info`` holds ``method="scan"``, ``n_pairs``, ``n_pixels`` (annulus),
+            ``radial_range`` (the annulus used) and ``background`` (the subtracted floor,
+            per lag).
+
+        Raises
+        ------
+        ValueError
+            Fewer than 2 frames, an annulus with fewer than ``size**2`` pixels, a mask of the
+            wrong shape, a bad ``radial_range`` or ``size``, non-finite values in the annulus
+            or a non-positive mean there.
+
+        Examples
+        --------
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem((16, 16), (64, 64), modulation=False, seed=3)
+        >>> noise = DetectorNoise.from_scan(s, mask=s.metadata.Simulation.beam_stop_mask,
+        ...                                 size=5)
+        >>> abs(noise.gain / 4.2 - 1) < 0.05
+        True
+        """
+        frames = _frames_of(s, "s")
+        n, ny, nx = (int(v) for v in frames.shape)
+        if n < 2:
+            raise ValueError(f"s holds {n} frame(s): from_scan needs at least 2")
+        size = _check_size(size, (ny, nx))
+        geo = None
+        cal = getattr(s, "calibration", None)
+        if cal is not None and hasattr(cal, "geometry"):
+            geo = cal.geometry()
+        if mask is None and geo is not None:
+            mask = geo["mask"]
+        excluded = _as_mask(mask, (ny, nx)) | _border((ny, nx), size // 2)
+        base = _as_offset(offset, "offset", (ny, nx))
+        radius, rmax_in = _radii((ny, nx), geo)
+        if radial_range is None:
+            lo, hi = 0.9 * rmax_in, np.inf
+        else:
+            try:
+                lo, hi = (float(v) for v in radial_range)
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"radial_range must be (start, stop) with start < stop, got {radial_range!r}"
+                ) from err
+            if not (math.isfinite(lo) and lo >= 0 and hi > lo):
+                raise ValueError(
+                    f"radial_range must be (start, stop) with 0 <= start < stop, got "
+                    f"{radial_range!r}"
+                )
+        region = (radius >= lo) & (radius <= hi) & ~excluded
+        if region.sum() < size * size:
+            raise ValueError(
+                f"the annulus radial_range=({lo:.4g}, {hi:.4g}) holds {int(region.sum())} "
+                f"unmasked pixels, fewer than the window's {size * size}: widen it"
+            )
+        half = size // 2
+        lags = _half_lags(half)
+        per_block = max(2, (_BLOCK_ELEMENTS // (ny * nx)) // 2 * 2)
+        rows = np.flatnonzero(region.any(axis=1))
+        cols = np.flatnonzero(region.any(axis=0))
+        # Work on the annulus's bounding box (plus nothing: pairs outside the region are 0).
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        reg = region[box]
+        bshape = reg.shape
+        base_box = base[box] if np.ndim(base) else base
+
+        def partial(start, block):
+            raw = np.asarray(block[(slice(None),) + box], dtype=np.float64)
+            m = raw.shape[0] // 2 * 2
+            if m == 0:
+                return (np.zeros(bshape), np.zeros(len(lags)), np.zeros(2))
+            first, second = raw[0:m:2], raw[1:m:2]
+            d = first - second
+            t = first + second - 2 * base_box
+            d[:, ~reg] = 0.0
+            t[:, ~reg] = 0.0
+            nonfinite = float(np.count_nonzero(~np.isfinite(d)))
+            lag = np.array(
+                [np.einsum("nij,nij->", d[(slice(None),) + a], d[(slice(None),) + b])
+                 for a, b in (_pair_slices(bshape, dy, dx) for dy, dx in lags)]
+            )
+            return (t.sum(axis=0), lag, np.array([m // 2, nonfinite]))
+
+        t, lag, counts = _stream(frames, partial, per_block)
+        if counts[1]:
+            raise ValueError(
+                f"s has {int(counts[1])} NaN or infinite value(s) in the annulus: mask them"
+            )
+        n_pairs = int(counts[0])
+        if n_pairs < 1:
+            raise ValueError("s gives no pair of neighbouring frames")
+        if not t.sum() > 0:
+            raise ValueError(
+                "the annulus has a non-positive mean intensity: check offset, mask and "
+                "radial_range"
+            )
+        raw_k = np.zeros((size, size))
+        for (dy, dx), lsum in zip(lags, lag, strict=True):
+            a, b = _pair_slices(bshape, dy, dx)
+            pairs = reg[a] & reg[b]
+            norm = 0.5 * np.sum(np.where(pairs, t[a] + t[b], 0.0))
+            value = lsum / norm if norm > 0 else 0.0
+            raw_k[half + dy, half + dx] = value
+            raw_k[half - dy, half - dx] = value
+        if background and size >= 3:
+            border = np.ones((size, size), bool)
+            border[1:-1, 1:-1] = False
+            background = float(raw_k[border].mean())
+        else:
+            background = 0.0
+        info = {
+            "method": "scan",
+            "n_pairs": n_pairs,
+            "n_pixels": int(region.sum()),
+            "radial_range": (lo, hi),
+            "background": background,
+        }
+        return cls(raw_k - background, info=info)
+
+    # -- use ----------------------------------------------------------------------------
+    def shot_weights(self, matrix, detector_shape=None):
+        r"""Shot weights ``s_kp = w_kp Σ_q K(q - p) w_kq`` of a weight matrix.
+
+        ``Σ_p s_kp <D_p>`` is the noise variance of the ring sum ``Σ_p w_kp D_p``. Pixels
+        outside the detector contribute nothing. Computed as one gather per kernel lag over
+        the non-zeros of ``W`` (blocks of bins scattered into a zero-padded dense image).
+
+        Parameters
+        ----------
+        matrix : scipy sparse matrix (K, P), or an object with ``.matrix`` and
+            ``.detector_shape`` (e.g. :class:`femlib.integration.AzimuthalWeights`)
+            The weights ``W``, pixels flattened row-major.
+        detector_shape : (rows, cols), optional
+            Needed for a bare matrix unless the detector is square (``P`` a perfect square).
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix, shape (K, P)
+            Same sparsity as ``W`` (same stored entries), in detector units per electron.
+            For :meth:`counting` ``(G)`` this is exactly ``G * W**2``.
+
+        Raises
+        ------
+        ValueError
+            If the detector shape is unknown or does not match ``P``.
+        TypeError
+            If ``matrix`` is not a 2D sparse or dense matrix.
+
+        Examples
+        --------
+        >>> import scipy.sparse as sp
+        >>> w = sp.csr_matrix(np.array([[1.0, 0.5, 0.0, 0.0]]))  # top row of a 2x2 detector
+        >>> noise = DetectorNoise([[0.0, 0.0, 0.0], [0.5, 2.0, 0.5], [0.0, 0.0, 0.0]])
+        >>> noise.shot_weights(w).toarray()  # 1 * (2 * 1 + 0.5 * 0.5), 0.5 * (2 * 0.5 + 0.5 * 1)
+        array([[2.25, 0.75, 0.  , 0.  ]])
+        >>> DetectorNoise.counting(4.0).shot_weights(w).toarray()
+        array([[4., 1., 0., 0.]])
+        """
+        if detector_shape is None and hasattr(matrix, "detector_shape"):
+            detector_shape = matrix.detector_shape
+        matrix = getattr(matrix, "matrix", matrix)
+        if sp.issparse(matrix):
+            w = sp.csr_matrix(matrix)
+        else:
+            arr = np.asarray(matrix)
+            if arr.ndim != 2:
+                raise TypeError(
+                    f"matrix must be a 2D (bins, pixels) sparse matrix, got shape {arr.shape}"
+                )
+            w = sp.csr_matrix(arr.astype(float))
+        nbins, npix = w.shape
+        if detector_shape is None:
+            side = math.isqrt(npix)
+            if side * side != npix:
+                raise ValueError(
+                    f"matrix has {npix} pixels, not a square detector: pass detector_shape"
+                )
+            detector_shape = (side, side)
+        ny, nx = (int(v) for v in detector_shape)
+        if ny * nx != npix:
+            raise ValueError(
+                f"detector_shape {(ny, nx)} has {ny * nx} pixels but matrix has {npix}"
+            )
+        w = w.copy()
+        w.sort_indices()
+        data = w.data.astype(np.float64)
+        kern = self._kernel
+        hy, hx = kern.shape[0] // 2, kern.shape[1] // 2
+        nz = [(dy - hy, dx - hx, kern[dy, dx]) for dy, dx in zip(*np.nonzero(kern), strict=True)]
+        if len(nz) == 1 and nz[0][:2] == (0, 0):
+            # The counting model: exactly G W**2, as the independent-pixel code computes it.
+            out = nz[0][2] * data**2
+            return sp.csr_matrix((out, w.indices.copy(), w.indptr.copy()), shape=w.shape)
+        py, px = ny + 2 * hy, nx + 2 * hx
+        rows_of = np.repeat(np.arange(nbins), np.diff(w.indptr))
+        r, c = np.divmod(w.indices.astype(np.int64), nx)
+        acc = np.zeros_like(data)
+        per_block = max(1, _BLOCK_ELEMENTS // (py * px))
+        for b0 in range(0, nbins, per_block):
+            b1 = min(nbins, b0 + per_block)
+            lo, hi = w.indptr[b0], w.indptr[b1]
+            if hi == lo:
+                continue
+            dense = np.zeros((b1 - b0) * py * px)
+            flat = (rows_of[lo:hi] - b0) * (py * px) + (r[lo:hi] + hy) * px + (c[lo:hi] + hx)
+            dense[flat] = data[lo:hi]
+            part = np.zeros(hi - lo)
+            for dy, dx, kv in nz:
+                part += kv * dense[flat + (dy * px + dx)]
+            acc[lo:hi] = part
+        return sp.csr_matrix((data * acc, w.indices.copy(), w.indptr.copy()), shape=w.shape)
+
+    def plot(self, ax=None, **kwargs):
+        """Show ``K(Δ)`` as an image (matplotlib), zero lag at the centre.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw; a new figure by default.
+        **kwargs
+            Passed to ``ax.imshow`` (e.g. ``cmap``).
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> ax = DetectorNoise.counting(4.2).plot()
+        >>> ax.get_title()
+        'noise kernel K: gain 4.2, K(0) 4.2'
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots()
+        ny, nx = self.size
+        hy, hx = ny // 2, nx // 2
+        kwargs.setdefault("cmap", "viridis")
+        image = ax.imshow(
+            self._kernel, extent=(-hx - 0.5, hx + 0.5, hy + 0.5, -hy - 0.5), **kwargs
+        )
+        ax.figure.colorbar(image, ax=ax, label="K (detector units per electron)")
+        ax.set_xlabel("Δx (pixels)")
+        ax.set_ylabel("Δy (pixels)")
+        ax.set_title(f"noise kernel K: gain {self.gain:.4g}, K(0) {self.k0:.4g}")
+        return ax
+
+
+def _border(shape, width):
+    """The ``width`` outermost rows and columns: their pixels lose charge past the edge, so
+    their variance-to-mean ratio is not the bulk one; both estimators leave them out."""
+    out = np.zeros(shape, bool)
+    if width:
+        out[:width] = out[-width:] = True
+        out[:, :width] = out[:, -width:] = True
+    return out
+
+
+def _radii(shape, geo):
+    """Radius of every pixel centre and the radius of the largest circle on the detector.
+
+    With a calibration: ``|A (p - c)| * scale`` in calibrated units; without: pixels from the
+    detector middle.
+    """
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx].astype(float)
+    if geo is None:
+        cx, cy = (nx - 1) / 2, (ny - 1) / 2
+        a = np.eye(2)
+        sx = sy = 1.0
+    else:
+        cx, cy = geo["center"]
+        a = np.eye(2) if geo["affine"] is None else np.asarray(geo["affine"])[:2, :2]
+        sx, sy = (abs(v) for v in geo["scale"])
+    dx, dy = x - cx, y - cy
+    u = (a[0, 0] * dx + a[0, 1] * dy) * sx
+    v = (a[1, 0] * dx + a[1, 1] * dy) * sy
+    radius = np.hypot(u, v)
+    edge = np.zeros(shape, bool)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    return radius, float(radius[edge].min())
