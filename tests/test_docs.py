@@ -5,14 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_docs_build_without_warnings(tmp_path):
-    pytest.importorskip("sphinx_gallery")
-    pytest.importorskip("numpydoc")
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("FEMLIB_REAL_DATA", None)  # the gallery runs on the synthetic data
     res = subprocess.run(

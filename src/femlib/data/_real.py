@@ -1,16 +1,16 @@
 """The ZrCuAl metallic-glass 4D-STEM datasets (Zenodo record 15490547), fetched with pooch.
 
-Files are cached in ``pooch.os_cache("femlib")`` (e.g. ``~/.cache/femlib`` on Linux) or in
-the folder named by the environment variable ``FEMLIB_DATA_DIR``. Nothing is downloaded unless
-``allow_download=True`` is passed. A cached file is checked against its MD5 once; a stamp file
-``<name>.verified`` beside it (hash, size, modification time) spares re-hashing a large file on
-every load.
+One :func:`pooch.create` registry (file names and MD5 hashes) with ``env="FEMLIB_DATA_DIR"``:
+files are cached in ``pooch.os_cache("femlib")`` (e.g. ``~/.cache/femlib`` on Linux) or in the
+folder named by that environment variable, and downloaded and checked by pooch. Nothing is
+downloaded unless ``allow_download=True`` is passed. pooch hashes a cached file on every fetch;
+these files are gigabytes, so a stamp file ``<name>.verified`` beside a file that passed its
+check (hash, size, modification time) lets a later load skip pooch's re-hash.
 """
 
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 __all__ = ["zrcual_1", "zrcual_2", "zrcual_3"]
@@ -25,14 +25,25 @@ _REGISTRY = {
 }
 
 
-def _data_dir():
-    """Cache folder: ``$FEMLIB_DATA_DIR`` if set, else ``pooch.os_cache("femlib")``."""
-    env = os.environ.get(_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
+def _pooch():
+    """The registry: cache folder from ``$FEMLIB_DATA_DIR`` or the OS cache, Zenodo URLs.
+
+    Made on each call, so that a change of the environment variable takes effect.
+    """
     import pooch
 
-    return Path(pooch.os_cache("femlib"))
+    return pooch.create(
+        path=pooch.os_cache("femlib"),
+        base_url=_BASE_URL,
+        env=_ENV_VAR,
+        registry=_REGISTRY,
+        urls={name: _url(name) for name in _REGISTRY},
+    )
+
+
+def _data_dir():
+    """Cache folder: ``$FEMLIB_DATA_DIR`` if set, else ``pooch.os_cache("femlib")``."""
+    return Path(_pooch().abspath)
 
 
 def _url(name):
@@ -78,7 +89,8 @@ def _fetch(name, allow_download, progressbar=True):
         If the download fails.
     """
     known_hash = _REGISTRY[name]
-    folder = _data_dir()
+    registry = _pooch()
+    folder = Path(registry.abspath)
     path = folder / name
     url = _url(name)
     if path.is_file():
@@ -98,12 +110,8 @@ def _fetch(name, allow_download, progressbar=True):
             f"the file there yourself. Set the environment variable {_ENV_VAR} to use another "
             "cache folder."
         )
-    import pooch
-
     try:
-        fetched = pooch.retrieve(
-            url, known_hash=known_hash, fname=name, path=folder, progressbar=progressbar
-        )
+        fetched = registry.fetch(name, progressbar=progressbar)
     except ValueError as err:  # pooch's checksum mismatch; the bad file is not kept
         raise ValueError(
             f"the download of {name} from {url} does not match its {known_hash} checksum "
@@ -178,7 +186,15 @@ def _public_doc(name, func):
 
     Examples
     --------
-    >>> s = femlib.data.{func}(allow_download=True, lazy=True)  # doctest: +SKIP
+    The first call downloads the file (``allow_download=True``); later calls read the cache.
+    Without a cached copy and without permission to download, the loader says where the file
+    is expected:
+
+    >>> try:
+    ...     s = femlib.data.{func}(lazy=True)
+    ... except FileNotFoundError as err:
+    ...     print(str(err).split(" is not")[0])
+    {name} (ZrCuAl metallic glass, Zenodo record {_RECORD})
     """
 
 

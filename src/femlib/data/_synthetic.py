@@ -436,10 +436,14 @@ def synthetic_fem(
 
     Examples
     --------
-    >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
-    >>> mask = s.sum() < 10000  # doctest: +SKIP
-    >>> s.metadata.Simulation.center  # doctest: +SKIP
+    >>> s = femlib.data.synthetic_fem()
+    >>> s
+    <FEMDiffraction2D, title: Synthetic FEM (seed 0), dimensions: (40, 40|128, 128)>
+    >>> s.metadata.Simulation.center
     array([64.37, 62.81])
+    >>> mask = s.sum() < 10000  # the beam stop, as stored in the ground truth
+    >>> bool((mask.data == s.metadata.Simulation.beam_stop_mask).all())
+    True
     """
     navigation_shape = _check_shape(navigation_shape, "navigation_shape", 1)
     detector_shape = _check_shape(detector_shape, "detector_shape", _MIN_DETECTOR)
