@@ -324,19 +324,6 @@ def test_variance_nonfinite_whole_frames(lazy, keep_small_chunks):
     assert v.metadata.FEM.number_of_patterns == 4
 
 
-def test_moments_count_nonfinite_frames():
-    frames = _uniform([1.0, 3.0, 1.0, 3.0, 5.0, 7.0])
-    frames[4][IN_RANGE] = np.nan
-    frames[5][IN_RANGE] = np.inf
-    w = integration.build_weights(DET, CENTER, npt=4, radial_range=RR)
-    with untouched(frames), no_warning_about("NaN"):
-        m = variance.accumulate(frames, w, variance.frame_states(6))
-    assert m.n_nonfinite == 2
-    assert m.n_frames == 4
-    merged = variance.merge(m, variance.accumulate(frames[4:], w, variance.frame_states(2)))
-    assert merged.n_nonfinite == 4
-
-
 @pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("where", ["masked", "out_of_range", "navigation_masked"])
 def test_variance_nonfinite_harmless_where_not_weighted(lazy, where):

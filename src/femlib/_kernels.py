@@ -93,17 +93,20 @@ def apply_weights_by_bin(frames, indptr, indices, data, scale, out):  # pragma: 
                 out[f3, k] = a3 * c
 
 
-def _make_ring_moments(with_j, with_sq):
+def _make_ring_moments(with_q, with_j, with_pm, with_psq):
     """Compile the FEM pass for one choice of flags (constants, so no branch remains)."""
+    # Accumulator columns per bin: I for 4 frames, then Q for 4 frames, then J for 4 frames.
+    cq = 4
+    cj = 8 if with_q else 4
+    ncol = cj + (4 if with_j else 0)
 
     @numba.njit(**_JIT)
-    def kernel(frames, touched, colptr, rowidx, wdata, states, out, pixsum, pixsq):  # noqa: C901
+    def kernel(frames, touched, colptr, rowidx, wdata, sdata, states, out, pixsum, pixsq):  # noqa: C901
         n = frames.shape[0]
         nbins = out.shape[2]
         nquad = (n + 3) // 4
+        acc = np.empty((nbins, ncol))
         for q in range(nquad):
-            ps = pixsum
-            pq = pixsq
             f0 = 4 * q
             nf = min(4, n - f0)
             f1 = f0 + min(1, nf - 1)
@@ -113,29 +116,30 @@ def _make_ring_moments(with_j, with_sq):
             s1 = states[f1] if nf > 1 else -1
             s2 = states[f2] if nf > 2 else -1
             s3 = states[f3] if nf > 3 else -1
-            acc = np.zeros((nbins, 8 if with_j else 4))
+            acc[:] = 0.0
             for j in range(touched.size):
                 p = touched[j]
                 x0 = np.float64(frames[f0, p])
                 x1 = np.float64(frames[f1, p])
                 x2 = np.float64(frames[f2, p])
                 x3 = np.float64(frames[f3, p])
-                if s0 >= 0:
-                    ps[s0, j] += x0
-                    if with_sq:
-                        pq[s0, j] += x0 * x0
-                if s1 >= 0:
-                    ps[s1, j] += x1
-                    if with_sq:
-                        pq[s1, j] += x1 * x1
-                if s2 >= 0:
-                    ps[s2, j] += x2
-                    if with_sq:
-                        pq[s2, j] += x2 * x2
-                if s3 >= 0:
-                    ps[s3, j] += x3
-                    if with_sq:
-                        pq[s3, j] += x3 * x3
+                if with_pm:
+                    if s0 >= 0:
+                        pixsum[s0, j] += x0
+                        if with_psq:
+                            pixsq[s0, j] += x0 * x0
+                    if s1 >= 0:
+                        pixsum[s1, j] += x1
+                        if with_psq:
+                            pixsq[s1, j] += x1 * x1
+                    if s2 >= 0:
+                        pixsum[s2, j] += x2
+                        if with_psq:
+                            pixsq[s2, j] += x2 * x2
+                    if s3 >= 0:
+                        pixsum[s3, j] += x3
+                        if with_psq:
+                            pixsq[s3, j] += x3 * x3
                 for jj in range(colptr[j], colptr[j + 1]):
                     a = acc[rowidx[jj]]
                     w = wdata[jj]
@@ -147,56 +151,74 @@ def _make_ring_moments(with_j, with_sq):
                     a[1] += w1
                     a[2] += w2
                     a[3] += w3
+                    if with_q:
+                        s = sdata[jj]
+                        a[cq] += s * x0
+                        a[cq + 1] += s * x1
+                        a[cq + 2] += s * x2
+                        a[cq + 3] += s * x3
                     if with_j:
-                        a[4] += w0 * x0
-                        a[5] += w1 * x1
-                        a[6] += w2 * x2
-                        a[7] += w3 * x3
+                        a[cj] += w0 * x0
+                        a[cj + 1] += w1 * x1
+                        a[cj + 2] += w2 * x2
+                        a[cj + 3] += w3 * x3
             for i in range(nf):
                 for k in range(nbins):
                     out[0, f0 + i, k] = acc[k, i]
+                    c = 1
+                    if with_q:
+                        out[c, f0 + i, k] = acc[k, cq + i]
+                        c += 1
                     if with_j:
-                        out[1, f0 + i, k] = acc[k, 4 + i]
+                        out[c, f0 + i, k] = acc[k, cj + i]
 
     return kernel
 
 
-_RING_MOMENTS = {(j, q): _make_ring_moments(j, q) for j in (False, True) for q in (False, True)}
+_RING_MOMENTS = {}
 
 
-def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates, with_j,
-                 with_sq=False):
+def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates, sdata=None,
+                 with_j=False, pixel_means=False, pixel_squares=False):
     """The FEM pass over a chunk, from one read of each frame.
 
     Parameters
     ----------
     frames : (n, P) ndarray
     touched, colptr, rowidx, wdata : ndarray
-        Compressed-column weights over the touched pixels.
+        Compressed-column weights ``W`` over the touched pixels.
     nbins : int
     states : (n,) int64 ndarray
         State of every frame; -1 frames are left out of the pixel sums.
     nstates : int
+    sdata : ndarray or None
+        Shot weights ``S`` with the sparsity (and order) of ``wdata``; None = no ``Q``.
     with_j : bool
         Also compute ``W D^2`` (for the ``r`` and ``re`` estimators).
-    with_sq : bool
-        Also sum the squares of every touched pixel per state (for ``VImage``).
+    pixel_means, pixel_squares : bool
+        Also sum every touched pixel (and its square) per state.
 
     Returns
     -------
-    out : (1 or 2, n, nbins) ndarray
-        ``W D`` per frame, then ``W D^2`` if ``with_j``.
-    pixsum, pixsq : (nstates, P') ndarray
-        Per state, the sum of every touched pixel (and of its square, or None) over the
-        state's frames. Raw float64 sums suffice per pixel: its variance is at least the
-        Poisson term ``G <D>``, so ``S2 - S1^2 / n`` loses at most ``eps`` times the
-        electrons per pixel, relatively.
+    out : (c, n, nbins) ndarray
+        Per frame ``I = W D``, then ``Q = S D`` if ``sdata`` is given, then ``J = W D^2``
+        if ``with_j``.
+    pixsum, pixsq : (nstates, P') ndarray or None
+        Per state, the sum of every touched pixel (and of its square) over the state's
+        frames. Raw float64 sums suffice per pixel: its variance is at least the Poisson
+        term ``G <D>``, so ``S2 - S1^2 / n`` loses at most ``eps`` times the electrons per
+        pixel, relatively.
     """
-    out = np.empty((2 if with_j else 1, frames.shape[0], nbins))
-    pixsum = np.zeros((nstates, touched.size))
-    pixsq = np.zeros((nstates, touched.size) if with_sq else (0, 0))
+    with_q = sdata is not None
+    pixel_means = bool(pixel_means or pixel_squares)
+    key = (with_q, bool(with_j), pixel_means, bool(pixel_squares))
+    kernel = _RING_MOMENTS.get(key)
+    if kernel is None:
+        kernel = _RING_MOMENTS[key] = _make_ring_moments(*key)
+    out = np.empty((1 + with_q + bool(with_j), frames.shape[0], nbins))
+    pixsum = np.zeros((nstates, touched.size) if pixel_means else (0, 0))
+    pixsq = np.zeros((nstates, touched.size) if pixel_squares else (0, 0))
     if frames.shape[0]:
-        _RING_MOMENTS[bool(with_j), bool(with_sq)](
-            frames, touched, colptr, rowidx, wdata, states, out, pixsum, pixsq
-        )
-    return out, pixsum, (pixsq if with_sq else None)
+        kernel(frames, touched, colptr, rowidx, wdata, wdata if sdata is None else sdata,
+               states, out, pixsum, pixsq)
+    return out, (pixsum if pixel_means else None), (pixsq if pixel_squares else None)

@@ -28,13 +28,12 @@ sum of Poisson pixels (the ``G / <S>`` form over-subtracts and drives V negative
 
 One pass
 --------
-For each frame the streaming kernel returns the ring sums ``I = W D``, ``Q = W^2 D`` and
-``J = W D^2``; the per-frame quantities ``u = J A / I^2`` and ``v = A / I`` follow. A
-:class:`Moments` holds, per *state* (thickness group x jackknife block), the frame count,
-the means of ``(I, Q, J, u, v)``, the centred second moment of ``I`` and, for ``VImage``,
-the per-pixel mean and centred second moment. Moments of two chunks merge exactly with
-Chan's pairwise formulas (:func:`merge`), so chunks can be reduced in any order or tree
-(dask, a distributed cluster) and centred sums never lose the small variance in float32.
+The moments come from :func:`femlib.moments.accumulate_moments`, one streaming read of the
+frames: per frame the ring sums ``I = W D``, ``J = W D^2`` (``r``, ``re``) and ``Q`` with the
+shot weights of the noise model, and ``u = J A / I^2``, ``v = A / I``; per *state* (group x
+jackknife block) the frame count, the means of those, the centred second moment of ``I``
+and, for ``VImage``, the per-pixel mean and centred second moment
+(:class:`femlib.moments.Moments`, merged exactly with Chan's formulas).
 
 Standard error
 --------------
@@ -52,21 +51,17 @@ Hwang & Voyles, Microsc. Microanal. 17 (2011) 67. Li et al., Microsc. Microanal.
 """
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
-from femlib import _kernels
-from femlib.integration import as_native_frames
+# Moments, merge and frame_states are re-exported for callers of femlib 0.1.
+from femlib.moments import N_BLOCKS, Moments, _merge_arrays, frame_states, merge  # noqa: F401
+from femlib.moments import accumulate as _accumulate_chunk
 
 __all__ = [
     "METHODS",
-    "Moments",
     "accumulate",
     "accumulate_dask",
-    "accumulate_tree",
-    "merge",
-    "frame_states",
     "estimate",
     "check_method",
     "check_gain",
@@ -74,7 +69,6 @@ __all__ = [
 ]
 
 METHODS = ("Omega", "r", "re", "VImage")
-N_BLOCKS = 20
 _I, _Q, _J, _U, _V = range(5)
 
 
@@ -141,186 +135,28 @@ def check_gain(gain):
     return g
 
 
-@dataclass
-class Moments:
-    """Mergeable one-pass moments, per state ``s = group * n_blocks + block``.
+def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
+               squares=True):
+    """Moments of one chunk with the shot sums ``Q = W^2 D`` (gain 1 counting model).
 
-    Attributes
-    ----------
-    count : (S,) ndarray
-        Number of frames per state.
-    mean : (S, 5, K) ndarray
-        Means of the ring sums ``I``, ``Q``, ``J`` and of ``u = J A / I^2``, ``v = A / I``.
-    m2 : (S, K) ndarray
-        Centred sum of squares of ``I``.
-    pix_mean, pix_m2 : (S, P') ndarray or None
-        Per touched pixel mean and centred sum of squares (``VImage`` only).
-    n_groups, n_blocks : int
-    n_nonfinite : int
-        Frames left out because a weighted pixel was NaN or infinite.
-    squares : bool
-        Whether the ring sums of ``D^2`` (``J``, ``u``, ``v``) were accumulated.
-    """
-
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-    pix_mean: np.ndarray | None
-    pix_m2: np.ndarray | None
-    n_groups: int
-    n_blocks: int
-    n_nonfinite: int = 0
-    squares: bool = True
-
-    @property
-    def n_frames(self):
-        """Total number of frames accumulated."""
-        return int(self.count.sum())
-
-
-def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
-    """State of every frame: ``group * n_blocks + block``, -1 for excluded frames.
-
-    The ``i``-th frame of a group (in scan order) goes to jackknife block ``i mod
-    n_blocks``, so every group with ``n >= n_blocks`` frames fills all blocks evenly,
-    whatever the scan shape or how the groups fall on the scan; the assignment is fixed
-    before the pass and does not depend on chunking.
-
-    Parameters
-    ----------
-    n_frames : int
-    groups : (n_frames,) int array or None
-        Group (thickness bin) of each frame, -1 = excluded. None = all in group 0.
-    n_groups : int
-    n_blocks : int
-        Jackknife blocks.
-
-    Returns
-    -------
-    (n_frames,) ndarray of int64
-    """
-    g = np.zeros(n_frames, np.int64) if groups is None else np.asarray(groups, np.int64)
-    if g.shape != (n_frames,):
-        raise ValueError(f"groups must have one entry per frame ({n_frames}), got {g.shape}")
-    if g.max(initial=-1) >= n_groups:
-        raise ValueError(f"groups must be < n_groups={n_groups}")
-    rank = np.zeros(n_frames, np.int64)
-    for group in range(n_groups):
-        members = np.flatnonzero(g == group)
-        rank[members] = np.arange(members.size)
-    return np.where(g >= 0, g * n_blocks + rank % n_blocks, -1)
-
-
-def accumulate(
-    frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False, squares=True
-):
-    """Moments of one chunk of frames (one read of the chunk).
+    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
 
     Parameters
     ----------
     frames : ndarray, shape (..., rows, columns)
-        Any real dtype (integers are converted to float64 before any square).
     weights : femlib.integration.AzimuthalWeights
     states : int array, shape (...)
-        State of each frame (:func:`frame_states`), -1 = excluded.
+        :func:`femlib.moments.frame_states`, -1 = excluded.
     n_groups, n_blocks : int
-    pixels : bool
-        Also accumulate per-pixel second moments (needed by ``VImage``).
-    squares : bool
-        Also accumulate the ring sums of ``D^2`` (needed by ``r`` and ``re``).
+    pixels, squares : bool
+        Per-pixel moments (``VImage``); ``J, U, V`` (``r``, ``re``).
 
     Returns
     -------
-    Moments
-        Frames with a NaN or infinite value in a weighted (unmasked, in-range) pixel are
-        left out and counted in ``n_nonfinite``.
+    femlib.moments.Moments
     """
-    flat = as_native_frames(frames, weights.detector_shape)
-    states = np.asarray(states, dtype=np.int64).ravel()
-    if states.size != flat.shape[0]:
-        raise ValueError(f"states has {states.size} entries for {flat.shape[0]} frames")
-    nstates = n_groups * n_blocks
-    k = weights.area.size
-    args = (flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, k)
-    sums, pixsum, pixsq = _kernels.ring_moments(*args, states, nstates, squares, pixels)
-    # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it
-    # (rare: the chunk's pixel sums are then taken again without those frames).
-    nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
-    n_nonfinite = int((nonfinite & (states >= 0)).sum())
-    if n_nonfinite:
-        states = np.where(nonfinite, -1, states)
-        _, pixsum, pixsq = _kernels.ring_moments(*args, states, nstates, False, pixels)
-    count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
-    mean = np.full((nstates, 5, k), np.nan)
-    m2 = np.zeros((nstates, k))
-    ring = sums[0]
-    if squares:
-        j = sums[1]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            inv = np.where(ring > 0, weights.area / ring, np.nan)
-            per_frame = np.stack([ring, j, j * inv * inv / weights.area, inv], axis=1)
-        cols = [_I, _J, _U, _V]
-    else:
-        per_frame = ring[:, None, :]
-        cols = [_I]
-    # Per-state sums over frames sorted by state (reduceat: no Python loop over states, and
-    # no BLAS call whose own threads would compete with dask's).
-    valid = np.flatnonzero(states >= 0)
-    order = valid[np.argsort(states[valid], kind="stable")]
-    seen = count > 0
-    if order.size:
-        present = np.flatnonzero(seen)
-        starts = np.concatenate([[0], np.cumsum(count[present])[:-1]]).astype(np.int64)
-        x = per_frame[order]
-        means = np.add.reduceat(x, starts, axis=0) / count[present, None, None]
-        mean[np.ix_(present, cols)] = means
-        dev = x[:, 0] - np.repeat(means[:, 0], count[present].astype(np.int64), axis=0)
-        m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
-    mean[~seen] = 0.0
-    # Mean of W^2 D per state, from the pixel sums: the shot-noise term of Omega.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean[:, _Q] = (weights.compact_squared @ pixsum.T).T / count[:, None]
-    mean[~seen] = 0.0
-    pix_mean = pix_m2 = None
-    if pixels:
-        safe = np.maximum(count, 1.0)[:, None]
-        pix_mean = pixsum / safe
-        pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
-    return Moments(count, mean, m2, pix_mean, pix_m2, n_groups, n_blocks, n_nonfinite, squares)
-
-
-def merge(a, b):
-    """Merge the moments of two disjoint sets of frames (exact, order-independent).
-
-    Parameters
-    ----------
-    a, b : Moments
-
-    Returns
-    -------
-    Moments
-    """
-    if a.mean.shape != b.mean.shape:
-        raise ValueError("cannot merge moments of different geometries or groupings")
-    n, mean, m2 = _merge_arrays(a.count, a.mean, a.m2, b.count, b.mean, b.m2, ring=True)
-    pm = pq = None
-    if a.pix_mean is not None and b.pix_mean is not None:
-        _, pm, pq = _merge_arrays(a.count, a.pix_mean, a.pix_m2, b.count, b.pix_mean, b.pix_m2)
-    return Moments(
-        n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
-        a.squares and b.squares,
-    )
-
-
-def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
-    n = na + nb
-    safe = np.where(n > 0, n, 1.0)
-    fb = (nb / safe).reshape(n.shape + (1,) * (ma.ndim - n.ndim))
-    delta = mb - ma
-    mean = ma + delta * fb
-    d = delta[..., _I, :] if ring else delta
-    w = (na * nb / safe).reshape(n.shape + (1,) * (d.ndim - n.ndim))
-    return n, mean, qa + qb + d * d * w
+    return _accumulate_chunk(frames, weights, states, n_groups, n_blocks, pixels, squares,
+                             shot_weights=weights.squared)
 
 
 def _reduce(count, mean, m2, pm, pq, axis):
@@ -497,19 +333,18 @@ def warn_undefined(result, radial_centers):
         )
 
 
-def accumulate_dask(
-    darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False, squares=True
-):
-    """Lazy :func:`accumulate` over a dask array: one task per chunk, merged as a tree.
+def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
+                    squares=True):
+    """Lazy :func:`accumulate` over a dask array (one task per chunk, merged as a tree).
+
+    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
 
     Parameters
     ----------
     darr : dask.array.Array, shape (..., rows, columns)
-        Frames; detector dimensions are rechunked whole if needed.
     weights : femlib.integration.AzimuthalWeights
-        Embedded once in the graph and shared by every task.
     states : int ndarray, shape nav
-        State of each frame (:func:`frame_states`, reshaped to the navigation shape).
+        :func:`femlib.moments.frame_states`, reshaped to the navigation shape.
     n_groups, n_blocks : int
     pixels, squares : bool
         As :func:`accumulate`.
@@ -517,59 +352,17 @@ def accumulate_dask(
     Returns
     -------
     dask.delayed.Delayed
-        Computing it gives the merged :class:`Moments` of all frames. Peak memory is a
-        few chunks: each chunk is reduced to its moments as soon as it is read.
+        Computing it gives the merged :class:`femlib.moments.Moments`.
     """
     import dask.array as da
 
+    from femlib import moments as _m
     from femlib.integration import prepare_chunks
 
     darr = prepare_chunks(darr)
     nav = darr.ndim - 2
     states = np.asarray(states, dtype=np.int64).reshape(darr.shape[:nav])
     sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()
-    fblocks = darr.to_delayed().reshape(-1)
-    return accumulate_tree(fblocks, sblocks, weights, n_groups, n_blocks, pixels, squares)
-
-
-def accumulate_tree(frames, states, weights, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-                    squares=True):
-    """One dask task per block of frames, their moments merged pairwise as a tree.
-
-    Parameters
-    ----------
-    frames : sequence of ndarray or dask Delayed
-        Blocks of frames, each ``(..., rows, columns)``; numpy blocks are used in place
-        (not hashed, not copied), so eager data run on dask's threaded scheduler as is.
-    states : sequence of int ndarray or dask Delayed
-        The matching blocks of frame states.
-    weights : femlib.integration.AzimuthalWeights
-        Embedded once in the graph and shared by every task.
-    n_groups, n_blocks : int
-    pixels, squares : bool
-        As :func:`accumulate`.
-
-    Returns
-    -------
-    dask.delayed.Delayed
-        Computing it gives the merged :class:`Moments`.
-    """
-    import dask
-
-    shared = dask.delayed(weights, pure=True)
-    part = dask.delayed(_accumulate_block, pure=False)
-    parts = [
-        part(f, s, shared, n_groups, n_blocks, pixels, squares)
-        for f, s in zip(frames, states, strict=True)
-    ]
-    combine = dask.delayed(merge, pure=True)
-    while len(parts) > 1:
-        nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        if len(parts) % 2:
-            nxt.append(parts[-1])
-        parts = nxt
-    return parts[0]
-
-
-def _accumulate_block(frames, states, weights, n_groups, n_blocks, pixels, squares):
-    return accumulate(frames, weights, states, n_groups, n_blocks, pixels, squares)
+    plan = _m._Plan(n_groups, n_blocks, bool(squares), False, bool(pixels), bool(pixels))
+    sdata = _m._shot_data(weights, weights.squared)
+    return _m.accumulate_tree(darr.to_delayed().reshape(-1), sblocks, weights, sdata, plan)

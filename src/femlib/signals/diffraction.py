@@ -1,9 +1,11 @@
 """``FEMDiffraction2D``: a stack of nanobeam diffraction patterns (4D-STEM)."""
 
 import copy
+import dataclasses
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from hyperspy._signals.lazy import LazySignal
 from hyperspy._signals.signal2d import Signal2D
 from hyperspy.defaults_parser import preferences
@@ -11,6 +13,7 @@ from hyperspy.signal import BaseSignal
 from hyperspy.signals import LazySignal1D, Signal1D
 
 from femlib import integration
+from femlib import moments as _moments
 from femlib import thickness as _thickness
 from femlib import variance as _variance
 from femlib.calibration import Calibration, check_mask
@@ -356,6 +359,7 @@ class FEMDiffraction2D(Signal2D):
         thickness=None,
         bins=None,
         show_progressbar=None,
+        noise=None,
     ):
         """Normalized variance ``V(k)`` of the diffracted intensity (FEM), in one pass.
 
@@ -367,8 +371,9 @@ class FEMDiffraction2D(Signal2D):
             FEM estimator(s) (see :mod:`femlib.variance` for the formulas). ``"all"``
             computes the four together from the same pass.
         gain : float or None
-            Detector units per electron. When given, the Poisson shot-noise term of each
-            estimator is subtracted; None = uncorrected.
+            Detector units per electron of a counting detector (independent pixels). When
+            given, the Poisson shot-noise term of each estimator is subtracted; None (and
+            no ``noise``) = uncorrected.
         radial_range : (float, float) or None
             Radial range in calibrated units (e.g. ``nm^-1``).
         mask : bool array, boolean Signal2D or None
@@ -382,6 +387,13 @@ class FEMDiffraction2D(Signal2D):
             computed inside every bin in the same pass.
         show_progressbar : bool or None
             Default: HyperSpy's preference.
+        noise : noise model or None
+            Detector noise model for the shot-noise correction, e.g. a
+            ``femlib.noise.DetectorNoise``: any object with ``gain`` (sum of the noise
+            kernel, detector units per electron), ``k0`` (the kernel at zero lag) and
+            ``shot_weights(matrix)`` (the sparse matrix ``W * (K * W)`` of the weights'
+            sparsity). ``gain=G`` is the counting model (shot weights ``G W**2``,
+            ``k0 = G``). Give ``gain`` or ``noise``, not both.
 
         Returns
         -------
@@ -398,9 +410,12 @@ class FEMDiffraction2D(Signal2D):
 
         Raises
         ------
+        TypeError
+            A ``noise`` without ``gain``, ``k0`` and ``shot_weights``.
         ValueError
-            Unknown method, ``gain <= 0``, a mask or thickness of the wrong shape, a ring
-            with no unmasked pixel, fewer than two usable patterns.
+            Unknown method, ``gain <= 0``, both ``gain`` and ``noise``, a mask or thickness
+            of the wrong shape, a ring with no unmasked pixel, fewer than two usable
+            patterns.
 
         References
         ----------
@@ -416,30 +431,15 @@ class FEMDiffraction2D(Signal2D):
         >>> v.plot()  # doctest: +SKIP
         """
         methods = _variance.check_method(method)
-        gain = _variance.check_gain(gain)
+        model = _noise_model(gain, noise)
         w = self._weights(npt, 1, radial_range, None, mask)
         _check_no_empty_bins(w)
-        index, edges = self._thickness_groups(thickness, bins)
-        excluded = self._navigation_mask(navigation_mask)
-        n_groups = 1 if edges is None else edges.size - 1
-        groups = np.zeros(excluded.shape, np.int64) if index is None else index.copy()
-        groups[excluded] = -1
-        states = _variance.frame_states(groups.size, groups.ravel(), n_groups)
-        pixels = "VImage" in methods
-        squares = bool({"r", "re"} & set(methods))
-        if self._lazy:
-            work = _variance.accumulate_dask(
-                self.data, w, states, n_groups, pixels=pixels, squares=squares
-            )
-        else:
-            # Eager data: the same per-block tasks, on dask's threaded scheduler, in place.
-            frames = self.data.reshape((-1,) + self.data.shape[-2:])
-            blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
-            blocks = blocks or [slice(0, 0)]
-            work = _variance.accumulate_tree(
-                [frames[b] for b in blocks], [states[b] for b in blocks], w, n_groups,
-                pixels=pixels, squares=squares,
-            )
+        labels, n_groups, edges = self._group_labels(thickness, bins, navigation_mask)
+        shot = None if model is None else model.shot_weights(w.matrix)
+        work = _moments.accumulate_moments(
+            self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
+            compute=False,
+        )
         moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
         if moments.n_nonfinite:
             warnings.warn(
@@ -461,9 +461,21 @@ class FEMDiffraction2D(Signal2D):
                     f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
                     "use fewer or wider bins"
                 )
-        res = _variance.estimate(moments, w, methods, gain)
+        res = _estimate(moments, w, methods, model)
         _variance.warn_undefined(res, w.radial_centers)
-        return self._variance_signal(res, w, methods, method, gain, edges)
+        return self._variance_signal(
+            res, w, methods, method, None if model is None else model.gain, edges
+        )
+
+    def _group_labels(self, thickness, bins, navigation_mask):
+        """Group label of every probe position (-1 = left out), the number of groups and
+        the thickness edges (None when not binned). The one place labels are made."""
+        index, edges = self._thickness_groups(thickness, bins)
+        excluded = self._navigation_mask(navigation_mask)
+        n_groups = 1 if edges is None else edges.size - 1
+        labels = np.zeros(excluded.shape, np.int64) if index is None else index.copy()
+        labels[excluded] = -1
+        return labels, n_groups, edges
 
     def _variance_signal(self, res, w, methods, method, gain, edges):
         single = len(methods) == 1
@@ -526,6 +538,59 @@ class FEMDiffraction2D(Signal2D):
         result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
         result._set_standard_error(se)
         return result
+
+
+class _CountingNoise:
+    """The counting (independent-pixel) noise model of gain ``G``: shot weights ``G W**2``."""
+
+    def __init__(self, gain):
+        self.gain = gain
+        self.k0 = gain
+
+    def shot_weights(self, matrix):
+        out = sp.csr_array(matrix, copy=True)
+        out.data = self.gain * out.data**2
+        return out
+
+
+def _noise_model(gain, noise):
+    """The noise model of get_variance's ``gain``/``noise`` (None = no correction)."""
+    gain = _variance.check_gain(gain)
+    if noise is None:
+        return None if gain is None else _CountingNoise(gain)
+    if gain is not None:
+        raise ValueError(
+            "give gain (counting detector) or noise (a noise model), not both: "
+            f"got gain={gain!r} and noise={noise!r}"
+        )
+    missing = [a for a in ("gain", "k0", "shot_weights") if not hasattr(noise, a)]
+    if missing:
+        raise TypeError(
+            "noise must be a noise model with gain, k0 and shot_weights(matrix) (e.g. "
+            f"femlib.noise.DetectorNoise) or None; {type(noise).__name__} lacks "
+            + ", ".join(missing)
+        )
+    _variance.check_gain(noise.gain)
+    return noise
+
+
+def _estimate(moments, weights, methods, model):
+    """Estimators on the pass's moments.
+
+    Transitional adapter for the estimator signature of femlib 0.1, which multiplies the
+    shot sums by ``gain`` itself (``Q`` was ``W^2 D``) and knows no ``k0``: ``Q`` in detector
+    units is divided by the gain, and pixel means accumulated for the ring non-uniformity
+    (without squares) are not passed on. Replace by a direct call once the estimators take
+    ``Q`` and ``k0`` as femlib's pass delivers them.
+    """
+    gain = None if model is None else float(model.gain)
+    if gain is not None:
+        mean = moments.mean.copy()
+        mean[:, 1] /= gain
+        moments = dataclasses.replace(moments, mean=mean)
+    if moments.pix_m2 is None and moments.pix_mean is not None:
+        moments = dataclasses.replace(moments, pix_mean=None)
+    return _variance.estimate(moments, weights, methods, gain)
 
 
 def _title(what, signal):
