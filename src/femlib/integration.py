@@ -45,7 +45,7 @@ _log = logging.getLogger(__name__)
 _CACHE = OrderedDict()
 _CACHE_SIZE = 8
 _S_MIN, _S_MAX = 4, 32
-# Above this many bins the bin-major kernel is used (measured: benchmarks/README.md).
+# Above this many bins the tiled bin-major kernel is used (measured: _kernels, benchmarks/).
 _BIN_MAJOR_ABOVE = 2048
 MIN_CHUNK_BYTES = 16 * 2**20
 TARGET_CHUNK_BYTES = 64 * 2**20
@@ -95,6 +95,18 @@ class AzimuthalWeights:
         """``W**2`` over the touched pixels only: scipy.sparse, shape (K, len(touched))."""
         shape = (self.area.size, self.touched.size)
         return sp.csc_array((self.wdata**2, self.rowidx, self.colptr), shape=shape).tocsr()
+
+    @functools.cached_property
+    def bin_major(self):
+        """The matrix for the tiled kernels: CSR rows (bins) over the touched pixels only.
+
+        ``(indptr, cindex, data)``: int64 row pointers, int32 positions in ``touched``
+        (increasing within a row), float64 weights.
+        """
+        shape = (self.area.size, self.touched.size)
+        csr = sp.csc_array((self.wdata, self.rowidx, self.colptr), shape=shape).tocsr()
+        csr.sort_indices()
+        return csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data
 
     @property
     def npt(self):
@@ -460,22 +472,30 @@ def integrate(frames, weights, mean=False, dtype=np.float64, out=None):
     >>> integrate(np.ones((3, 32, 32)), w, mean=True).round(6)[0, :3]
     array([1., 1., 1.])
     """
+    return _apply(frames, weights, mean, dtype, out)[0]
+
+
+def _apply(frames, weights, mean=False, dtype=np.float64, out=None):
+    """:func:`integrate`, and per frame whether its result holds a NaN or infinity
+    (found by the kernel while writing, not by a second pass over the result)."""
     nav = np.shape(frames)[:-2]
     flat = as_native_frames(frames, weights.detector_shape)
     nbins = weights.area.size
     if out is None:
         out = np.empty((flat.shape[0], nbins), dtype=dtype)
     scale = _inverse_area(weights) if mean else np.ones(nbins)
-    if flat.shape[0]:
-        if nbins > _BIN_MAJOR_ABOVE:
-            m = weights.matrix
-            _kernels.apply_weights_by_bin(flat, m.indptr, m.indices, m.data, scale, out)
-        else:
+    if nbins > _BIN_MAJOR_ABOVE:
+        bad = np.zeros(flat.shape[0], dtype=bool)
+        indptr, cindex, data = weights.bin_major
+        _kernels.apply_tiled(flat, weights.touched, indptr, cindex, data, scale, out, bad)
+    else:
+        if flat.shape[0]:
             _kernels.apply_weights(
                 flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, scale, out
             )
+        bad = ~np.isfinite(out).all(axis=1)  # a few numbers per frame
     tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
-    return out.reshape(nav + tail)
+    return out.reshape(nav + tail), bad
 
 
 def _inverse_area(weights):

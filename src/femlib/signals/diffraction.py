@@ -27,6 +27,11 @@ __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
 _BLOCK_BYTES = 64 * 2**20
 
 
+def _integrate_rows(frames, weights, mean, dtype, out):
+    """Integrate a block into its rows of ``out``; the number of non-finite frames."""
+    return int(integration._apply(frames, weights, mean=mean, dtype=dtype, out=out)[1].sum())
+
+
 def _frame_blocks(n_frames, frame_bytes):
     step = max(1, int(_BLOCK_BYTES // max(frame_bytes, 1)))
     return [slice(i, min(i + step, n_frames)) for i in range(0, n_frames, step)]
@@ -100,16 +105,15 @@ class FEMDiffraction2D(Signal2D):
         frames = self.data.reshape((-1,) + self.data.shape[-2:])
         tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
         out = np.empty((frames.shape[0], int(np.prod(tail))), dtype=dtype)
-        task = dask.delayed(integration.integrate, pure=False)
+        task = dask.delayed(_integrate_rows, pure=False)
         tasks = [
-            task(frames[b], weights, mean=mean, dtype=dtype, out=out[b])
+            task(frames[b], weights, mean, dtype, out[b])
             for b in _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
         ]
-        _compute(tasks, show_progressbar, scheduler="threads")
-        bad = ~np.isfinite(out).all(axis=1)
-        if bad.any():
+        n_bad = sum(_compute(tasks, show_progressbar, scheduler="threads"))
+        if n_bad:
             warnings.warn(
-                f"{int(bad.sum())} pattern(s) have NaN or infinite values in unmasked pixels; "
+                f"{n_bad} pattern(s) have NaN or infinite values in unmasked pixels; "
                 "the bins they touch are NaN/inf in the result (mask those pixels)",
                 UserWarning,
                 stacklevel=3,
