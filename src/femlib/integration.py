@@ -504,27 +504,31 @@ def _inverse_area(weights):
     return inv
 
 
-def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
+def prepare_chunks(darr):
     """Chunk a dask array for streaming: whole frames, and no tiny navigation chunks.
+
+    Navigation chunks smaller than ``MIN_CHUNK_BYTES`` (16 MiB) on average are merged into
+    chunks of about ``TARGET_CHUNK_BYTES`` (64 MiB): hundreds of thousands of tiny tasks
+    cost more in scheduling than in reading.
 
     Parameters
     ----------
     darr : dask.array.Array, shape (..., rows, columns)
-    min_chunk_bytes : int or None
-        Navigation chunks smaller than this on average are merged (hundreds of thousands
-        of tiny tasks cost more in scheduling than in reading). Default
-        ``MIN_CHUNK_BYTES`` (16 MiB).
-    target_chunk_bytes : int or None
-        Size aimed at when merging. Default ``TARGET_CHUNK_BYTES`` (64 MiB).
 
     Returns
     -------
     dask.array.Array
         ``darr`` itself when nothing needs changing, else a rechunked array; each change is
         logged once at INFO level.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> prepare_chunks(da.zeros((64, 32, 32), chunks=(8, 16, 32))).chunks
+    ((64,), (32,), (32,))
     """
-    min_chunk_bytes = MIN_CHUNK_BYTES if min_chunk_bytes is None else min_chunk_bytes
-    target_chunk_bytes = TARGET_CHUNK_BYTES if target_chunk_bytes is None else target_chunk_bytes
+    min_chunk_bytes = MIN_CHUNK_BYTES
+    target_chunk_bytes = TARGET_CHUNK_BYTES
     nav = darr.ndim - 2
     if any(len(c) > 1 for c in darr.chunks[-2:]):
         _log.info(
@@ -550,7 +554,11 @@ def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
 
 
 def integrate_dask(darr, weights, mean=False, dtype=np.float64):
-    """Lazy :func:`integrate` over a dask array, chunk by chunk (navigation chunks kept).
+    """Lazy :func:`integrate` over a dask array, one task per chunk.
+
+    The chunks are made whole frames and small navigation chunks merged first
+    (:func:`prepare_chunks`). Non-finite values propagate into the bins they touch, with no
+    warning (nothing is looked at before the result is computed).
 
     Parameters
     ----------
@@ -563,6 +571,14 @@ def integrate_dask(darr, weights, mean=False, dtype=np.float64):
     Returns
     -------
     dask.array.Array, shape (..., npt) or (..., npt, npt_azim)
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> w = build_weights((32, 32), (15.5, 15.5), npt=8, radial_range=(0, 15))
+    >>> lazy = integrate_dask(da.ones((4, 3, 32, 32), chunks=(2, 3, 32, 32)), w, mean=True)
+    >>> lazy.shape, lazy.compute().round(6)[0, 0, :2]
+    ((4, 3, 8), array([1., 1.]))
     """
     import dask
     import dask.array as da
