@@ -36,3 +36,10 @@ def test_tile_padding_leaves_no_trace():
     whole = I.integrate(frames, w)
     for i in (0, _kernels.TILE, _kernels.TILE + 2):
         np.testing.assert_array_equal(I.integrate(frames[i : i + 1], w)[0], whole[i])
+
+
+def test_generated_tiled_kernel_is_up_to_date(tmp_path):
+    path = tmp_path / "_tiled.py"
+    _kernels.write_tiled(str(path))
+    with open(_kernels._tiled.__file__) as f:
+        assert f.read() == path.read_text()
