@@ -104,6 +104,15 @@ def test_pass_equals_numpy_reference(lazy, keep_small_chunks):
     ref = reference(frames, w, lab, 2, shot)
     assert got.n_groups == 2 and got.shot and got.ratio and got.squares
     assert_moments_close(got, ref)
+    # Without r, Q's per-state mean comes from the per-state pixel sums: the same numbers.
+    for methods in (["Omega"], ["Omega", "re"], ["VImage"]):
+        part = M.accumulate_moments(data, w, lab, shot_weights=shot, methods=methods,
+                                    block_bytes=5 * frames[0, 0].nbytes)
+        assert part.shot and not part.ratio
+        np.testing.assert_allclose(part.mean[:, :3], np.where(
+            part.mean[:, :3] == 0, 0.0, ref.mean[:, :3]), rtol=1e-10, atol=0)
+        np.testing.assert_allclose(part.mean[:, 1], ref.mean[:, 1], rtol=1e-10)
+        assert (part.pix_mean is None) == (methods == ["Omega"])
 
 
 def test_only_the_asked_quantities_are_accumulated():
