@@ -2,8 +2,8 @@
 
 Reproduce with::
 
-    /work/venv/bin/python benchmarks/bench_out_of_core.py --size-gb 2
-    /work/venv/bin/python benchmarks/bench_out_of_core.py --size-gb 8 --repeats 1
+    python benchmarks/bench_out_of_core.py --size-gb 2
+    python benchmarks/bench_out_of_core.py --size-gb 8 --repeats 1
 
 (``--help`` for every option; the files go to a temporary directory under ``--path`` and
 are deleted at the end unless ``--keep``.)
