@@ -80,6 +80,14 @@ class Moments:
         Whether ``Q`` was accumulated (shot weights given).
     ratio : bool
         Whether ``Y`` was accumulated.
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> m = accumulate_moments(np.ones((5, 16, 16)), w, n_blocks=5)
+    >>> m.mean.shape, m.n_frames, COLUMNS[int(np.argmax(m.mean[0, :, 0] > 0))]
+    ((5, 6, 4), 5, 'I')
     """
 
     count: np.ndarray
@@ -405,7 +413,7 @@ def _accumulate_block(frames, states, weights, sdata, plan):
     return _accumulate_chunk(frames, states, weights, sdata, plan)
 
 
-def accumulate_tree(frames, states, weights, sdata, plan):
+def _accumulate_tree(frames, states, weights, sdata, plan):
     """One dask task per block of frames, their moments merged pairwise as a tree."""
     import dask
 
@@ -536,7 +544,7 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         sblocks = [states[i:j] for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
                  need["pixel_squares"])
-    work = accumulate_tree(blocks, list(sblocks), weights, sdata, plan)
+    work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan)
     if not compute:
         return work
     (result,) = dask.compute(work, scheduler=None if lazy else "threads")

@@ -154,6 +154,14 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     Returns
     -------
     femlib.moments.Moments
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> m = accumulate(np.full((4, 16, 16), 2.0), w, frame_states(4, n_blocks=2), n_blocks=2)
+    >>> bool(np.allclose(m.mean[0, 1], 2.0 * w.squared.sum(axis=1)))  # Q = W^2 D
+    True
     """
     return _accumulate_chunk(frames, weights, states, n_groups, n_blocks, pixels, squares,
                              shot_weights=weights.squared)
@@ -365,4 +373,4 @@ def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels
     sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()
     plan = _m._Plan(n_groups, n_blocks, bool(squares), False, bool(pixels), bool(pixels))
     sdata = _m._shot_data(weights, weights.squared)
-    return _m.accumulate_tree(darr.to_delayed().reshape(-1), sblocks, weights, sdata, plan)
+    return _m._accumulate_tree(darr.to_delayed().reshape(-1), sblocks, weights, sdata, plan)

@@ -428,11 +428,19 @@ class FEMDiffraction2D(Signal2D):
 
         Examples
         --------
-        >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
-        >>> mask = s.sum() < 10000  # doctest: +SKIP
-        >>> v = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75),
-        ...                    mask=mask)  # doctest: +SKIP
-        >>> v.plot()  # doctest: +SKIP
+        Pure Poisson counts (gain 1): the corrected ``Omega`` is 0 within its standard error.
+
+        >>> import numpy as np
+        >>> from femlib.signals import FEMDiffraction2D
+        >>> rng = np.random.default_rng(0)
+        >>> s = FEMDiffraction2D(rng.poisson(50.0, (8, 8, 32, 32)).astype("float32"))
+        >>> s.calibration.center = (15.5, 15.5)
+        >>> v = s.get_variance(npt=5, gain=1.0, radial_range=(4.0, 14.0),
+        ...                    show_progressbar=False)
+        >>> v.data.shape
+        (5,)
+        >>> bool(np.all(np.abs(v.data) < 3 * v.metadata.FEM.standard_error))
+        True
         """
         methods = _variance.check_method(method)
         model = _noise_model(gain, noise)
