@@ -19,7 +19,7 @@ import pytest
 from hyperspy.defaults_parser import preferences
 
 import femlib
-from femlib import ellipse, integration, thickness, variance
+from femlib import ellipse, integration, variance
 from femlib.ellipse import EllipseFitError
 from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
 
@@ -1062,104 +1062,6 @@ def test_split_empty_bin_warns_and_returns_an_empty_part(lazy):
     assert parts[0].axes_manager.navigation_axes[0].size == 0
 
 
-# ================================================================ s.calibration
-
-
-def test_calibration_bad_center():
-    s = _signal(_poisson())
-    with untouched(s):
-        with pytest.raises(
-            ValueError,
-            match=re.escape(
-                "center must be a 2-vector (x, y) in pixels, got an array of shape (3,)"
-            ),
-        ):
-            s.calibration.center = (1, 2, 3)
-        with pytest.raises(ValueError, match=re.escape("center must be finite, got (")):
-            s.calibration.center = (np.nan, 1.0)
-        with pytest.raises(
-            ValueError, match=re.escape("center must be 2 numbers (x, y) in pixels, got ('a', 2)")
-        ):
-            s.calibration.center = ("a", 2)
-
-
-@pytest.mark.parametrize("lazy", [False, True])
-def test_calibration_center_off_detector(lazy):
-    s = _signal(_poisson(), lazy)
-    s.calibration.center = (100, 100)  # accepted
-    np.testing.assert_array_equal(s.calibration.center, [100, 100])
-    with (
-        untouched(s),
-        pytest.raises(
-            ValueError,
-            match=re.escape(
-                "3 radial bin(s) contain no unmasked pixel (radius 17.77, 53.3, 88.83)"
-            ),
-        ),
-    ):
-        s.get_variance(npt=4)
-
-
-def test_calibration_bad_affine():
-    s = _signal(_poisson())
-    with untouched(s):
-        with pytest.raises(
-            ValueError, match=re.escape("affine must be a 3x3 (or 2x2) matrix, got shape (4, 4)")
-        ):
-            s.calibration.affine = np.eye(4)
-        with pytest.raises(
-            ValueError, match=re.escape("affine must be finite, got a matrix containing NaN or inf")
-        ):
-            s.calibration.affine = np.full((3, 3), np.nan)
-        with pytest.raises(
-            ValueError, match=re.escape("affine must be invertible, got a singular matrix")
-        ):
-            s.calibration.affine = np.zeros((3, 3))
-
-
-def test_calibration_bad_mask():
-    s = _signal(_poisson())
-    bad_shape, bad_dtype = np.zeros((10, 10), bool), np.zeros(DET)
-    with untouched(s, bad_shape, bad_dtype):
-        with pytest.raises(
-            ValueError, match=re.escape("mask has shape (10, 10) but the detector is (16, 16)")
-        ):
-            s.calibration.mask = bad_shape
-        with pytest.raises(
-            TypeError,
-            match=re.escape(
-                "mask must be a boolean array (True = excluded pixel), got dtype float64"
-            ),
-        ):
-            s.calibration.mask = bad_dtype
-
-
-@pytest.mark.parametrize(
-    "scale, shown", [(0, "0.0"), (-1, "-1.0"), (np.nan, "nan"), (np.inf, "inf"), ("a", "'a'")]
-)
-def test_calibration_bad_scale(scale, shown):
-    s = _signal(_poisson())
-    with (
-        untouched(s),
-        pytest.raises(
-            ValueError, match=re.escape(f"scale must be a positive finite number, got {shown}")
-        ),
-    ):
-        s.calibration.scale = scale
-
-
-def test_calibration_mask_argument_does_not_touch_the_stored_mask():
-    s = _signal(_poisson())
-    stored = np.zeros(DET, bool)
-    stored[0] = True
-    s.calibration.mask = stored
-    given = _annulus_mask(5.0, 6.0)
-    with untouched(s, given, stored):
-        _v(s, mask=given)
-        s.get_azimuthal_integral1d(npt=4, mask=given)
-    np.testing.assert_array_equal(s.calibration.mask, stored)
-
-
 # =========================================================================== femlib.ellipse
 
 
@@ -1357,67 +1259,6 @@ def test_ellipse_bad_parameters():
         ellipse.ellipse_points(np.ones(4))
     with pytest.raises(ValueError, match=re.escape("major must be a positive finite number")):
         ellipse.ellipse_to_affine(0, 1, 0)
-
-
-# ========================================================================= femlib.thickness
-
-
-@pytest.mark.parametrize(
-    "kw, message",
-    [
-        ({"slope": 0}, "slope must be a finite non-zero number (HAADF units per nm), got 0.0"),
-        ({"slope": np.nan}, "slope must be a finite non-zero number (HAADF units per nm), got nan"),
-        ({"slope": "a"}, "slope must be a number (HAADF units per nm), got 'a'"),
-        ({"black_level": np.inf}, "black_level must be finite, got inf"),
-        ({"black_level": "x"}, "black_level must be a number, got 'x'"),
-    ],
-)
-def test_thickness_bad_slope_or_black_level(kw, message):
-    haadf = np.ones(4)
-    kw = {"black_level": 0.0, "slope": 1.0, **kw}
-    with untouched(haadf), pytest.raises(ValueError, match=re.escape(message)):
-        thickness.thickness_from_haadf(haadf, **kw)
-
-
-def test_thickness_all_nan():
-    haadf = np.full((2, 3), np.nan)
-    with untouched(haadf):
-        with pytest.raises(
-            ValueError,
-            match=re.escape("haadf gives no finite thickness (all values are NaN or inf)"),
-        ):
-            thickness.thickness_from_haadf(haadf, 0.0, 1.0)
-        with pytest.raises(
-            ValueError, match=re.escape("thickness has no finite value: cannot bin")
-        ):
-            thickness.bin_by_thickness(haadf, 2)
-    sig = hs.signals.Signal2D(haadf)
-    with untouched(sig), pytest.raises(ValueError, match="haadf gives no finite thickness"):
-        thickness.thickness_from_haadf(sig, 0.0, 1.0)
-
-
-def test_thickness_some_nan():
-    haadf = np.array([1.0, np.nan, 3.0, 4.0])
-    with untouched(haadf):
-        t = thickness.thickness_from_haadf(haadf, 1.0, 0.5)
-        np.testing.assert_array_equal(t, [0.0, np.nan, 4.0, 6.0])
-        with pytest.warns(
-            UserWarning,
-            match=re.escape(
-                "1 of 4 probe positions are excluded from the thickness bins (1 non-finite, "
-                "0 outside [0, 6] nm)"
-            ),
-        ):
-            index, edges = thickness.bin_by_thickness(t, 2)
-    np.testing.assert_array_equal(index, [0, -1, 1, 1])
-    np.testing.assert_array_equal(edges, [0.0, 3.0, 6.0])
-
-
-@pytest.mark.parametrize("bins, message", BAD_BINS)
-def test_thickness_bad_bins(bins, message):
-    t = np.linspace(1, 4, 4)
-    with untouched(t), pytest.raises(ValueError, match=re.escape(message)):
-        thickness.bin_by_thickness(t, bins)
 
 
 # ======================================================================= femlib.integration

@@ -346,7 +346,8 @@ def synthetic_fem(
     FEMDiffraction2D or LazyFEMDiffraction2D
         Navigation axes ``y``, ``x`` in nm; signal axes ``ky``, ``kx`` in ``nm^-1`` centred on
         the detector middle. ``metadata.HAADF.intensity`` is the HAADF image (a numpy
-        array of the scan's shape, as in the real files); ``metadata.Simulation`` holds the ground truth: ``center`` (x, y) px,
+        array over the scan, as in the real files); ``metadata.Simulation`` holds the ground
+        truth: ``center`` (x, y) px,
         ``affine`` (3x3), ``ellipticity``, ``rotation``, ``scale``, ``gain``, ``dose``,
         ``black_level``, ``slope``, ``thickness`` (nm, scan shaped), ``mean_thickness``,
         ``k`` (nm^-1 grid, step 0.01), ``variance`` (``V_true`` on ``k``),

@@ -78,7 +78,7 @@ def _remap(arr, dims, plan, how):
             new_dims.append((new_dim, dims.index(old)))
     if len(new_dims) != len(dims):  # an old dimension vanished without an index
         return None, None
-    arr = np.transpose(arr, [ax for _, ax in new_dims]) if new_dims else arr
+    arr = np.transpose(arr, [ax for _, ax in new_dims]) if new_dims else np.asarray(arr)
     return arr, [nd for nd, _ in new_dims]
 
 
@@ -133,7 +133,7 @@ class _State:
                             == self.nav_shape:
                         self.items.append((path, value))
 
-    def carry(self, result, plan):
+    def carry(self, result, plan, stacklevel=3):
         """Write this state, reshaped by ``plan``, into ``result``'s metadata."""
         new_nav = _array_dims(result, True)
         new_sig = _array_dims(result, False)
@@ -160,7 +160,7 @@ class _State:
                 "metadata item(s) no longer match the signal's shape after this operation "
                 "and were removed: " + ", ".join(dropped),
                 UserWarning,
-                stacklevel=4,
+                stacklevel=stacklevel + 1,
             )
 
 
@@ -182,10 +182,11 @@ def _like(original, data, result):
         for ax in result.axes_manager._axes
         if ax.navigate
     ]
+    kwargs = {"axes": axes} if axes else {}
     new = BaseSignal(
         np.atleast_1d(data) if not axes else data,
-        axes=axes or None,
         metadata=original.metadata.as_dictionary(),
+        **kwargs,
     )
     new._assign_subclass()
     return new
@@ -267,7 +268,7 @@ class CalibrationStateMixin:
         result = super()._slicer(slices, isNavigation, out)
         target = result if out is None else out
         if isinstance(target, BaseSignal):
-            state.carry(target, plan)
+            state.carry(target, plan, stacklevel=4)  # user -> isig/inav -> _slicer
         return result
 
     def crop(self, axis, start=None, end=None, convert_units=False):
@@ -287,7 +288,7 @@ class CalibrationStateMixin:
                 fixed[k] = int(lo[0])
             else:
                 kept.append((k, lo, lo + 1))
-        state.carry(self, _Plan(kept, fixed))
+        state.carry(self, _Plan(kept, fixed), stacklevel=4)  # also via crop_signal
 
     def rebin(self, new_shape=None, scale=None, crop=True, dtype=None, out=None, **kwargs):
         factors = self._validate_rebin_args_and_get_factors(new_shape=new_shape, scale=scale)

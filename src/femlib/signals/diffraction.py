@@ -554,7 +554,7 @@ def _warn_off_detector(geo, weights):
     unset = bool(np.all(geo["center"] == 0))
     if fraction >= 0.5 and not unset:
         return
-    cx, cy = geo["center"]
+    cx, cy = (float(c) + 0.0 for c in geo["center"])  # + 0.0: no "-0" in the message
     r0, r1 = (float(r) for r in weights.radial_edges[[0, -1]])
     msg = (
         f"only {fraction:.0%} of the azimuths of the radial range ({r0:.4g}, {r1:.4g}) lie "
