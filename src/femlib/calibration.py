@@ -264,7 +264,8 @@ def azimuth_fraction_on_detector(detector_shape, center, affine, scale, radii, n
     Examples
     --------
     >>> from femlib.calibration import azimuth_fraction_on_detector
-    >>> azimuth_fraction_on_detector((100, 100), (0.0, 0.0), None, (1.0, 1.0), [10.0])
+    >>> # centred on the detector's corner (pixel edges at -0.5): a quarter of each ring
+    >>> azimuth_fraction_on_detector((100, 100), (-0.5, -0.5), None, (1.0, 1.0), [10.0])
     array([0.25])
     >>> azimuth_fraction_on_detector((100, 100), (49.5, 49.5), None, (1.0, 1.0), [10.0])
     array([1.])
