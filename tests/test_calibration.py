@@ -720,3 +720,14 @@ def test_azimuth_fraction_on_detector_closed_forms():
     f = azimuth_fraction_on_detector((12, 40), (19.5, 5.5), np.diag([1.0, 2.0, 1.0]),
                                      (1.0, 1.0), [10.0])
     np.testing.assert_allclose(f, 1.0)
+
+
+def test_mask_and_haadf_follow_split():
+    s = state_signal()
+    halves = s.split(axis=2, number_of_parts=2)  # detector x in two
+    np.testing.assert_array_equal(halves[0].calibration.mask, make_mask()[:, :12])
+    np.testing.assert_array_equal(halves[1].calibration.mask, make_mask()[:, 12:])
+    columns = s.split(axis=0)  # one part per scan column, the axis removed
+    for i, part in enumerate(columns):
+        np.testing.assert_array_equal(haadf_of(part), haadf_of(s)[:, i])
+        np.testing.assert_array_equal(part.calibration.mask, make_mask())

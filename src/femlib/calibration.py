@@ -54,6 +54,12 @@ def check_center(center):
     ------
     ValueError
         If ``center`` is not a finite 2-vector.
+
+    Examples
+    --------
+    >>> from femlib.calibration import check_center
+    >>> check_center((64.3, 62.7))
+    array([64.3, 62.7])
     """
     try:
         c = np.array(center, dtype=float)
@@ -85,6 +91,14 @@ def check_affine(affine):
     ------
     ValueError
         If the matrix has the wrong shape, is not finite or is singular.
+
+    Examples
+    --------
+    >>> from femlib.calibration import check_affine
+    >>> check_affine([[1.0, 0.0], [0.0, 1.02]])
+    array([[1.  , 0.  , 0.  ],
+           [0.  , 1.02, 0.  ],
+           [0.  , 0.  , 1.  ]])
     """
     if affine is None:
         return None
@@ -216,6 +230,14 @@ def check_mask(mask, detector_shape, name="mask"):
         If the mask is not boolean (0/1 integer arrays are accepted).
     ValueError
         If the shape differs from the detector's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib.calibration import check_mask
+    >>> check_mask(np.eye(2, dtype=np.uint8), (2, 2))
+    array([[ True, False],
+           [False,  True]])
     """
     if mask is None:
         return None

@@ -9,10 +9,10 @@ Two kinds of metadata are tied to the shape of a :class:`FEMDiffraction2D`:
   shape is the navigation shape, e.g. ``metadata.HAADF.intensity``: one value per probe
   position.
 
-HyperSpy deep-copies the metadata into the result of ``isig``/``inav``, ``crop``,
-``rebin``, ``transpose``, ``swap_axes`` and ``rollaxis`` but does not reshape it. Every one
-of those operations is described here by one :class:`_Plan` (which old array dimension
-and which old indices make up each new index), and :func:`_carry` applies it to the
+HyperSpy deep-copies the metadata into the result of ``isig``/``inav``, ``split``,
+``crop``, ``rebin``, ``transpose``, ``swap_axes`` and ``rollaxis`` but does not reshape
+it. Every one of those operations is described here by one ``_Plan`` (which old array
+dimension and which old indices make up each new index), and ``_State.carry`` applies it to the
 stored state: a new detector pixel is masked if any pixel it covers is; a navigation
 item is indexed like the data, and averaged over the positions a rebinned position
 covers (so that a HAADF calibration -- black level and slope per position -- still
@@ -128,9 +128,9 @@ class _State:
             if top in _NOT_NAVIGATION or not isinstance(md[top], DictionaryTreeBrowser):
                 continue
             for path, value in _walk(md[top], top + "."):
-                if isinstance(value, BaseSignal) or isinstance(value, np.ndarray):
-                    if tuple(np.shape(value.data if isinstance(value, BaseSignal) else value)) \
-                            == self.nav_shape:
+                data = value.data if isinstance(value, BaseSignal) else value
+                if isinstance(data, np.ndarray) or hasattr(data, "dask"):
+                    if tuple(data.shape) == self.nav_shape:
                         self.items.append((path, value))
 
     def carry(self, result, plan, stacklevel=3):
@@ -257,9 +257,9 @@ def _probe_order(signal, method, *args, **kwargs):
 
 
 class CalibrationStateMixin:
-    """Makes the detector mask and the navigation-shaped metadata follow ``isig``/``inav``
-    (and everything built on them, e.g. ``split``), ``crop``/``crop_signal``, ``rebin``,
-    ``transpose`` (and ``T``, ``as_signal2D``), ``swap_axes`` and ``rollaxis``."""
+    """Makes the detector mask and the navigation-shaped metadata follow ``isig``/``inav``,
+    ``split``, ``crop``/``crop_signal``, ``rebin``, ``transpose`` (and ``T``,
+    ``as_signal2D``), ``swap_axes`` and ``rollaxis``."""
 
     def _slicer(self, slices, isNavigation=None, out=None):
         array_slices = self._get_array_slices(slices, isNavigation)
@@ -300,6 +300,34 @@ class CalibrationStateMixin:
         target = out if out is not None else result
         state.carry(target, _bin_plan(shape, target.data.shape, factors))
         return result
+
+    def split(self, axis="auto", number_of_parts="auto", step_sizes="auto"):
+        # The axis HyperSpy splits along, resolved as BaseSignal.split resolves it.
+        am = self.axes_manager
+        if axis != "auto":
+            d = am[axis].index_in_array
+        elif self.metadata.has_item("_HyperSpy.Stacking_history"):
+            d = am[self.metadata._HyperSpy.Stacking_history.axis].index_in_array
+        else:
+            d = am[-1 + 1j].index_in_array
+        state = _State(self)
+        shape = self.data.shape
+        parts = super().split(axis=axis, number_of_parts=number_of_parts, step_sizes=step_sizes)
+        start = 0
+        for part in parts:
+            removed = part.data.ndim < len(shape)
+            size = 1 if removed else part.data.shape[d]
+            if removed:
+                plan = _Plan(_Plan.identity(shape, [k for k in range(len(shape)) if k != d]),
+                             {d: start})
+            else:
+                idx = np.arange(start, start + size)
+                kept = _Plan.identity(shape)
+                kept[d] = (d, idx, idx + 1)
+                plan = _Plan(kept)
+            state.carry(part, plan)
+            start += size
+        return parts
 
     def transpose(self, signal_axes=None, navigation_axes=None, optimize=False):
         order = _probe_order(self, "transpose", signal_axes, navigation_axes)
