@@ -251,7 +251,7 @@ def test_variance_plots_band_and_labelled_curves():
     assert lo == pytest.approx((v.data - v.standard_error).min())
     assert hi == pytest.approx((v.data + v.standard_error).max())
     per_bin = get_variance(s, mask, gain=G, thickness=t, bins=3)
-    ax = per_bin.plot()
+    ax = per_bin.plot_curves()
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert labels == list(per_bin.metadata.FEM.labels)
     assert labels[0].endswith(f"(n={per_bin.metadata.FEM.counts[0]})")

@@ -246,3 +246,20 @@ def test_synthetic_truth_written_like_pyxem_gives_femlibs_variance():
     np.testing.assert_allclose(px.calibration.affine, a, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(px.get_variance(**kw).data, s.get_variance(**kw).data,
                                rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("phi0", [1.0, -2.0, 2.9])
+def test_a_spot_at_pyxems_azimuth_lands_in_femlibs_bin(phi0):
+    """A spot drawn at pyxem's (r, phi) lands in the femlib polar bin holding phi: same
+    zero and direction (counter-clockwise on screen) through pyxem's stored affine."""
+    x0, y0 = _pyxem_circle_to_detector(S_PYXEM, 1.5, phi0)
+    yy, xx = np.mgrid[:ROWS, :COLS].astype(float)
+    d2 = ((xx - CENTER[0]) * SCALE - x0) ** 2 + ((yy - CENTER[1]) * SCALE - y0) ** 2
+    frame = (1.0 + 100 * np.exp(-d2 / (2 * 0.08**2)))[None, None].astype(np.float32)
+    px, _ = both(frame, mask=np.zeros((ROWS, COLS), bool))
+    polar = px.get_azimuthal_integral2d(
+        npt=20, npt_azim=36, radial_range=(1.0, 2.0), show_progressbar=False
+    ).inav[0, 0]
+    az = polar.axes_manager["Radians"]
+    profile = np.moveaxis(polar.data, az.index_in_array, 0).sum(axis=1)
+    assert abs(az.axis[np.argmax(profile)] - phi0) <= az.scale / 2 + 1e-9

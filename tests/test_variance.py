@@ -85,7 +85,8 @@ def test_hard_bins_reproduce_g_over_mean_ring_sum():
     corr = run(frames, w, ("Omega",), gain=G)["variance"][0, 0]
     raw = run(frames, w, ("Omega",), gain=None)["variance"][0, 0]
     ring_sum = I.integrate(frames.astype(float), w).mean(axis=0)
-    np.testing.assert_allclose(raw - corr, G / ring_sum, rtol=1e-10)
+    # The finite-N term: (1 - 1/N) G / <S> (multinomial frames given the pixel totals).
+    np.testing.assert_allclose(raw - corr, (1 - 1 / 500) * G / ring_sum, rtol=1e-10)
 
 
 def expected_structural(w, lam=400.0):
@@ -208,12 +209,78 @@ def test_bad_method(method):
         V.check_method(method)
 
 
-@pytest.mark.parametrize("gain", [0, -1.0, np.nan, np.inf])
-def test_bad_gain(gain):
-    with pytest.raises(ValueError, match="gain must be a positive"):
+@pytest.mark.parametrize("gain", [0, -1.0, np.nan, np.inf, np.float64(-2.0)])
+def test_bad_gain_value(gain):
+    with pytest.raises(ValueError, match=r"^gain must be a positive finite number"):
         V.check_gain(gain)
-    with pytest.raises(TypeError, match="gain"):
-        V.check_gain("four")
+
+
+@pytest.mark.parametrize("gain", [True, False, np.True_, "4.2", "four", [1.0, 2.0], {}])
+def test_non_numeric_gain_is_a_type_error(gain):
+    # gain=True used to mean 1 and gain="4.2" was accepted: both are refused by name.
+    with pytest.raises(TypeError, match=r"^gain must be a positive number or None, got "):
+        V.check_gain(gain)
+
+
+@pytest.mark.parametrize("gain", [4, 4.2, np.float32(4.2), np.int64(4), np.array(4.2)])
+def test_numeric_gain_is_accepted(gain):
+    assert V.check_gain(gain) == pytest.approx(float(gain), rel=1e-7)
+    assert isinstance(V.check_gain(gain), float)
+
+
+def test_k0_is_checked_by_name():
+    frames = poisson_frames(20, seed=40)
+    w = weights(npt=4)
+    m = V.accumulate(frames, w, V.frame_states(20))
+    with pytest.raises(TypeError, match=r"^k0 must be a positive number"):
+        V.estimate(m, w, ("Omega",), k0="4.2")
+    with pytest.raises(ValueError, match=r"^k0 must be a positive finite"):
+        V.estimate(m, w, ("Omega",), k0=-1.0)
+    with pytest.raises(TypeError, match="subtract_nonuniformity must be True or False"):
+        V.estimate(m, w, ("r",), subtract_nonuniformity="yes")
+
+
+def test_absurd_gain_warns_that_it_is_probably_wrong():
+    frames = poisson_frames(50, seed=41)
+    w = weights(npt=6)
+    with pytest.warns(RuntimeWarning, match=r"gain \(1e\+09\) is probably wrong") as rec:
+        res = run(frames, w, ("Omega", "VImage"), gain=1e9)
+    assert {"'Omega'", "'VImage'"} <= {str(r.message).split()[5] for r in rec}
+    assert np.all(res["variance"] < -1e3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right gain: no warning
+        run(frames, w, V.METHODS, gain=G)
+
+
+def test_all_zero_data_warns_about_the_asked_method_only():
+    frames = np.zeros((6,) + SHAPE, np.float32)
+    w = weights(npt=3)
+    for gain in (None, G):
+        res = run(frames, w, ("Omega",), gain=gain)
+        with pytest.warns(RuntimeWarning) as rec:
+            V.warn_undefined(res, w.radial_centers)
+        messages = [str(r.message) for r in rec]
+        assert len(messages) == 1, messages
+        assert "for method 'Omega': the ring has no intensity" in messages[0]
+        assert "'r'" not in messages[0] and "VImage" not in messages[0]
+
+
+def test_moments_count_nonfinite_frames():
+    c = np.array([1.0, 3.0, 1.0, 3.0, 5.0, 7.0])
+    frames = c[:, None, None] * np.ones((6,) + SHAPE)
+    frames[4, 20, 30] = np.nan  # in range
+    frames[5, 20, 30] = np.inf
+    before = frames.copy()
+    w = weights(npt=4)
+    m = V.accumulate(frames, w, V.frame_states(6))
+    np.testing.assert_array_equal(frames, before)
+    assert m.n_nonfinite == 2
+    assert m.n_frames == 4
+    merged = V.merge(m, V.accumulate(frames[4:], w, V.frame_states(2)))
+    assert merged.n_nonfinite == 4
+    np.testing.assert_allclose(V.estimate(m, w)["variance"], 0.25, rtol=1e-12)
 
 
 def test_r_undefined_rings_warn():
@@ -276,3 +343,117 @@ def test_every_group_spreads_over_the_blocks():
     for g in range(2):
         blocks = st[groups == g] - g * V.N_BLOCKS
         np.testing.assert_array_equal(np.bincount(blocks, minlength=V.N_BLOCKS), 3)
+
+
+def _many_groups(lam, n, n_groups, seed, shape=(20, 20)):
+    """``n_groups`` independent pure-Poisson experiments of ``n`` frames, one pass."""
+    rng = np.random.default_rng(seed)
+    frames = (G * rng.poisson(lam, size=(n_groups * n,) + shape)).astype(np.float32)
+    w = I.build_weights(shape, (9.3, 9.6), npt=10, radial_range=(3.0, 9.0))  # 0.6 px bins
+    groups = np.repeat(np.arange(n_groups), n)
+    st = V.frame_states(frames.shape[0], groups, n_groups)
+    m = V.accumulate(frames, w, st, n_groups, pixels=True)
+    return frames.reshape(n_groups, n, -1).astype(np.float64), w, m
+
+
+@pytest.mark.parametrize("n, n_groups", [(10, 1000), (100, 200)])
+def test_finite_n_poisson_mean_is_zero_and_old_vimage_bias_excluded(n, n_groups):
+    # Measured (2000/400 groups, lambda = 2 e/px/frame, see the estimators page): every
+    # corrected estimator within 1.5 SE of 0; the old VImage term left -0.053 (N=10) and
+    # -0.0054 (N=100), i.e. -<1/T> with T the electrons of a pixel over the N frames.
+    frames, w, m = _many_groups(2.0, n, n_groups, seed=50 + n)
+    res = V.estimate(m, w, V.METHODS, gain=G)
+    per_group = res["variance"].mean(axis=-1)  # (groups, methods): mean over the bins
+    mean = per_group.mean(axis=0)
+    se = per_group.std(axis=0, ddof=1) / np.sqrt(n_groups)
+    assert np.all(np.abs(mean) < 3 * se), (mean, se)
+    # The old VImage term G / <D(p)>: bias -<1/T>, clearly excluded.
+    pm = frames.mean(axis=1)
+    dense = w.matrix.toarray()
+    old_shift = ((G / pm) @ dense.T / w.area - (1 - 1 / n) * (G / pm) @ dense.T / w.area)
+    old = (res["variance"][:, 3] - old_shift).mean(axis=-1)
+    # Given the pixel totals T (electrons over the N frames) the old bias is exactly minus
+    # the ring mean of 1/T (-1/(2N) to 6 % here).
+    expected_bias = -(((1 / (pm / G * n)) @ dense.T) / w.area).mean()
+    assert abs(expected_bias + 1 / (2.0 * n)) < 0.1 / n
+    assert abs(old.mean() - expected_bias) < 3 * se[3]
+    assert old.mean() < -10 * se[3]
+
+
+def _static_pattern(shape=(40, 40), centre=(19.6, 20.3)):
+    """Mean pattern (electrons) with an azimuthal modulation and a radial slope."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    dx, dy = xx - centre[0], yy - centre[1]
+    r, phi = np.hypot(dx, dy), np.arctan2(dy, dx)
+    return 20.0 * (1 + 0.15 * np.cos(2 * phi)) * (1 + 0.02 * r)
+
+
+def test_ring_nonuniformity_equals_the_mean_pattern_reference_and_is_removed():
+    lam = _static_pattern()
+    shape = lam.shape
+    w = I.build_weights(shape, (19.6, 20.3), npt=8, radial_range=(4.0, 18.0))
+    rng = np.random.default_rng(60)
+    n = 1500
+    frames = (G * rng.poisson(lam, size=(n,) + shape)).astype(np.float64)
+    m = V.accumulate(frames, w, V.frame_states(n), pixels=True)
+    dense = w.matrix.toarray()
+    # Independent reference from the mean pattern of the frames.
+    pm = frames.reshape(n, -1).mean(axis=0)
+    s1, s2 = dense @ pm, dense @ pm**2
+    nu_raw = w.area * s2 / s1**2 - 1
+    raw = V.estimate(m, w, ("r", "re"))
+    np.testing.assert_allclose(raw["ring_nonuniformity"][0], nu_raw, rtol=1e-10)
+    # With a gain, less its shot-noise content (k0 A / <I> - <Q> / <I>^2) / N.
+    res = V.estimate(m, w, ("r", "re"), gain=G)
+    shot = (G * w.area / s1 - G * (dense**2 @ pm) / s1**2) / n
+    np.testing.assert_allclose(res["ring_nonuniformity"][0], nu_raw - shot, rtol=1e-10)
+    # It estimates the true non-uniformity of lambda inside each ring ...
+    lf = lam.ravel()
+    truth = w.area * (dense @ lf**2) / (dense @ lf) ** 2 - 1
+    nu, nu_se = res["ring_nonuniformity"][0], res["ring_nonuniformity_standard_error"][0]
+    assert np.all(np.abs(nu - truth) < 4 * nu_se + 1e-4 * truth), (nu, truth, nu_se)
+    assert np.all(truth > 0.005)
+    # ... which r and re measure on Poisson data; subtracting it leaves 0 within errors.
+    sub = V.estimate(m, w, ("r", "re"), gain=G, subtract_nonuniformity=True)
+    for i in range(2):
+        v, se = res["variance"][0, i], res["standard_error"][0, i]
+        assert np.all(np.abs(v - truth) < 4 * se + 0.01 * truth)
+        assert np.all(v > 10 * se)
+        vs, ses = sub["variance"][0, i], sub["standard_error"][0, i]
+        assert np.all(np.abs(vs) < 4 * ses), (i, vs, ses)
+    np.testing.assert_allclose(
+        sub["variance"][0], res["variance"][0] - res["ring_nonuniformity"][0], rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_get_variance_stores_and_subtracts_the_ring_nonuniformity(lazy):
+    import femlib
+
+    s = femlib.data.synthetic_fem(
+        navigation_shape=(12, 12), detector_shape=(64, 64), modulation=False, seed=5, lazy=lazy
+    )
+    sim = s.metadata.Simulation
+    s.calibration.center = tuple(np.asarray(sim.center))
+    s.calibration.affine = np.asarray(sim.affine)
+    kw = dict(npt=12, gain=4.2, radial_range=(3.0, 5.75), show_progressbar=False)
+    v = s.get_variance(method=["Omega", "r", "re"], **kw)
+    vs = s.get_variance(method=["Omega", "r", "re"], subtract_nonuniformity=True, **kw)
+    fem = v.metadata.FEM
+    assert fem.subtract_nonuniformity is False and vs.metadata.FEM.subtract_nonuniformity
+    # Reference from the mean pattern of the data and the weights get_variance uses.
+    frames = np.asarray(s.data, dtype=np.float64).reshape(144, -1)
+    pm = frames.mean(axis=0)
+    w = s._weights(12, 1, (3.0, 5.75), None, None)
+    dense = w.matrix.toarray()
+    s1 = dense @ pm
+    raw = w.area * (dense @ pm**2) / s1**2 - 1
+    shot = (4.2 * w.area / s1 - 4.2 * (dense**2 @ pm) / s1**2) / 144
+    np.testing.assert_allclose(fem.ring_nonuniformity, raw - shot, rtol=1e-9)
+    assert fem.ring_nonuniformity_standard_error.shape == (12,)
+    np.testing.assert_allclose(vs.data[0], v.data[0], rtol=1e-12)  # Omega unchanged
+    np.testing.assert_allclose(vs.data[1:], v.data[1:] - fem.ring_nonuniformity, rtol=1e-9)
+    # Omega alone: no per-pixel means were needed, nothing stored.
+    assert "ring_nonuniformity" not in s.get_variance(**kw).metadata.FEM
+    with pytest.raises(TypeError, match="subtract_nonuniformity must be True or False"):
+        s.get_variance(subtract_nonuniformity="no", **kw)

@@ -95,7 +95,7 @@ variance.plot()
 # %%
 # The four estimators of Daulton et al. come from the same pass:
 report = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75), mask=mask, method="all")
-report.plot()
+report.plot_curves()  # all four on one axes; report.plot() browses them
 
 # %%
 # Thickness

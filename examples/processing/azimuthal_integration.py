@@ -29,10 +29,10 @@ print(s.calibration)
 # Polar transform
 # ---------------
 # ``npt`` radial bins over ``radial_range`` (calibrated units, here nm^-1) and ``npt_azim``
-# azimuthal bins. Azimuth 0 points along +x and positive angles turn toward +y, i.e.
-# clockwise on screen, because detector rows grow downward. ``mean=True`` divides by the
-# covered (unmasked, on-detector) weight of each bin, so the beam-stop arm leaves a gap
-# instead of a dark stripe.
+# azimuthal bins. Azimuth 0 points along +x and positive angles turn toward -y, i.e.
+# counter-clockwise on screen (detector rows grow downward), as in pyxem. ``mean=True``
+# divides by the covered (unmasked, on-detector) weight of each bin, so the beam-stop arm
+# leaves a gap instead of a dark stripe.
 polar = s.get_azimuthal_integral2d(npt=100, npt_azim=180, radial_range=(1.5, 8.5), mean=True)
 polar.sum().plot(cmap="magma")
 

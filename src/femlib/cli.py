@@ -1,65 +1,127 @@
-"""The ``femlib`` command line: batch FEM runs (``femlib fem [INPUT] ...``).
+"""The ``femlib`` command line: batch FEM runs, ``femlib fem [INPUT] [options]``.
 
-With no INPUT it runs the whole workflow on the offline synthetic dataset, which is the
-README's "main job". With INPUT, any file HyperSpy reads (.zspy, .hspy, .mib, ...) is
-loaded lazily and streamed.
+Without INPUT the command runs the whole workflow on the offline synthetic dataset (the
+README's "main job"); with INPUT, any 4D-STEM file HyperSpy reads is loaded lazily and
+streamed. Every option is checked before any computation and before the output folder is
+created: bad input ends the command with one line on stderr (``femlib: error: ...``) and
+exit status 2, and leaves no output folder behind. The summary is the only text on stdout;
+progress (dask's bars when stderr is a terminal, one line per finished step otherwise) and
+warnings (one line each, ``femlib: warning: ...``) go to stderr.
 """
 
 import argparse
 import contextlib
-import logging
+import datetime
+import html
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "run_fem"]
+__all__ = ["UsageError", "main", "run_fem", "write_report"]
+
+FIGURES = {
+    "summed_ellipse.png": "Summed pattern (log scale) with the fitted ring ellipse, the "
+    "points it was fitted to and its centre; masked pixels in grey.",
+    "polar.png": "Polar transform of the summed pattern with the calibration applied: "
+    "the rings must be straight lines. Dashed: the radial range of V(k).",
+    "variance.png": "V(k) with its ±1 standard-error band.",
+    "variance_bins.png": "V(k) in every thickness bin that holds 2 or more patterns.",
+}
+
+# A thickness bin with fewer than two patterns has no variance; the CLI reports those bins
+# in one line of its own instead of the library's warning, which names every bin.
+_LEFT_OUT_BINS = r"thickness bin\(s\) with fewer than 2 patterns are left out"
 
 
 class UsageError(ValueError):
-    """Bad command-line input: reported in one line, exit status 2."""
+    """Bad command-line input: reported in one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised (one line, no usage block) instead of printed."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _number(kind, name, positive=False, nonzero=False, minimum=None):
+    """An argparse ``type`` that accepts finite numbers with the stated bounds only."""
+
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not np.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if nonzero and value == 0:
+            raise argparse.ArgumentTypeError("must not be 0")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    convert.__name__ = name  # argparse names the type in some messages
+    return convert
 
 
 def _parser():
-    p = argparse.ArgumentParser(
-        prog="femlib",
-        description="Fluctuation electron microscopy of 4D-STEM data.",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+    from femlib import __version__
+    from femlib.variance import METHODS
+
+    p = _Parser(prog="femlib", description="Fluctuation electron microscopy of 4D-STEM data.")
+    p.add_argument("--version", action="version", version=f"femlib {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     f = sub.add_parser(
         "fem",
         help="compute V(k) of a 4D-STEM dataset (the synthetic one when INPUT is omitted)",
         description=(
             "Find the centre and elliptical distortion, mask the beam stop, compute the "
-            "normalized variance V(k) (optionally per thickness bin) and write CSV, "
-            ".hspy and PNG files into --out."
+            "normalized variance V(k) (optionally per thickness bin) and write CSV, .hspy, "
+            "PNG files and report.html into --out."
         ),
     )
-    f.add_argument("input", nargs="?", help="dataset file (omit: synthetic dataset)")
-    f.add_argument("--gain", type=float, help="detector units per electron (shot-noise "
-                   "correction); default: the synthetic truth, or none for files")
-    f.add_argument("--npt", type=int, default=50, help="radial bins (default 50)")
-    f.add_argument("--radial-range", nargs=2, type=float, metavar=("A", "B"),
-                   help="radial range in calibrated units (default: synthetic 3.0 5.75; "
-                   "files: the fully covered annulus)")
-    f.add_argument("--mask-below", type=float, help="mask pixels whose summed intensity is "
-                   "below VALUE (default: 5 %% of the median of the summed pattern)")
-    f.add_argument("--thickness-bins", type=int, metavar="B",
-                   help="V(k) per thickness bin from metadata.HAADF.intensity")
-    f.add_argument("--black-level", type=float, help="HAADF black level")
-    f.add_argument("--slope", type=float, help="HAADF units per nm of thickness")
-    f.add_argument("--method", default="Omega",
-                   help="Omega (default), r, re, VImage or all")
-    f.add_argument("--num-points", type=int, default=500,
-                   help="brightest pixels used for the ellipse fit (default 500)")
-    f.add_argument("--out", default="femlib_out", help="output directory (default femlib_out)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("input", nargs="?", metavar="INPUT",
+                   help="dataset file HyperSpy reads (omit: the synthetic dataset)")
+    f.add_argument("--gain", type=_number(float, "gain", positive=True),
+                   help="detector units per electron (shot-noise correction); default: the "
+                   "synthetic truth, or no correction for a file")
+    f.add_argument("--npt", type=_number(int, "npt", positive=True), default=50,
+                   help="radial bins of V(k) (default 50)")
+    f.add_argument("--radial-range", nargs=2, type=_number(float, "radius", minimum=0),
+                   metavar=("A", "B"), help="radial range of V(k) in calibrated units "
+                   "(default: synthetic 3.0 5.75; files: the widest half-unmasked annulus)")
+    f.add_argument("--mask-below", type=_number(float, "threshold", positive=True),
+                   metavar="VALUE", help="mask pixels whose summed intensity is below VALUE "
+                   "(default: 5 %% of the median of the summed pattern)")
+    f.add_argument("--thickness-bins", type=_number(int, "bins", positive=True), metavar="B",
+                   help="V(k) in B equal thickness bins from metadata.HAADF.intensity")
+    f.add_argument("--black-level", type=_number(float, "black_level"), metavar="L",
+                   help="HAADF black level (with --thickness-bins; required for a file)")
+    f.add_argument("--slope", type=_number(float, "slope", nonzero=True), metavar="S",
+                   help="HAADF units per nm of thickness (with --thickness-bins; required "
+                   "for a file)")
+    f.add_argument("--method", default="Omega", choices=[*METHODS, "all"],
+                   help="FEM estimator (default Omega)")
+    f.add_argument("--num-points", type=_number(int, "num_points", minimum=5), default=500,
+                   help="ring points picked for the ellipse fit (default 500)")
+    f.add_argument("--out", default="femlib_out", metavar="DIR",
+                   help="output folder, created at the end (default femlib_out)")
+    f.add_argument("--seed", type=_number(int, "seed", minimum=0),
+                   help="seed of the synthetic dataset (default 0; not with INPUT)")
+    f.add_argument("--quiet", action="store_true",
+                   help="no progress output on stderr (warnings and errors only)")
     return p
 
 
 def main(argv=None):
-    """Entry point of the ``femlib`` console script.
+    """Entry point of the ``femlib`` console script and of ``python -m femlib``.
 
     Parameters
     ----------
@@ -69,42 +131,222 @@ def main(argv=None):
     Returns
     -------
     int
-        Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback).
+        Exit status: 0 on success (also for ``--help`` and ``--version``), 2 on bad input
+        (one line ``femlib: error: ...`` on stderr, no traceback, no output folder), 130
+        when interrupted.
     """
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        summary = run_fem(args)
-    except (UsageError, ValueError, TypeError, OSError) as exc:
-        print(f"femlib: error: {exc}", file=sys.stderr)
-        return 2
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(exc)
+    except SystemExit as exc:  # --help, --version
+        return exc.code or 0
+    progress = _Progress(bars=not args.quiet and _isatty(sys.stderr), lines=not args.quiet)
+    try:
+        with _one_line_warnings():
+            summary = run_fem(args, progress=progress, command=["femlib", *argv])
+    except (ValueError, TypeError, OSError) as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        print("femlib: interrupted", file=sys.stderr)
+        return 130
     print(summary)
     return 0
 
 
+def _fail(exc):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"femlib: error: {text}", file=sys.stderr)
+    return 2
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Progress:
+    """Progress on stderr: dask's bars (``bars``) and/or one line per finished step."""
+
+    def __init__(self, bars=False, lines=False):
+        self.bars, self.lines = bars, lines
+
+    @contextlib.contextmanager
+    def step(self, done):
+        """Run a step; ``done`` is the line printed when it has finished."""
+        start = time.perf_counter()
+        if self.bars:
+            from dask.diagnostics import ProgressBar
+
+            # dask's bar writes to stdout unless told otherwise; stdout is the summary's.
+            bar = ProgressBar(minimum=1.0, out=sys.stderr)
+        else:
+            bar = contextlib.nullcontext()
+        with bar:
+            yield
+        if self.lines:
+            print(f"femlib: {done} ({time.perf_counter() - start:.1f} s)", file=sys.stderr,
+                  flush=True)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Print every warning as one line ``femlib: warning: ...`` on stderr, no source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if len(text) > 300:
+            text = text[:297] + "..."
+        print(f"femlib: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        # Deprecations concern library code, not what a command-line user can act on.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        warnings.filterwarnings("ignore", message=_LEFT_OUT_BINS, category=UserWarning)
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _silenced_loggers(*names):
+    """Keep HyperSpy's and RosettaSciIO's log lines off the terminal while reading a file:
+    a read failure is reported by the CLI in one line of its own."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _readable_extensions():
+    from rsciio import IO_PLUGINS
+
+    return {ext.lower() for plugin in IO_PLUGINS for ext in plugin["file_extensions"]}
+
+
+def _check_args(args):
+    """The checks that need no data: option combinations, INPUT's existence and type,
+    --out. Value ranges are checked by the parser's types."""
+    if args.radial_range is not None and args.radial_range[0] >= args.radial_range[1]:
+        a, b = args.radial_range
+        raise UsageError(f"--radial-range must be increasing (A < B), got {a:g} {b:g}")
+    if args.input is not None and args.seed is not None:
+        raise UsageError("--seed only applies to the synthetic dataset (no INPUT)")
+    if args.thickness_bins is None:
+        given = [o for o, v in (("--black-level", args.black_level), ("--slope", args.slope))
+                 if v is not None]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise UsageError(f"{' and '.join(given)} only {verb} with --thickness-bins")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if args.input is None:
+        return
+    path = Path(args.input)
+    if not path.exists():
+        raise UsageError(f"INPUT {path} does not exist")
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in _readable_extensions():
+        raise UsageError(
+            f"INPUT {path}: unsupported file type {path.suffix or '(no extension)'}; "
+            "give a 4D-STEM file that HyperSpy reads (.zspy, .hspy, .mib, .blo, .dm4, ...)"
+        )
+
+
 def _load(args):
+    """The dataset as a (lazy for files) FEMDiffraction2D and the synthetic truth (or {})."""
     import hyperspy.api as hs
 
     import femlib
 
     if args.input is None:
-        return femlib.data.synthetic_fem(seed=args.seed)
+        seed = 0 if args.seed is None else args.seed
+        s = femlib.data.synthetic_fem(seed=seed)
+        return s, s.metadata.Simulation.as_dictionary()
     path = Path(args.input)
-    if not path.exists():
-        raise UsageError(f"INPUT {path} does not exist")
+    fmt = path.suffix.lstrip(".")
     try:
-        s = hs.load(str(path), lazy=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input here
-        raise UsageError(f"cannot read {path}: {exc}") from None
+        with _silenced_loggers("hyperspy", "rsciio"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = hs.load(str(path), lazy=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is unreadable input here
+        raise UsageError(f"cannot read {path}: not a readable {fmt} file ({_reason(exc)})") \
+            from None
     if isinstance(s, list):
         s = next((x for x in s if x.axes_manager.signal_dimension == 2), s[0])
-    if s.axes_manager.signal_dimension != 2 or s.axes_manager.navigation_dimension < 1:
+    nav, sig = s.axes_manager.navigation_dimension, s.axes_manager.signal_dimension
+    if sig != 2 or nav < 1:
         raise UsageError(
-            f"{path} holds a {s.axes_manager.navigation_dimension}+"
-            f"{s.axes_manager.signal_dimension}D signal; a 4D-STEM stack (probe positions x "
-            "2D patterns) is needed"
+            f"{path} holds a {nav}+{sig}D signal; a 4D-STEM stack (probe positions x 2D "
+            "patterns) is needed"
         )
+    dtype = s.data.dtype
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise UsageError(f"{path} holds {dtype} data; real-valued intensities are needed")
+    try:  # a truncated or corrupt file often loads lazily and fails on the first read
+        np.asarray(s.data[(0,) * nav])
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"cannot read the patterns in {path} ({_reason(exc)})") from None
     s.set_signal_type("fem_diffraction")
-    return s
+    return s, {}
+
+
+def _reason(exc):
+    # Some readers leave an unformatted "%r" in their messages.
+    text = " ".join(str(exc).replace(": %r", "").replace("%r", "").split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _thickness(args, s, truth):
+    """Thickness per position (or None) from the HAADF metadata; checked before any work."""
+    import femlib
+
+    if args.thickness_bins is None:
+        return None
+    if not s.metadata.has_item("HAADF.intensity"):
+        raise UsageError("--thickness-bins needs a HAADF image in metadata.HAADF.intensity")
+    black = args.black_level if args.black_level is not None else truth.get("black_level")
+    slope = args.slope if args.slope is not None else truth.get("slope")
+    if black is None or slope is None:
+        raise UsageError("--thickness-bins with a file needs --black-level and --slope")
+    t = femlib.thickness.thickness_from_haadf(
+        s.metadata.HAADF.intensity, black_level=black, slope=slope
+    )
+    t = np.asarray(getattr(t, "data", t))
+    nav_shape = tuple(s.axes_manager._navigation_shape_in_array)
+    if t.shape != nav_shape:
+        raise UsageError(
+            f"metadata.HAADF.intensity has shape {t.shape} but the scan is {nav_shape}"
+        )
+    return t
+
+
+def _check_radial_range(radial_range, s):
+    """Reject a range far beyond the detector before any work (the exact check, which
+    needs the centre, is get_variance's)."""
+    if radial_range is None:
+        return
+    axes = s.axes_manager.signal_axes
+    diagonal = float(np.hypot(*[ax.size * abs(ax.scale) for ax in axes]))
+    # No pixel is further than the diagonal from a centre on the detector; the margin
+    # allows for the affine's rescaling (a few per cent).
+    if radial_range[1] > 1.5 * diagonal:
+        raise UsageError(
+            f"--radial-range {radial_range[0]:g} {radial_range[1]:g} lies outside the "
+            f"detector (its diagonal is {diagonal:.4g} {_units(axes[0])})"
+        )
 
 
 def _default_radial_range(s, mask, npt):
@@ -124,21 +366,50 @@ def _default_radial_range(s, mask, npt):
     return float(w.radial_edges[best[0]]), float(w.radial_edges[best[1]])
 
 
+def _calibrate(summed, mask, num_points):
+    """Centre (row, col), affine, ellipse parameters and fitted points of the first ring."""
+    import femlib
+
+    # RANSAC keeps the ring with most points (the bright rim around a beam stop can hold
+    # many of the brightest pixels too); refining then removes the pixel-picking bias.
+    center, affine, params, pos, _ = femlib.ellipse.determine_ellipse(
+        summed, mask=mask, num_points=num_points, return_params=True,
+        use_ransac=True,
+    )
+    ring = float(params[2])
+    center, affine = femlib.ellipse.refine_center_affine(
+        summed, center, affine, radial_range=(0.8 * ring, 1.2 * ring), mask=mask
+    )
+    return center, affine, params, pos
+
+
 def _peaks(v, se, k, count=3):
+    """The ``count`` highest local maxima of ``v`` more prominent than 3 median errors."""
     from scipy.signal import find_peaks
 
-    idx, props = find_peaks(v, prominence=3 * np.nanmedian(se))
+    idx, _ = find_peaks(v, prominence=3 * np.nanmedian(se))
     order = np.argsort(v[idx])[::-1][:count]
     return [(float(k[i]), float(v[i]), float(se[i])) for i in idx[order]]
 
 
-def run_fem(args):
-    """Run the FEM workflow for parsed command-line arguments; write outputs.
+def run_fem(args, progress=None, command=None):
+    """Run the FEM workflow for parsed ``femlib fem`` arguments and write its outputs.
+
+    Steps: check every option; load INPUT lazily (or make the synthetic dataset); sum the
+    patterns; mask the pixels below ``--mask-below`` in the sum; fit and refine the ring
+    ellipse (centre and affine); compute ``V(k)`` (per thickness bin with
+    ``--thickness-bins``) in one pass; transform the summed pattern to polar coordinates;
+    then create ``--out`` and write ``variance.csv``, ``variance.hspy``, the PNG figures
+    and ``report.html``. Nothing is written when any step before that fails.
 
     Parameters
     ----------
     args : argparse.Namespace
         As produced by the ``femlib fem`` parser.
+    progress : object or None
+        Progress reporter with a ``step(done_text)`` context manager; None: silent.
+    command : list of str or None
+        The command line, quoted in ``report.html``.
 
     Returns
     -------
@@ -147,113 +418,143 @@ def run_fem(args):
 
     Raises
     ------
-    UsageError, ValueError
-        Bad input (missing file, not 4D, gain <= 0, ranges outside the data...).
+    UsageError
+        Bad options or INPUT (missing, unsupported or unreadable file, not 4D-STEM).
+    ValueError
+        Bad input found by the computation (a radial range outside the detector, a mask
+        that leaves a radial bin empty, an ellipse fit that fails, ...).
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    from hyperspy.defaults_parser import preferences
+    matplotlib.use("Agg")  # the command writes files and never opens a window
 
-    import femlib
-    from femlib.variance import check_gain, check_method
-
-    if args.npt < 1:
-        raise UsageError(f"--npt must be a positive integer, got {args.npt}")
-    check_method(args.method if args.method != "all" else "all")
-    gain = check_gain(args.gain) if args.gain is not None else None
-    out = Path(args.out)
-    preferences.General.show_progressbar = not args.quiet
-    logging.getLogger("femlib").setLevel(logging.WARNING if args.quiet else logging.INFO)
-
-    s = _load(args)
+    progress = progress or _Progress()
+    _check_args(args)
+    s, truth = _load(args)
     synthetic = args.input is None
-    truth = s.metadata.Simulation.as_dictionary() if synthetic else {}
-    if synthetic and gain is None:
-        gain = float(truth["gain"])
-    out.mkdir(parents=True, exist_ok=True)
-    progress = _progress(not args.quiet)
-    with progress:
+    thickness = _thickness(args, s, truth)
+    _check_radial_range(args.radial_range, s)
+    gain = args.gain if args.gain is not None else truth.get("gain")
+    n_total = int(s.axes_manager.navigation_size)
+
+    with progress.step(f"summed {n_total} patterns"):
         summed = s.sum()
         if summed._lazy:
-            summed.compute()
+            summed.compute(show_progressbar=False)
     threshold = args.mask_below
     if threshold is None:
         threshold = 0.05 * float(np.median(summed.data))
     mask = summed.data < threshold
+    if mask.all():
+        raise UsageError(
+            f"--mask-below {threshold:g} masks every pixel (the summed pattern's largest "
+            f"value is {float(np.max(summed.data)):g})"
+        )
 
-    # RANSAC keeps the ring with most points (the bright rim around a beam stop can hold
-    # many of the brightest pixels too); refining then removes the pixel-picking bias.
-    center, affine, params, pos, _ = femlib.ellipse.determine_ellipse(
-        summed.data, mask=mask, num_points=args.num_points, return_params=True,
-        use_ransac=True,
-    )
-    ring = float(params[2])
-    center, affine = femlib.ellipse.refine_center_affine(
-        summed.data, center, affine, radial_range=(0.8 * ring, 1.2 * ring), mask=mask
-    )
-    s.calibration.center = center[::-1]
-    s.calibration.affine = affine
-    s.calibration.mask = mask
-    ratio, _ = femlib.ellipse.affine_to_ellipse(affine)
+    with progress.step("fitted the ring ellipse"):
+        center, affine, params, pos = _calibrate(summed.data, mask, args.num_points)
+    for sig in (s, summed):
+        sig.calibration.center = center[::-1]
+        sig.calibration.affine = affine
+        sig.calibration.mask = mask
 
     radial_range = args.radial_range
     if radial_range is None:
         radial_range = (3.0, 5.75) if synthetic else _default_radial_range(s, mask, args.npt)
-    with progress:
-        polar = s.get_azimuthal_integral2d(npt=100, npt_azim=180, mean=True).sum()
-        if polar._lazy:
-            polar.compute()
-    thickness = bins = None
-    if args.thickness_bins is not None:
-        if not s.metadata.has_item("HAADF.intensity"):
-            raise UsageError("--thickness-bins needs a HAADF image in metadata.HAADF.intensity")
-        black = args.black_level if args.black_level is not None else truth.get("black_level")
-        slope = args.slope if args.slope is not None else truth.get("slope")
-        if black is None or slope is None:
-            raise UsageError("--thickness-bins needs --black-level and --slope")
-        thickness = femlib.thickness.thickness_from_haadf(
-            s.metadata.HAADF.intensity, black_level=black, slope=slope
+    radial_range = tuple(float(r) for r in radial_range)
+    with progress.step(f"V(k) from {n_total} patterns"):
+        var = s.get_variance(
+            npt=args.npt, method=args.method, gain=gain, radial_range=radial_range,
+            mask=mask, thickness=thickness, bins=args.thickness_bins, show_progressbar=False,
         )
-        bins = args.thickness_bins
-    var = s.get_variance(
-        npt=args.npt, method=args.method, gain=gain, radial_range=tuple(radial_range),
-        mask=mask, thickness=thickness, bins=bins, show_progressbar=not args.quiet,
-    )
-    main_curve = var.combined() if bins is not None else var
+    # The transform is linear: transforming the summed pattern once gives the sum of the
+    # transformed patterns at 1/N of the cost.
+    with progress.step("polar transform of the summed pattern"):
+        polar = summed.get_azimuthal_integral2d(
+            npt=100, npt_azim=180, mean=True, show_progressbar=False
+        )
+    binned = args.thickness_bins is not None
+    main_curve = var.combined() if binned else var
+    fem = var.metadata.FEM
+    n_used = int(fem.number_of_patterns)
+    bins_line = None
+    if binned:
+        counts = np.asarray(fem.counts)
+        n_bins, n_kept = counts.size, len(fem.labels)
+        bins_line = f"thickness bins: {n_kept} of {n_bins} hold 2 or more patterns"
+        if n_kept < n_bins:
+            left_out = int(counts.sum()) - n_used
+            print(
+                f"femlib: warning: {n_bins - n_kept} of {n_bins} thickness bins hold fewer "
+                f"than 2 patterns and are left out ({left_out} patterns); use fewer bins",
+                file=sys.stderr, flush=True,
+            )
 
-    _write_csv(out / "variance.csv", var)
-    var.save(out / "variance.hspy", overwrite=True)
-    _figures(out, summed.data, mask, params, pos, polar, main_curve, var if bins else None,
-             truth if synthetic else None)
-
-    k = main_curve.axes_manager.signal_axes[0].axis
-    v0 = main_curve.data.reshape(-1, k.size)[0]
+    k_axis = main_curve.axes_manager.signal_axes[0]
+    k = k_axis.axis
+    v0 = np.asarray(main_curve.data, dtype=float).reshape(-1, k.size)[0]
     se0 = main_curve.standard_error.reshape(-1, k.size)[0]
-    lines = [
-        f"femlib fem: {'synthetic dataset' if synthetic else args.input} "
-        f"({var.metadata.FEM.number_of_patterns} patterns)",
-        f"  centre (x, y): ({center[1]:.3f}, {center[0]:.3f}) px",
-        f"  ellipticity: {ratio - 1:.4%} (axis ratio {ratio:.5f})",
-        f"  radial range: {radial_range[0]:.4g}-{radial_range[1]:.4g}, gain: {gain}",
-    ]
-    if synthetic:
-        tc = truth["center"]
-        lines.append(f"  true centre (x, y): ({tc[0]:.3f}, {tc[1]:.3f}) px")
-    label = "combined over thickness bins" if bins else str(var.metadata.FEM.methods[0])
-    lines.append(f"  V(k) peaks ({label}):")
-    for kk, vv, ss in _peaks(v0, se0, k):
-        lines.append(f"    k = {kk:.3f}: V = {vv:.5f} +/- {ss:.5f}")
-    lines.append(f"  wrote {out}/variance.csv, variance.hspy and PNG figures")
-    return "\n".join(lines)
+    peaks = _peaks(v0, se0, k)
+    ratio, _ = _ellipse_ratio(affine)
+    units = _units(k_axis)
+
+    with progress.step("wrote the outputs"):
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_csv(out / "variance.csv", var)
+        var.save(out / "variance.hspy", overwrite=True)
+        figures = _figures(out, summed.data, mask, params, pos, center, polar, radial_range,
+                           main_curve, var if binned else None, truth if synthetic else None)
+        calibration = _calibration_rows(s, center, affine, threshold, mask, radial_range,
+                                         args, gain, n_used, n_total, truth)
+        bin_rows = _bin_rows(var) if binned else None
+        # The local maxima of the summary; a fitted peak table (FEMVariance1D.find_peaks)
+        # can replace these rows: write_report takes any list of column -> value dicts.
+        peak_rows = [
+            {f"k ({units})": f"{kk:.4f}", "V": f"{vv:.5f}", "standard error": f"{ss:.5f}"}
+            for kk, vv, ss in peaks
+        ]
+        source = "synthetic dataset" if synthetic else str(args.input)
+        lines = [
+            f"femlib fem: {source} ({n_total} patterns)",
+            f"  patterns used: {n_used} of {n_total}",
+            f"  centre (x, y): ({center[1]:.3f}, {center[0]:.3f}) px",
+        ]
+        if synthetic:
+            tc = truth["center"]
+            lines.append(f"  true centre (x, y): ({tc[0]:.3f}, {tc[1]:.3f}) px")
+        lines += [
+            f"  ellipticity: {ratio - 1:.4%} (axis ratio {ratio:.5f})",
+            f"  mask: {int(mask.sum())} pixels below {threshold:.4g} in the summed pattern",
+            f"  radial range: {radial_range[0]:.4g}-{radial_range[1]:.4g} {units}, "
+            f"gain: {'none (no shot-noise correction)' if gain is None else f'{gain:g}'}",
+        ]
+        if bins_line:
+            lines.append(f"  {bins_line}")
+        label = "combined over thickness bins" if binned else str(fem.methods[0])
+        lines.append(f"  V(k) peaks ({label}):")
+        for kk, vv, ss in peaks:
+            lines.append(f"    k = {kk:.3f}: V = {vv:.5f} +/- {ss:.5f}")
+        lines.append(f"  wrote {out}/: report.html, variance.csv, variance.hspy and "
+                     f"{len(figures)} PNG figures")
+        summary = "\n".join(lines)
+        write_report(out / "report.html", summary=summary, figures=figures,
+                     calibration=calibration, bins=bin_rows, peaks=peak_rows,
+                     peaks_note="local maxima of V(k) more prominent than 3 median standard "
+                     "errors (scipy.signal.find_peaks)", command=command)
+    return summary
 
 
-def _progress(show):
-    if not show:
-        return contextlib.nullcontext()
-    from dask.diagnostics import ProgressBar
+def _ellipse_ratio(affine):
+    import femlib
 
-    return ProgressBar()
+    return femlib.ellipse.affine_to_ellipse(affine)
+
+
+def _units(axis):
+    units = getattr(axis, "units", None)
+    units = "" if units is None else str(units).strip()
+    return "px" if units.lower() in ("", "<undefined>", "undefined") else units
 
 
 def _curves(var):
@@ -282,44 +583,228 @@ def _write_csv(path, var):
                fmt="%.10g", encoding="utf-8")
 
 
-def _figures(out, summed, mask, params, pos, polar, curve, per_bin, truth=None):
+def _figures(out, summed, mask, params, pos, center, polar, radial_range, curve, per_bin,
+             truth=None):
+    """Write the PNG figures; return their file names in the order written."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Ellipse
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    shown = np.where(mask, np.nan, summed)
-    ax.imshow(np.log10(np.clip(shown, 1, None)), cmap="magma")
-    ax.plot(pos[:, 1], pos[:, 0], ".", ms=1.5, color="c", label="fit points")
-    ax.add_patch(Ellipse((params[1], params[0]), 2 * params[2], 2 * params[3],
-                         angle=np.degrees(params[4]), fill=False, color="lime", lw=1.2))
-    ax.plot(params[1], params[0], "+", color="lime", ms=10)
-    ax.set_title("Summed pattern (log), fitted ellipse")
-    fig.savefig(out / "summed_ellipse.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    import femlib
+    from femlib.signals.variance import _radial_label
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    written = []
+
+    def save(fig, name):
+        fig.savefig(out / name, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(name)
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.6")
+    shown = np.log10(np.clip(np.where(mask, np.nan, summed), 1, None))
+    rows, cols = summed.shape
+    im = ax.imshow(shown, cmap=cmap, extent=(-0.5, cols - 0.5, rows - 0.5, -0.5))
+    fig.colorbar(im, ax=ax, label="log10(summed intensity)")
+    ax.plot(pos[:, 1], pos[:, 0], ".", ms=2, color="c", label=f"picked points ({len(pos)})")
+    ring = femlib.ellipse.ellipse_points(params, num=360)
+    ax.plot(np.append(ring[:, 1], ring[0, 1]), np.append(ring[:, 0], ring[0, 0]), "-",
+            color="lime", lw=1.2, label="fitted ellipse")
+    ax.plot(params[1], params[0], "+", color="lime", ms=12, mew=2, label="ellipse centre")
+    ax.plot(center[1], center[0], "x", color="w", ms=9, mew=1.5, label="refined centre")
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    ax.set_title("Summed pattern and fitted ring ellipse")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+    save(fig, "summed_ellipse.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     r_ax, a_ax = polar.axes_manager.signal_axes[1], polar.axes_manager.signal_axes[0]
-    extent = [a_ax.axis[0], a_ax.axis[-1], r_ax.axis[-1], r_ax.axis[0]]
-    ax.imshow(polar.data, aspect="auto", extent=extent, cmap="magma",
-              vmax=np.nanpercentile(polar.data, 99.5))
-    ax.set_xlabel("azimuth (rad)")
-    ax.set_ylabel(f"k ({r_ax.units})")
-    ax.set_title("Polar transform (sum over positions): rings are straight")
-    fig.savefig(out / "polar.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    half_r, half_a = r_ax.scale / 2, a_ax.scale / 2
+    extent = (a_ax.axis[0] - half_a, a_ax.axis[-1] + half_a,
+              r_ax.axis[-1] + half_r, r_ax.axis[0] - half_r)
+    data = np.asarray(polar.data, dtype=float)
+    im = ax.imshow(data, aspect="auto", extent=extent, cmap="magma",
+                   vmax=np.nanpercentile(data, 99.5))
+    fig.colorbar(im, ax=ax, label="mean intensity per pixel")
+    for i, r in enumerate(radial_range):
+        ax.axhline(r, color="c", ls="--", lw=1, label="V(k) radial range" if i == 0 else None)
+    ax.set_xlabel(f"azimuth ({_units(a_ax) if _units(a_ax) != 'px' else 'rad'})")
+    ax.set_ylabel(_radial_label(r_ax))
+    ax.set_title("Polar transform of the summed pattern: rings are straight")
+    ax.legend(loc="lower right", fontsize="small", framealpha=0.8)
+    save(fig, "polar.png")
 
     ax = curve.plot_curves()
     if truth is not None:
         k = curve.axes_manager.signal_axes[0].axis
         sel = (truth["k"] >= k[0]) & (truth["k"] <= k[-1])
         ax.plot(truth["k"][sel], truth["variance"][sel], "k--", lw=1, label="true V(k)")
-        ax.legend(fontsize="small")
-    ax.figure.savefig(out / "variance.png", dpi=120, bbox_inches="tight")
-    plt.close(ax.figure)
+    ax.legend(fontsize="small", loc="best")
+    save(ax.figure, "variance.png")
     if per_bin is not None:
         ax = per_bin.plot_curves()
-        ax.figure.savefig(out / "variance_bins.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
+        if ax.get_legend() is None:
+            ax.set_title(f"{ax.get_title()}\n{len(per_bin.curve_labels())} thickness bins "
+                         "(listed in report.html)", fontsize="medium")
+        save(ax.figure, "variance_bins.png")
+    return written
+
+
+def _calibration_rows(s, center, affine, threshold, mask, radial_range, args, gain, n_used,
+                      n_total, truth):
+    """(name, value) pairs of the calibration and settings used, for the report."""
+    cal = s.calibration
+    units = _units(s.axes_manager.signal_axes[0])
+    ratio, rotation = _ellipse_ratio(affine)
+    matrix = "\n".join("  ".join(f"{x: .6f}" for x in row) for row in np.asarray(affine))
+    if args.input is None:
+        source = f"synthetic dataset (femlib.data.synthetic_fem, seed {args.seed or 0})"
+    else:
+        source = str(Path(args.input).resolve())
+    rows = [
+        ("input", source),
+        ("detector", f"{mask.shape[1]} x {mask.shape[0]} px, {cal.scale:.6g} {units} per px"),
+        ("centre (x, y)", f"({center[1]:.3f}, {center[0]:.3f}) px"),
+        ("ellipse", f"axis ratio {ratio:.5f} (ellipticity {ratio - 1:.4%}), major axis at "
+         f"{np.degrees(rotation):.2f}° from +x"),
+        ("affine", matrix),
+        ("mask", f"{int(mask.sum())} of {mask.size} px ({mask.mean():.2%}) below {threshold:.6g} "
+         "in the summed pattern"),
+        ("radial range", f"{radial_range[0]:.6g} to {radial_range[1]:.6g} {units}, "
+         f"{args.npt} bins"),
+        ("method", str(args.method)),
+        ("gain", "none (no shot-noise correction)" if gain is None else f"{gain:g}"),
+        ("patterns used", f"{n_used} of {n_total}"),
+    ]
+    if truth:
+        tc = truth["center"]
+        rows.append(("true centre (x, y)", f"({tc[0]:.3f}, {tc[1]:.3f}) px"))
+    return rows
+
+
+def _bin_rows(var):
+    """One row per thickness bin: its edges, the number of patterns, whether it is used."""
+    fem = var.metadata.FEM
+    edges = np.asarray(fem.thickness_edges)
+    counts = np.asarray(fem.counts)
+    return [
+        {
+            "thickness (nm)": f"{edges[i]:.2f}–{edges[i + 1]:.2f}",
+            "patterns": int(counts[i]),
+            "used": "yes" if counts[i] >= 2 else "no (fewer than 2 patterns)",
+        }
+        for i in range(counts.size)
+    ]
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:60em;margin:1.5em auto;padding:0 1em;
+color:#222}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;
+text-align:left;vertical-align:top}th{background:#f3f3f3}pre{background:#f7f7f7;padding:.6em;
+overflow-x:auto}figure{display:inline-block;margin:.5em 1em .5em 0;max-width:29em}
+figure img{max-width:100%}figcaption{font-size:.85em;color:#444}
+"""
+
+
+def write_report(path, summary, figures, calibration, bins=None, peaks=None,
+                 peaks_note=None, command=None):
+    """Write a one-page HTML report of a ``femlib fem`` run.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.html`` file to write; figures are linked relative to its folder.
+    summary : str
+        The command's summary text.
+    figures : list of str
+        Figure file names (in the report's folder), shown with the captions of
+        ``femlib.cli.FIGURES`` (unknown names get no caption).
+    calibration : list of (str, str)
+        Calibration and settings as name/value pairs.
+    bins : list of dict or None
+        The per-thickness-bin table, one dict (column name → value) per bin.
+    peaks : list of dict or None
+        A peak table, one dict (column name → value) per peak, e.g. from
+        ``FEMVariance1D.find_peaks``; omitted when None or empty.
+    peaks_note : str or None
+        How the peaks were found, printed under the peak table.
+    command : list of str or None
+        The command line, quoted at the top.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> page = write_report(folder / "report.html", "femlib fem: ...", ["variance.png"],
+    ...                     [("gain", "4.2")], peaks=[{"k": 4.62, "V": 0.0068}])
+    >>> '<img src="variance.png"' in page.read_text(encoding="utf-8")
+    True
+    """
+    from femlib import __version__
+
+    esc = html.escape
+    path = Path(path)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>femlib fem report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>femlib fem report</h1>",
+        f"<p>femlib {esc(__version__)}, {esc(when)}"
+        + (f"<br><code>{esc(' '.join(command))}</code>" if command else "") + "</p>",
+        "<h2>Summary</h2>",
+        f"<pre>{esc(summary)}</pre>",
+        "<h2>Calibration and settings</h2>",
+        _html_table([{"item": name, "value": value} for name, value in calibration],
+                    pre_columns=("value",)),
+        "<h2>Figures</h2>",
+    ]
+    for name in figures:
+        caption = FIGURES.get(name, "")
+        parts.append(
+            f'<figure><a href="{esc(name)}"><img src="{esc(name)}" alt="{esc(name)}"></a>'
+            f"<figcaption><b>{esc(name)}</b> {esc(caption)}</figcaption></figure>"
+        )
+    if bins:
+        parts += ["<h2>Thickness bins</h2>", _html_table(bins)]
+    if peaks:
+        parts += ["<h2>Peaks</h2>", _html_table(peaks)]
+        if peaks_note:
+            parts.append(f"<p>{esc(peaks_note)}</p>")
+    parts += [
+        "<h2>Files</h2>",
+        '<p><a href="variance.csv">variance.csv</a> (one row per k: V and standard error of '
+        'every curve), <a href="variance.hspy">variance.hspy</a> (the result with its '
+        "metadata, for <code>hs.load</code>).</p>",
+        "</body></html>",
+    ]
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def _html_table(rows, pre_columns=()):
+    esc = html.escape
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            text = esc(str(row.get(c, "")))
+            if c in pre_columns and "\n" in text:
+                text = f"<pre>{text}</pre>"
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 if __name__ == "__main__":  # pragma: no cover

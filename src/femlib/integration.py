@@ -11,25 +11,28 @@ Geometry conventions
   is ``(x, y) = (j, i)``.
 * The affine ``A`` (3x3) acts on homogeneous offsets ``(x - cx, y - cy, 1)``; the corrected
   offset is then scaled by the axis scales: ``(u, v) = diag(sx, sy) (A (p - c))[:2]``.
-* Radius ``k = hypot(u, v)`` in calibrated units; azimuth ``phi = atan2(v, u)`` in
-  ``(-pi, pi]``: 0 along +x, positive toward +y (rows increase downward in an image, so
-  positive angles run clockwise on screen).
-* Pixel splitting by sub-pixel sampling: each pixel is divided into ``s x s`` equal
-  sub-pixels whose centres are binned. ``s`` is chosen per pixel so every bin is sampled
-  several times across the pixel (4 <= s <= 32); the weights of one pixel sum to its
-  (unmasked) in-range area fraction.
+* Radius ``k = hypot(u, v)`` in calibrated units; azimuth ``phi = atan2(-v, u)``, pyxem's
+  convention: 0 along +x, positive toward -y, i.e. counter-clockwise on screen (rows
+  increase downward in a displayed image). Ranges are given in ``[-pi, pi]`` or
+  ``[0, 2 pi]``.
+* Exact pixel splitting: the affine keeps straight edges, so a pixel is a parallelogram in
+  the corrected coordinates; its weight in a bin is the exact area of its overlap with the
+  annular sector (clipped by the two azimuth half-planes, then intersected with the disks
+  analytically) divided by its own area. The weights of one unmasked pixel sum to the
+  fraction of its area inside the radial and azimuthal ranges.
 """
 
 import functools
 import hashlib
 import logging
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from femlib import _kernels
+from femlib import _kernels, _pixel_split
 from femlib.calibration import check_affine, check_center, check_mask
 
 __all__ = [
@@ -44,7 +47,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _CACHE = OrderedDict()
 _CACHE_SIZE = 8
-_S_MIN, _S_MAX = 4, 32
 # Above this many bins the bin-major kernel is used (measured: benchmarks/README.md).
 _BIN_MAJOR_ABOVE = 2048
 MIN_CHUNK_BYTES = 16 * 2**20
@@ -146,6 +148,15 @@ class AzimuthalWeights:
         Returns
         -------
         AzimuthalWeights
+
+        Examples
+        --------
+        Two hard bins on a 2 x 2 detector: the left column and the right column.
+
+        >>> m = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+        >>> w = AzimuthalWeights.from_matrix(m, [0.0, 1.0, 2.0], [-np.pi, np.pi], (2, 2))
+        >>> integrate(np.array([[1.0, 2.0], [3.0, 4.0]]), w).tolist()
+        [4.0, 6.0]
         """
         csc = sp.csc_array(matrix)
         csc.sum_duplicates()
@@ -186,16 +197,6 @@ class AzimuthalWeights:
             wdata=csc.data.astype(np.float64),
         )
 
-    def empty_bins(self):
-        """Indices ``(radial, azimuthal)`` of bins with no unmasked pixel area.
-
-        Returns
-        -------
-        (M, 2) ndarray of int
-        """
-        idx = np.flatnonzero(self.area <= 0)
-        return np.column_stack(np.unravel_index(idx, (self.npt, self.npt_azim)))
-
 
 def _corrected_offsets(x, y, center, affine, scale):
     dx = x - center[0]
@@ -216,12 +217,24 @@ def _max_radius(shape, center, affine, scale):
     return float(np.hypot(u, v).max())
 
 
-def _check_range(value, name, lo, hi, what):
-    r = np.asarray(value, dtype=float)
+def _as_pair(value, name):
+    """``value`` as a float pair; TypeError for non-numbers, ValueError for a bad shape."""
+    try:
+        r = np.asarray(value)
+    except (TypeError, ValueError):
+        r = np.asarray(None)
+    if r.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a pair of numbers (start, stop), got {value!r}")
+    r = r.astype(float)
     if r.shape != (2,) or not np.all(np.isfinite(r)):
         raise ValueError(f"{name} must be a pair of finite numbers (start, stop), got {value!r}")
     if r[1] <= r[0]:
         raise ValueError(f"{name} must be increasing (start < stop), got {tuple(r.tolist())}")
+    return r
+
+
+def _check_range(value, name, lo, hi, what):
+    r = _as_pair(value, name)
     if r[0] < lo - 1e-12 or r[1] > hi + 1e-12:
         raise ValueError(
             f"{name} {tuple(r.tolist())} lies outside the {what} [{lo:.6g}, {hi:.6g}]"
@@ -229,10 +242,63 @@ def _check_range(value, name, lo, hi, what):
     return float(r[0]), float(r[1])
 
 
+def _check_azimuth_range(value):
+    """Azimuths within ``[-pi, pi]`` or within ``[0, 2 pi]`` (radians), as pyxem takes them."""
+    r = _as_pair(value, "azimuth_range")
+    tol = 1e-12
+    if not (r[0] >= -np.pi - tol and r[1] <= np.pi + tol) and not (
+        r[0] >= -tol and r[1] <= 2 * np.pi + tol
+    ):
+        raise ValueError(
+            f"azimuth_range {tuple(r.tolist())} lies outside the azimuths: give it within "
+            "[-pi, pi] or within [0, 2pi] (radians)"
+        )
+    return float(r[0]), float(r[1])
+
+
 def _check_npt(value, name):
+    if not isinstance(value, (numbers.Number, np.number)):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+# Limits of a weight matrix: it is held four times (CSR, squared, CSC arrays for the kernels)
+# at 12-16 bytes per non-zero, and every frame's result holds one value per bin.
+_MAX_NNZ = 2 * 10**7
+_MAX_BINS = 10**7
+
+
+def _check_size(shape, center, affine, scale, npt, npt_azim, radial_range, azimuth_range):
+    """Refuse bin counts whose weight matrix would not fit in memory, saying why."""
+    nbins = npt * npt_azim
+    what = f"npt={npt}, npt_azim={npt_azim}"
+    if nbins > _MAX_BINS:
+        raise ValueError(
+            f"{what} asks for {nbins:.3g} bins (npt * npt_azim); at most {_MAX_BINS:.0e} are "
+            "accepted: use fewer bins"
+        )
+    ny, nx = shape
+    rows, cols = np.divmod(np.arange(ny * nx), nx)
+    u, v = _corrected_offsets(cols.astype(float), rows.astype(float), center, affine, scale)
+    rc = np.hypot(u, v)
+    lin = np.diag(scale) @ (np.eye(2) if affine is None else affine[:2, :2])
+    half = float(np.abs(lin).sum(axis=1).max()) * 0.5 * np.sqrt(2)
+    dr = (radial_range[1] - radial_range[0]) / npt
+    da = (azimuth_range[1] - azimuth_range[0]) / npt_azim
+    near = (rc + half > radial_range[0]) & (rc - half < radial_range[1])
+    n_r = np.minimum(npt, np.ceil(2 * half / dr) + 1)
+    span = np.where(rc > half, 2 * np.arcsin(np.minimum(half / np.maximum(rc, 1e-300), 1)), 7)
+    n_a = np.minimum(npt_azim, np.ceil(span / da) + 1)
+    nnz = float(np.sum((n_r * n_a)[near]))
+    if nnz > _MAX_NNZ:
+        raise ValueError(
+            f"{what} would give the weight matrix about {nnz:.2g} non-zero weights "
+            f"(~{nnz * 64 / 2**30:.2g} GiB); at most {_MAX_NNZ:.0e} are accepted. Bins much "
+            f"narrower than a pixel add no information: use about {nnz / _MAX_NNZ:.2g}x "
+            "fewer bins"
+        )
 
 
 def build_weights(
@@ -246,7 +312,14 @@ def build_weights(
     azimuth_range=None,
     mask=None,
 ):
-    """Build (or fetch from the cache) the pixel-splitting weight matrix of a geometry.
+    """Build (or fetch from the cache) the exact pixel-splitting weight matrix of a geometry.
+
+    ``W[k, p]`` is the area of pixel ``p`` inside the annular sector ``k`` divided by the
+    area of the pixel (both in corrected coordinates), computed exactly: the pixel, a
+    parallelogram after the affine, is clipped by the sector's two azimuth half-planes and
+    intersected with the two disks analytically. The weights are therefore areas in detector
+    pixels: ``sum_p W[k, p]`` is the covered area of bin ``k`` in pixels, and the weights of
+    an unmasked pixel sum to the fraction of it inside the ranges.
 
     Parameters
     ----------
@@ -266,8 +339,10 @@ def build_weights(
         ``(start, stop)`` in calibrated units. Default: 0 to the largest radius of a
         detector corner.
     azimuth_range : (2,) array_like or None
-        ``(start, stop)`` in radians within ``[-pi, pi]``; restricts the integration itself.
-        Default: the full circle.
+        ``(start, stop)`` in radians, within ``[-pi, pi]`` or within ``[0, 2 pi]``;
+        restricts the integration itself. The azimuth is pyxem's: 0 along +x,
+        counter-clockwise on a displayed image (toward -y, up). Default: the full circle
+        ``(-pi, pi)``.
     mask : (rows, columns) bool array_like or None
         True marks excluded pixels; they get weight 0.
 
@@ -277,15 +352,30 @@ def build_weights(
 
     Raises
     ------
+    TypeError
+        If ``npt``, ``npt_azim``, ``radial_range`` or ``azimuth_range`` is not made of
+        numbers.
     ValueError
-        For ``npt < 1``, reversed ranges, ranges outside the detector, a mask of the wrong
-        shape or a non-finite geometry.
+        For ``npt < 1``, reversed ranges, ranges outside the detector or the azimuths, a
+        mask of the wrong shape, a non-finite geometry, or so many bins that the matrix
+        would hold more than 2e7 non-zero weights (or more than 1e7 bins).
 
     Examples
     --------
-    >>> w = build_weights((64, 64), (31.5, 31.5), npt=20, radial_range=(2, 20))
+    A ring wholly on the detector gets exactly its area, ``pi (r1^2 - r0^2)`` pixels:
+
+    >>> w = build_weights((64, 64), (31.5, 31.5), npt=1, radial_range=(10, 20))
     >>> w.matrix.shape
-    (20, 4096)
+    (1, 4096)
+    >>> bool(abs(w.area[0] - np.pi * (20**2 - 10**2)) < 1e-9)
+    True
+
+    Four quadrants, counter-clockwise on screen from +x; the pixel right of and above
+    the centre lies in the first one:
+
+    >>> w = build_weights((8, 8), (3.5, 3.5), npt=1, npt_azim=4, azimuth_range=(0, 2 * np.pi))
+    >>> w.matrix[:, 2 * 8 + 5].toarray().ravel().round(6).tolist()  # row 2, column 5
+    [1.0, 0.0, 0.0, 0.0]
     """
     shape = tuple(int(n) for n in detector_shape)
     if len(shape) != 2 or min(shape) < 1:
@@ -301,8 +391,8 @@ def build_weights(
     radial_range = (0.0, rmax) if radial_range is None else _check_range(
         radial_range, "radial_range", 0.0, rmax, "detector's radii"
     )
-    azimuth_range = (-np.pi, np.pi) if azimuth_range is None else _check_range(
-        azimuth_range, "azimuth_range", -np.pi, np.pi, "azimuths"
+    azimuth_range = (
+        (-np.pi, np.pi) if azimuth_range is None else _check_azimuth_range(azimuth_range)
     )
     mask = check_mask(mask, shape)
     mask_key = None if mask is None else hashlib.sha1(np.packbits(mask).tobytes()).hexdigest()
@@ -321,6 +411,7 @@ def build_weights(
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
+    _check_size(shape, center, affine, sc, npt, npt_azim, radial_range, azimuth_range)
     weights = _build(shape, center, affine, sc, npt, npt_azim, radial_range, azimuth_range, mask)
     _CACHE[key] = weights
     if len(_CACHE) > _CACHE_SIZE:
@@ -330,62 +421,40 @@ def build_weights(
 
 def _build(shape, center, affine, scale, npt, npt_azim, radial_range, azimuth_range, mask):
     ny, nx = shape
-    r0, r1 = radial_range
-    a0, a1 = azimuth_range
-    dr = (r1 - r0) / npt
-    da = (a1 - a0) / npt_azim
-    rows, cols = np.divmod(np.arange(ny * nx), nx)
-    u, v = _corrected_offsets(cols.astype(float), rows.astype(float), center, affine, scale)
-    rc = np.hypot(u, v)
-    # Largest distance from a pixel centre to its corners, after the geometry transform.
     lin = np.eye(2) if affine is None else affine[:2, :2]
-    half = float(np.linalg.norm((np.abs(scale)[:, None] * lin) @ np.array([0.5, 0.5])))
-    half = max(half, float(np.linalg.norm((np.abs(scale)[:, None] * lin) @ [0.5, -0.5])))
-    keep = (rc + half >= r0) & (rc - half <= r1)
+    shift = np.zeros(2) if affine is None else affine[:2, 2]
+    # Corrected coordinates with the second axis flipped, (u, w) = (u, -v): the azimuth is
+    # then atan2(w, u), pyxem's (counter-clockwise on screen), and polygons are ordinary.
+    flip = np.diag([scale[0], -scale[1]])
+    lin_f = flip @ lin
+    rows, cols = np.divmod(np.arange(ny * nx), nx)
+    off = np.stack([cols - center[0], rows - center[1]]).astype(float)
+    cu, cw = lin_f @ off + (flip @ shift)[:, None]
+    corners = lin_f @ np.array([[-0.5, 0.5, 0.5, -0.5], [-0.5, -0.5, 0.5, 0.5]])
+    if np.linalg.det(lin_f) < 0:  # keep the corners counter-clockwise
+        corners = corners[:, ::-1]
+    r0, r1 = radial_range
+    rc = np.hypot(cu, cw)
+    half = float(np.hypot(corners[0], corners[1]).max())
+    keep = (rc + half > r0) & (rc - half < r1)
     if mask is not None:
         keep &= ~mask.ravel()
-    pix = np.flatnonzero(keep)
-    # Sub-pixel count per pixel: a few samples across the narrowest bin dimension.
-    pix_size = half * np.sqrt(2)  # calibrated size of a pixel
-    width = np.full(pix.size, dr / pix_size)
-    if npt_azim > 1:
-        arc = np.maximum(rc[pix] - half, 0.25 * pix_size) * da / pix_size
-        width = np.minimum(width, arc)
-    s_pix = np.clip(np.ceil(4.0 / width), _S_MIN, _S_MAX).astype(np.int64)
-
-    ids, bins, vals = [], [], []
-    for s in np.unique(s_pix):
-        p = pix[s_pix == s]
-        off = (np.arange(s) + 0.5) / s - 0.5
-        oy, ox = np.meshgrid(off, off, indexing="ij")
-        x = cols[p][:, None] + ox.ravel()
-        y = rows[p][:, None] + oy.ravel()
-        su, sv = _corrected_offsets(x, y, center, affine, scale)
-        r = np.hypot(su, sv)
-        ir = np.floor((r - r0) / dr).astype(np.int64)
-        ir[r == r1] = npt - 1  # the stop of the range is inclusive
-        ok = (ir >= 0) & (ir < npt)
-        if npt_azim > 1 or azimuth_range != (-np.pi, np.pi):
-            phi = np.arctan2(sv, su)
-            phi[phi == -np.pi] = np.pi
-            ia = np.floor((phi - a0) / da).astype(np.int64)
-            ia[phi == a1] = npt_azim - 1
-            ok &= (ia >= 0) & (ia < npt_azim)
-            flat = ir * npt_azim + ia
-        else:
-            flat = ir
-        ids.append(np.broadcast_to(p[:, None], r.shape)[ok])
-        bins.append(flat[ok])
-        vals.append(np.full(int(ok.sum()), 1.0 / (s * s)))
-    ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    bins = np.concatenate(bins) if bins else np.zeros(0, np.int64)
-    vals = np.concatenate(vals) if vals else np.zeros(0)
-    nbins = npt * npt_azim
-    # COO -> CSC sums the duplicate (bin, pixel) samples.
-    matrix = sp.coo_array((vals, (bins, ids)), shape=(nbins, ny * nx)).tocsr()
     radial_edges = np.linspace(r0, r1, npt + 1)
-    azimuth_edges = np.linspace(a0, a1, npt_azim + 1)
-    det = abs(np.linalg.det(lin)) * abs(scale[0] * scale[1])
+    azimuth_edges = np.linspace(azimuth_range[0], azimuth_range[1], npt_azim + 1)
+    full_circle = npt_azim == 1 and azimuth_range[1] - azimuth_range[0] >= 2 * np.pi - 1e-12
+    bins, pix, vals = _pixel_split.split_pixels(
+        np.ascontiguousarray(cu),
+        np.ascontiguousarray(cw),
+        np.ascontiguousarray(corners[0]),
+        np.ascontiguousarray(corners[1]),
+        np.flatnonzero(keep).astype(np.int64),
+        radial_edges,
+        azimuth_edges,
+        full_circle,
+    )
+    # COO -> CSR (duplicates, from the two halves of a sector wider than pi, are summed).
+    matrix = sp.coo_array((vals, (bins, pix)), shape=(npt * npt_azim, ny * nx)).tocsr()
+    det = abs(np.linalg.det(lin_f))
     geo_area = 0.5 * np.diff(radial_edges**2)[:, None] * np.diff(azimuth_edges)[None, :] / det
     return AzimuthalWeights.from_matrix(
         matrix, radial_edges, azimuth_edges, shape, geometric_area=geo_area.ravel()
@@ -398,13 +467,15 @@ def as_native_frames(data, detector_shape):
     Parameters
     ----------
     data : ndarray, shape (..., rows, columns)
-        Frames of any real dtype (big-endian, e.g. ``>u2`` from Merlin files, is converted).
+        Frames of any real dtype (big-endian, e.g. ``>u2`` from Merlin files, is converted;
+        float16 is read as float32).
     detector_shape : tuple of 2 ints
 
     Returns
     -------
     (N, P) ndarray
-        A view when possible, else a copy (non-contiguous, non-native or boolean input).
+        A view when possible, else a copy (non-contiguous, non-native, boolean or float16
+        input).
 
     Raises
     ------
@@ -412,6 +483,15 @@ def as_native_frames(data, detector_shape):
         If the trailing dimensions are not ``detector_shape``.
     TypeError
         If the dtype is not real numeric.
+
+    Examples
+    --------
+    >>> frames = np.arange(2 * 3 * 4, dtype=">u2").reshape(2, 3, 4)  # big-endian
+    >>> flat = as_native_frames(frames, (3, 4))
+    >>> flat.shape, flat.dtype.isnative, int(flat[1, 0])
+    ((2, 12), True, 12)
+    >>> as_native_frames(np.ones((1, 3, 4), np.float16), (3, 4)).dtype
+    dtype('float32')
     """
     arr = np.asarray(data)
     if arr.shape[-2:] != tuple(detector_shape):
@@ -420,6 +500,9 @@ def as_native_frames(data, detector_shape):
         )
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    elif arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
+        # The kernels have no half-precision loops: read float16 as float32 (exact).
+        arr = arr.astype(np.float32)
     _check_dtype(arr.dtype)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -502,6 +585,15 @@ def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
     dask.array.Array
         ``darr`` itself when nothing needs changing, else a rechunked array; each change is
         logged once at INFO level.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> darr = da.zeros((1000, 64, 64), chunks=(10, 32, 32))  # split frames, tiny chunks
+    >>> prepare_chunks(darr).chunks[1:]  # whole frames
+    ((64,), (64,))
+    >>> prepare_chunks(darr).numblocks[0] < darr.numblocks[0]  # merged navigation chunks
+    True
     """
     min_chunk_bytes = MIN_CHUNK_BYTES if min_chunk_bytes is None else min_chunk_bytes
     target_chunk_bytes = TARGET_CHUNK_BYTES if target_chunk_bytes is None else target_chunk_bytes
@@ -543,6 +635,15 @@ def integrate_dask(darr, weights, mean=False, dtype=np.float64):
     Returns
     -------
     dask.array.Array, shape (..., npt) or (..., npt, npt_azim)
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> frames = da.ones((6, 16, 16), chunks=(2, 16, 16))
+    >>> out = integrate_dask(frames, w, mean=True)
+    >>> out.shape, out.compute().round(6)[0].tolist()
+    ((6, 4), [1.0, 1.0, 1.0, 1.0])
     """
     import dask
     import dask.array as da

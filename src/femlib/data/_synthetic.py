@@ -14,6 +14,9 @@ _BACKGROUND = ((30.0, 1.5), (9.0, 10.0))  # amplitude, decay length (nm^-1)
 _RINGS = ((2.0, 2.6, 0.30), (12.0, 4.3, 0.35), (4.0, 7.4, 0.50))  # amplitude, k, sigma
 # Structural modulation components: k_j (nm^-1), v_j (variance), w_j (nm^-1).
 _MODULATION = ((3.7, 0.004, 0.30), (4.6, 0.007, 0.35), (7.0, 0.003, 0.50))
+# The right half of the scan with ``two_regions=True``: another structure (same number of
+# components, so the random draws are the same).
+_MODULATION_RIGHT = ((3.9, 0.002, 0.30), (5.0, 0.010, 0.40), (7.3, 0.004, 0.50))
 
 _DEFAULT_DOSE = 3.4e5  # electrons per frame over the whole diffraction plane
 _DEFAULT_ROTATION = float(np.deg2rad(30.0))  # radians
@@ -245,6 +248,7 @@ def synthetic_fem(
     dtype="float32",
     lazy=False,
     chunks=None,
+    two_regions=False,
 ):
     r"""Simulate a 4D-STEM FEM dataset of an amorphous film, with its ground truth.
 
@@ -340,6 +344,13 @@ def synthetic_fem(
     chunks : int or tuple of 4 int or None, default None
         Lazy only: scan rows per chunk (an int, or ``(rows, nx, ny_det, nx_det)`` with whole
         scan rows). None aims at about 48 MB per chunk.
+    two_regions : bool, default False
+        Give the right half of the scan (columns ``>= nx // 2``) another structure: the
+        modulation components (3.9, 0.002, 0.30), (5.0, 0.010, 0.40), (7.3, 0.004, 0.50)
+        instead of the ones above (the left half keeps them). The per-region truth is in
+        ``metadata.Simulation``: ``region`` (scan shaped, 0 = left, 1 = right),
+        ``region_components`` ((2, J, 3)) and ``region_variance`` ((2, len(k))); then
+        ``variance`` and ``modulation_components`` describe the left region.
 
     Returns
     -------
@@ -434,6 +445,17 @@ def synthetic_fem(
         )
     dead = np.sort(rng.choice(candidates, size=_N_DEAD_PIXELS, replace=False))
     coefficients = coefficients[:, : len(components)]
+    region = np.zeros(navigation_shape, np.int64)
+    if two_regions:
+        region[:, navigation_shape[1] // 2 :] = 1
+        right = np.array(_MODULATION_RIGHT if modulation else [], dtype=float).reshape(-1, 3)
+        # Each frame drives only its own region's components (same draws as one region).
+        in_right = region.ravel()[:, None] == 1
+        coefficients = np.concatenate(
+            [np.where(in_right, 0.0, coefficients), np.where(in_right, coefficients, 0.0)], axis=1
+        )
+        region_components = np.stack([components, right])
+        components = np.concatenate([components, right])
 
     # Mean pattern and modulation basis per pixel, averaged over sub-pixel samples.
     offsets = (np.arange(_SUBPIXELS) - (_SUBPIXELS - 1) / 2) / _SUBPIXELS
@@ -530,8 +552,10 @@ def synthetic_fem(
         "thickness": thickness,
         "mean_thickness": _MEAN_THICKNESS,
         "k": k_grid,
-        "variance": _true_variance(k_grid, components),
-        "modulation_components": components,
+        "variance": _true_variance(
+            k_grid, components[: len(components) // (2 if two_regions else 1)]
+        ),
+        "modulation_components": components[: len(components) // (2 if two_regions else 1)],
         "mean_pattern": base.reshape(detector_shape),
         "beam_stop_mask": mask.reshape(detector_shape),
         "dead_pixels": np.stack([dead_yx[1], dead_yx[0]], axis=1),
@@ -539,6 +563,13 @@ def synthetic_fem(
         "thickness_gradient": bool(thickness_gradient),
         "seed": seed,
     }
+    if two_regions:
+        truth["two_regions"] = True
+        truth["region"] = region
+        truth["region_components"] = region_components
+        truth["region_variance"] = np.stack(
+            [_true_variance(k_grid, c) for c in region_components]
+        )
     for key, value in truth.items():
         s.metadata.set_item(f"Simulation.{key}", value)
     return s

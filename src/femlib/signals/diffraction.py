@@ -10,6 +10,7 @@ from hyperspy.defaults_parser import preferences
 from hyperspy.signal import BaseSignal
 from hyperspy.signals import LazySignal1D, Signal1D
 
+from femlib import groups as _groups
 from femlib import integration
 from femlib import thickness as _thickness
 from femlib import variance as _variance
@@ -197,7 +198,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             Radial range in the signal's calibrated units (e.g. ``nm^-1``); default from 0
             to the detector corner farthest from the centre.
         azimuth_range : (float, float) or None
-            Azimuthal range in radians within ``[-pi, pi]``; it restricts the integration
+            Azimuthal range in radians within ``[-pi, pi]`` or ``[0, 2pi]`` (pyxem's azimuth:
+            0 along +x, counter-clockwise on screen); it restricts the integration
             itself, not only the axis. Default: the full circle.
         mask : bool array, boolean Signal2D or None
             True = excluded pixel (e.g. ``summed < 10000``). Default: ``calibration.mask``.
@@ -213,7 +215,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         Returns
         -------
         FEMPolar2D or LazyFEMPolar2D
-            Signal axes ``Radians`` (x, bin centres in ``(-pi, pi]``) and ``Radius`` (y, bin
+            Signal axes ``Radians`` (x, bin centres within ``azimuth_range``) and ``Radius`` (y, bin
             centres, calibrated units); float32 data. ``metadata.FEM.coverage`` holds the
             covered fraction of every bin (0 for bins off the detector, whose value is 0).
 
@@ -256,7 +258,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             else (default) the pixel-split weighted sum.
         azimuth_range : (float, float) or None
             Restrict the integration to this azimuthal sector (radians, within
-            ``[-pi, pi]``).
+            ``[-pi, pi]`` or ``[0, 2pi]``, pyxem's azimuth).
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
@@ -370,6 +372,9 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         thickness=None,
         bins=None,
         show_progressbar=None,
+        subtract_nonuniformity=False,
+        groups=None,
+        tiles=None,
     ):
         """Normalized variance ``V(k)`` of the diffracted intensity (FEM), in one pass.
 
@@ -396,18 +401,40 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             computed inside every bin in the same pass.
         show_progressbar : bool or None
             Default: HyperSpy's preference.
+        subtract_nonuniformity : bool
+            Subtract the static within-ring non-uniformity of the mean pattern from ``r``
+            and ``re`` (see :func:`femlib.variance.estimate`); other methods unchanged.
+        groups : array_like of int, optional
+            One label per probe position (navigation shaped; -1 = left out): one ``V(k)``
+            per label from the same pass (see :mod:`femlib.groups`). Not together with
+            ``thickness`` or ``tiles``.
+        tiles : (int, int), optional
+            ``(ty, tx)`` probe positions per scan tile: one ``V(k)`` per tile (a map), and
+            per thickness bin inside each tile when ``thickness``/``bins`` are given. Edge
+            tiles are smaller when the scan is not a multiple of the tile size.
 
         Returns
         -------
         FEMVariance1D
-            Signal axis ``Radius``. Navigation axes: ``Thickness`` (bin centres, nm) when
-            binned, ``Method`` when several methods are asked for. ``metadata.FEM`` holds
+            Signal axis ``Radius``. Navigation axes, in array order: with ``tiles`` two
+            axes named and calibrated like the scan's (rows, columns; values at the tile
+            centres, non-uniform when the edge tiles are smaller); ``Group`` (the
+            labels) with ``groups``; ``Thickness`` (bin centres, nm) when binned;
+            ``Method`` when several methods are asked for. With ``groups`` or bins,
+            ``metadata.FEM`` has ``counts`` per group and ``combined`` (with ``tiles``: per
+            tile); with ``tiles``, ``tile_counts`` (patterns per tile). Groups or tiles
+            with fewer than 2 patterns are left out (groups) or NaN in the map (tiles),
+            with a warning. ``metadata.FEM.jackknife`` holds the leave-one-block-out
+            curves (blocks first) used by :meth:`FEMVariance1D.find_peaks`. ``metadata.FEM`` holds
             ``method``, ``gain``, ``npt``, ``radial_range``, ``number_of_patterns``,
             ``Calibration`` (the centre and affine used),
             ``standard_error`` (jackknife, shape of the data) and, when binned,
             ``thickness_edges``, ``counts``, ``labels``, ``combined`` and
             ``combined_standard_error`` (frame-weighted mean over the bins; also
-            :meth:`FEMVariance1D.combined`). The result is computed (not lazy) for lazy
+            :meth:`FEMVariance1D.combined`). When ``r`` or ``re`` is asked for, also
+            ``ring_nonuniformity`` and ``ring_nonuniformity_standard_error`` (per radial
+            bin, and per thickness bin when binned, plus ``combined_ring_nonuniformity``)
+            and ``subtract_nonuniformity``. The result is computed (not lazy) for lazy
             input too: a few hundred numbers from one streaming pass.
 
         Raises
@@ -431,11 +458,18 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         """
         methods = _variance.check_method(method)
         gain = _variance.check_gain(gain)
+        if not isinstance(subtract_nonuniformity, (bool, np.bool_)):
+            raise TypeError(
+                f"subtract_nonuniformity must be True or False, got {subtract_nonuniformity!r}"
+            )
         w = self._weights(npt, 1, radial_range, None, mask)
         _check_no_empty_bins(w)
         index, edges = self._thickness_groups(thickness, bins)
+        layout = self._group_layout(groups, tiles, index, edges)
         excluded = self._navigation_mask(navigation_mask)
         n_groups = 1 if edges is None else edges.size - 1
+        if layout is not None:
+            index, n_groups = layout["labels"], layout["n_groups"]
         groups = np.zeros(excluded.shape, np.int64) if index is None else index.copy()
         groups[excluded] = -1
         states = _variance.frame_states(groups.size, groups.ravel(), n_groups)
@@ -475,11 +509,48 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                     f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
                     "use fewer or wider bins"
                 )
-        res = _variance.estimate(moments, w, methods, gain)
+        res = _variance.estimate(
+            moments, w, methods, gain, subtract_nonuniformity=subtract_nonuniformity
+        )
         _variance.warn_undefined(res, w.radial_centers)
-        return self._variance_signal(res, w, methods, method, gain, edges)
+        result = self._variance_signal(res, w, methods, method, gain, edges, layout)
+        binned = edges is not None or layout is not None
+        _store_nonuniformity(result, res, binned, subtract_nonuniformity)
+        return result
 
-    def _variance_signal(self, res, w, methods, method, gain, edges):
+    def _group_layout(self, groups, tiles, index, edges):
+        """Labels of the user's groups or of the scan tiles (x thickness bins), or None."""
+        if groups is None and tiles is None:
+            return None
+        nav_shape = tuple(self.axes_manager._navigation_shape_in_array)
+        if groups is not None:
+            if tiles is not None or edges is not None:
+                raise ValueError(
+                    "groups cannot be combined with tiles or thickness bins: fold them into "
+                    "the labels (e.g. region * n_bins + bin)"
+                )
+            labels, n = _groups.check_groups(groups, nav_shape)
+            return {"kind": "groups", "labels": labels, "n_groups": n}
+        labels, grid = _groups.tile_labels(nav_shape, tiles)
+        n_bins = 1 if edges is None else edges.size - 1
+        if edges is not None:
+            labels = _groups.combine_labels(labels, index, n_bins)
+        nav = self.axes_manager.navigation_axes  # x first; array order is y, x
+        y, x = _groups.tile_centers(
+            nav_shape, tiles, (nav[1].offset, nav[0].offset), (nav[1].scale, nav[0].scale)
+        )
+        return {
+            "kind": "tiles",
+            "labels": labels,
+            "n_groups": grid[0] * grid[1] * n_bins,
+            "grid": grid,
+            "n_bins": n_bins,
+            "tiles": tuple(int(t) for t in tiles),
+            "centers": (y, x),
+            "axes": [(ax.name, ax.units) for ax in (nav[1], nav[0])],
+        }
+
+    def _variance_signal(self, res, w, methods, method, gain, edges, layout=None):
         single = len(methods) == 1
         fem = {
             "method": methods[0] if single else list(methods),
@@ -493,10 +564,15 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 "affine": np.eye(3) if self.calibration.affine is None else self.calibration.affine,
             },
         }
+        if layout is not None:
+            return self._grouped_variance_signal(res, w, methods, fem, edges, layout)
         v, se = res["variance"], res["standard_error"]  # (G, M, K)
+        # Leave-one-block-out estimates, blocks first: (B, G, M, K).
+        jack = np.moveaxis(res["jackknife"], 1, 0) if "jackknife" in res else None
         axes = []
         if edges is None:
             v, se = v[0], se[0]
+            jack = None if jack is None else jack[:, 0]
         else:
             used = res["used_groups"]
             empty = np.flatnonzero(~used)
@@ -510,6 +586,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 )
             centres = 0.5 * (edges[1:] + edges[:-1])[used]
             v, se = v[used], se[used]
+            jack = None if jack is None else jack[:, used]
             fem.update(
                 thickness_edges=np.asarray(edges),
                 counts=res["counts"],
@@ -522,13 +599,19 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                     else res["combined_standard_error"]
                 ),
             )
+            if "combined_jackknife" in res:
+                cj = res["combined_jackknife"]
+                fem["combined_jackknife"] = cj[:, 0] if single else cj
             axes.append(_nav_axis("Thickness", "nm", centres))
         if single:
             v, se = v[..., 0, :], se[..., 0, :]
+            jack = None if jack is None else jack[..., 0, :]
         else:
             axes.append(
                 {"name": "Method", "size": len(methods), "units": "", "navigate": True}
             )
+        if jack is not None:
+            fem["jackknife"] = jack
         radius = self._radius_axis(w)
         radius["navigate"] = False
         md = {
@@ -540,6 +623,116 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
         result._set_standard_error(se)
         return result
+
+    def _grouped_variance_signal(self, res, w, methods, fem, edges, layout):
+        """Wrap per-group (``Group`` axis) or per-tile (map) estimates; see get_variance."""
+        single = len(methods) == 1
+        counts, used = res["counts"], res["used_groups"]
+        v, se = res["variance"].copy(), res["standard_error"].copy()  # (G, M, K)
+        jack = np.moveaxis(res["jackknife"], 1, 0)  # (B, G, M, K)
+        axes = []
+        extra = {}
+        if layout["kind"] == "groups":
+            names = [f"group {g} (n={int(n)})" for g, n in enumerate(counts)]
+            empty = np.flatnonzero(~used)
+            if empty.size:
+                warnings.warn(
+                    "group(s) with fewer than 2 patterns are left out: "
+                    + ", ".join(names[g] for g in empty),
+                    UserWarning,
+                    stacklevel=4,
+                )
+            ids = np.flatnonzero(used)
+            v, se, jack = v[used], se[used], jack[:, used]
+            extra = {
+                "groups": ids,
+                "counts": counts,
+                "labels": [names[g] for g in ids],
+                "empty_groups": [names[g] for g in empty],
+                "combined": res["combined"],
+                "combined_standard_error": res["combined_standard_error"],
+                "combined_jackknife": res["combined_jackknife"],
+            }
+            axes.append(_nav_axis("Group", "", ids))
+        else:
+            nty, ntx = layout["grid"]
+            nb = layout["n_bins"]
+            cell = (nty, ntx) if edges is None else (nty, ntx, nb)
+            v[~used], se[~used], jack[:, ~used] = np.nan, np.nan, np.nan
+            bad = np.argwhere(~used.reshape(cell))
+            if bad.size:
+                where = ", ".join(str(tuple(int(i) for i in b)) for b in bad[:8])
+                warnings.warn(
+                    f"{len(bad)} tile{'' if edges is None else ' x thickness bin'} cell(s) "
+                    f"with fewer than 2 patterns are NaN in the map: {where}"
+                    + (" ..." if len(bad) > 8 else ""),
+                    UserWarning,
+                    stacklevel=4,
+                )
+            v, se = v.reshape(cell + v.shape[1:]), se.reshape(cell + se.shape[1:])
+            jack = jack.reshape((jack.shape[0],) + cell + jack.shape[2:])
+            (yname, yunits), (xname, xunits) = layout["axes"]
+            y, x = layout["centers"]
+            axes.append(_nav_axis(_axis_name(yname, "y"), yunits, y))
+            axes.append(_nav_axis(_axis_name(xname, "x"), xunits, x))
+            extra = {
+                "tiles": layout["tiles"],
+                "tile_counts": counts.reshape(nty, ntx, nb).sum(-1),
+                "counts": counts.reshape(cell),
+            }
+            if edges is not None:
+                comb, comb_se, comb_j = _groups.combine_within(
+                    res["variance"], res["jackknife"], counts, nty * ntx
+                )
+                shape = (nty, ntx) + comb.shape[1:]
+                extra.update(
+                    thickness_edges=np.asarray(edges),
+                    labels=[f"{a:.1f}\u2013{b:.1f} nm" for a, b in zip(edges[:-1], edges[1:],
+                                                                     strict=True)],
+                    combined=comb.reshape(shape),
+                    combined_standard_error=comb_se.reshape(shape),
+                    combined_jackknife=comb_j.reshape((comb_j.shape[0],) + shape),
+                )
+                axes.append(_nav_axis("Thickness", "nm", 0.5 * (edges[1:] + edges[:-1])))
+        if single:
+            v, se, jack = v[..., 0, :], se[..., 0, :], jack[..., 0, :]
+            for key in ("combined", "combined_standard_error", "combined_jackknife"):
+                if key in extra:
+                    extra[key] = extra[key][..., 0, :]
+        else:
+            axes.append({"name": "Method", "size": len(methods), "units": "", "navigate": True})
+        fem.update(extra, jackknife=jack)
+        radius = self._radius_axis(w)
+        radius["navigate"] = False
+        md = {
+            "General": {"title": _title("V(k)", self)},
+            "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
+            "FEM": fem,
+        }
+        result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
+        result._set_standard_error(se)
+        return result
+
+
+def _axis_name(name, default):
+    name = str(name)
+    return default if not name or "undefined" in name else name
+
+
+def _store_nonuniformity(result, res, binned, subtracted):
+    """``metadata.FEM.ring_nonuniformity`` (and its error) when the estimate holds it."""
+    if res["ring_nonuniformity"] is None:
+        return
+    used = res["used_groups"] if binned else [0]
+    fem = result.metadata.FEM
+    fem.ring_nonuniformity = res["ring_nonuniformity"][used]
+    fem.ring_nonuniformity_standard_error = res["ring_nonuniformity_standard_error"][used]
+    fem.subtract_nonuniformity = bool(subtracted)
+    if binned:
+        fem.combined_ring_nonuniformity = res["combined_ring_nonuniformity"]
+    else:
+        fem.ring_nonuniformity = fem.ring_nonuniformity[0]
+        fem.ring_nonuniformity_standard_error = fem.ring_nonuniformity_standard_error[0]
 
 
 def _warn_off_detector(geo, weights):

@@ -9,7 +9,8 @@ __all__ = ["FEMPolar2D", "LazyFEMPolar2D"]
 class FEMPolar2D(Signal2D):
     """Polar transform of diffraction patterns.
 
-    Signal axes: ``Radians`` (x, azimuth in ``(-pi, pi]``, 0 along +x of the detector) and
+    Signal axes: ``Radians`` (x, azimuth as in pyxem: 0 along +x of the detector,
+    counter-clockwise on screen; bin centres in the ``azimuth_range`` asked for) and
     ``Radius`` (y, in the detector's calibrated units, bin centres). ``s.isig[:, 2.0:8.0]``
     therefore selects a radial range.
     """

@@ -1,5 +1,7 @@
 """``FEMVariance1D``: the normalized variance V(k) with its standard error."""
 
+import warnings
+
 import numpy as np
 from hyperspy._signals.lazy import LazySignal
 from hyperspy._signals.signal1d import Signal1D
@@ -7,6 +9,15 @@ from hyperspy._signals.signal1d import Signal1D
 __all__ = ["FEMVariance1D", "LazyFEMVariance1D"]
 
 _VAR_KEY = "Signal.Noise_properties.variance"
+
+
+def _radial_label(axis):
+    """``"k (nm^-1)"`` for a calibrated radial axis, ``"radius (px)"`` for pixels."""
+    units = getattr(axis, "units", None)
+    units = "" if units is None else str(units).strip()
+    if units.lower() in ("", "<undefined>", "undefined", "px", "pixel", "pixels"):
+        return "radius (px)"
+    return f"k ({units})"
 
 
 class FEMVariance1D(Signal1D):
@@ -81,7 +92,7 @@ class FEMVariance1D(Signal1D):
         fem = self._fem()
         per_axis = []
         for ax in self.axes_manager.navigation_axes:
-            if ax.name == "Thickness" and fem.get("labels") is not None:
+            if ax.name in ("Thickness", "Group") and fem.get("labels") is not None:
                 labs = list(fem["labels"])
             elif ax.name == "Method" and fem.get("methods") is not None:
                 labs = list(fem["methods"])
@@ -101,12 +112,14 @@ class FEMVariance1D(Signal1D):
         ]
 
     def combined(self):
-        """Frame-weighted mean of the per-thickness-bin ``V(k)`` with its standard error.
+        """Frame-weighted mean of the per-thickness-bin (or per-group) ``V(k)`` with its
+        standard error.
 
         Returns
         -------
         FEMVariance1D
-            Navigation axes other than ``Thickness`` are kept (e.g. ``Method``).
+            Navigation axes other than ``Thickness``/``Group`` are kept (e.g. ``Method``,
+            or the tile axes of a map binned by thickness: one combined V per tile).
 
         Raises
         ------
@@ -119,44 +132,88 @@ class FEMVariance1D(Signal1D):
         axes = [
             ax.get_axis_dictionary()
             for ax in self.axes_manager._axes
-            if ax.name != "Thickness"
+            if ax.name not in ("Thickness", "Group")
         ]
         md = self.metadata.as_dictionary()
-        md["General"]["title"] = f"{self.metadata.General.title} (thickness-bin average)"
+        what = "group" if "Group" in [ax.name for ax in self.axes_manager._axes] else (
+            "thickness-bin"
+        )
+        md["General"]["title"] = f"{self.metadata.General.title} ({what} average)"
         md.get("Signal", {}).pop("Noise_properties", None)
-        for key in ("labels", "combined", "combined_standard_error", "standard_error"):
+        for key in ("labels", "combined", "combined_standard_error", "standard_error",
+                    "jackknife", "combined_jackknife"):
             md["FEM"].pop(key, None)
+        if fem.get("combined_jackknife") is not None:
+            md["FEM"]["jackknife"] = np.asarray(fem["combined_jackknife"])
         out = type(self)(np.asarray(fem["combined"]), axes=axes, metadata=md)
         out._set_standard_error(fem["combined_standard_error"])
         return out
 
     def plot(self, *args, error_band=True, **kwargs):
-        """Plot ``V(k)`` with a shaded ±1 standard-error band.
+        """Plot ``V(k)`` as HyperSpy does, with a shaded ±1 standard-error band.
 
-        With no navigation axis this is HyperSpy's interactive plot plus the band. With
-        navigation axes (thickness bins, methods) all curves are drawn on one matplotlib
-        axes with a legend (labels like ``17.0–18.0 nm (n=812)``).
+        This is :meth:`hyperspy.signal.BaseSignal.plot`: every HyperSpy argument works
+        (``navigator="slider"``, ``navigator=None``, ``axes_manager=...``, ``color`` ...).
+        With navigation axes (thickness bins, methods, scan tiles) the navigator browses
+        the curves and the band follows the curve shown. The band is drawn with the same
+        step style as the line (``steps-mid``: flat across each radial bin). To draw all
+        curves on one axes with a legend, use :meth:`plot_curves`.
 
         Parameters
         ----------
-        error_band : bool
-            Shade ±1 standard error.
         *args, **kwargs
-            Passed to HyperSpy's ``plot`` (no navigation axis) or used as ``ax`` (a
-            matplotlib axes to draw on) for several curves.
+            Passed to HyperSpy's ``plot``.
+        error_band : bool
+            Shade ±1 standard error around the curve shown (nothing is shaded when the
+            signal holds no standard error).
 
         Returns
         -------
-        matplotlib.axes.Axes or None
+        None
+
+        Examples
+        --------
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8))
+        >>> s.calibration.center = s.metadata.Simulation.center
+        >>> t = s.metadata.HAADF.intensity
+        >>> per_bin = s.get_variance(npt=20, gain=4.2, radial_range=(3.0, 5.5),
+        ...                          thickness=t, bins=2, show_progressbar=False)
+        >>> per_bin.plot(navigator="slider")
+        >>> per_bin.axes_manager.indices = (1,)  # the band follows to the second bin
         """
-        if self.axes_manager.navigation_dimension == 0:
-            super().plot(*args, **kwargs)
-            if error_band:
-                ax = self._plot.signal_plot.ax
-                self._band(ax, self.data, self._se_or_none(), color="C0")
-                ax.figure.canvas.draw_idle()
+        super().plot(*args, **kwargs)
+        signal_plot = self._plot.signal_plot
+        ax = signal_plot.ax
+        if not self.metadata.has_item("Signal.quantity"):
+            ax.set_ylabel(self._quantity())  # HyperSpy would say "Intensity"
+        se = self._se_or_none() if error_band else None
+        if se is None:
             return None
-        return self.plot_curves(error_band=error_band, **kwargs)
+        line = signal_plot.ax_lines[0].line
+        axes_manager = self._plot.axes_manager
+        state = {"band": None}
+
+        def draw_band(*_args, **_kwargs):
+            if state["band"] is not None:
+                state["band"].remove()
+            # HyperSpy's indices are in navigation-axis order, the array's are reversed.
+            index = tuple(axes_manager.indices[::-1])
+            v = np.asarray(self.data[index], dtype=float)
+            state["band"] = self._band(
+                ax, v, se[index], line.get_color(), line.get_drawstyle()
+            )
+            ax.figure.canvas.draw_idle()
+
+        draw_band()
+        if axes_manager.navigation_dimension:
+            axes_manager.events.indices_changed.connect(draw_band, [])
+
+            def disconnect():
+                axes_manager.events.indices_changed.disconnect(draw_band)
+
+            signal_plot.events.closed.connect(disconnect, [])
+        return None
 
     def _se_or_none(self):
         try:
@@ -164,46 +221,230 @@ class FEMVariance1D(Signal1D):
         except ValueError:
             return None
 
-    def _band(self, ax, v, se, color):
+    def _band(self, ax, v, se, color, drawstyle="steps-mid"):
+        """Shade ``v ± se`` on ``ax`` with the step style of a line of ``drawstyle``."""
         if se is None:
-            return
+            return None
+        # fill_between's step names: a "steps-mid" line has its jumps halfway between
+        # points, which is step="mid"; "steps"/"steps-pre" is "pre"; "default" is linear.
+        step = {
+            "steps-mid": "mid",
+            "steps-pre": "pre",
+            "steps": "pre",
+            "steps-post": "post",
+        }.get(drawstyle)
         k = self.axes_manager.signal_axes[0].axis
-        ax.fill_between(k, v - se, v + se, color=color, alpha=0.25, lw=0)
+        return ax.fill_between(
+            k, v - se, v + se, color=color, alpha=0.25, lw=0, step=step,
+            label="_±1 standard error",
+        )
 
-    def plot_curves(self, ax=None, error_band=True):
-        """Draw every curve with its error band and a legend on one matplotlib axes.
+    def plot_curves(self, ax=None, error_band=True, legend="auto"):
+        """Draw every curve with its error band on one matplotlib axes, with a legend.
+
+        Each curve is drawn as HyperSpy draws a spectrum (``steps-mid``: flat across each
+        radial bin) and its ±1 standard-error band with the same steps. The x axis is
+        labelled with the radial axis' units (``px`` when the data are uncalibrated),
+        the y axis ``V(k)``.
 
         Parameters
         ----------
         ax : matplotlib.axes.Axes or None
             Axes to draw on; a new figure when None.
         error_band : bool
+            Shade ±1 standard error around every curve.
+        legend : "auto", bool
+            Show a legend of :meth:`curve_labels` (placed where it hides the fewest data
+            points). ``"auto"``: when there are at most 12 curves.
 
         Returns
         -------
         matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8))
+        >>> s.calibration.center = s.metadata.Simulation.center
+        >>> v = s.get_variance(npt=20, gain=4.2, radial_range=(3.0, 5.5),
+        ...                    show_progressbar=False)
+        >>> ax = v.plot_curves()
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('k (nm^-1)', 'V(k)')
         """
         import matplotlib.pyplot as plt
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6.4, 4.2))
         k_axis = self.axes_manager.signal_axes[0]
-        v = self.data.reshape(-1, k_axis.size)
+        v = np.asarray(self.data, dtype=float).reshape(-1, k_axis.size)
         se = self._se_or_none()
         se = None if se is None else se.reshape(v.shape)
-        for i, label in enumerate(self.curve_labels()):
+        labels = self.curve_labels()
+        for i, label in enumerate(labels):
             color = f"C{i % 10}"
-            ax.plot(k_axis.axis, v[i], color=color, label=label)
+            ax.plot(k_axis.axis, v[i], color=color, label=label or f"curve {i}",
+                    drawstyle="steps-mid")
             if error_band and se is not None:
-                self._band(ax, v[i], se[i], color)
+                self._band(ax, v[i], se[i], color, "steps-mid")
         ax.axhline(0, color="0.6", lw=0.8)
-        units = k_axis.units if k_axis.units and "undefined" not in str(k_axis.units) else ""
-        ax.set_xlabel(f"k ({units})" if units else "k")
-        ax.set_ylabel("V(k)")
+        ax.set_xlabel(_radial_label(k_axis))
+        ax.set_ylabel(self._quantity())
         ax.set_title(self.metadata.General.title)
-        ax.legend(fontsize="small")
+        if legend is True or (legend == "auto" and len(labels) <= 12 and any(labels)):
+            ax.legend(fontsize="small", loc="best")
         return ax
+
+    def _quantity(self):
+        return self.metadata.get_item("Signal.quantity") or "V(k)"
 
 
 class LazyFEMVariance1D(LazySignal, FEMVariance1D):
     """Lazy (dask-backed) :class:`FEMVariance1D`."""
+
+
+# find_peaks is defined here and attached below (not inside the class body) to keep this
+# addition apart from the plotting methods; it is an ordinary method of FEMVariance1D.
+def _find_peaks(self, n_peaks=None, positions=None, k_range=None, background_order=1,
+                errors="auto", min_significance=3.0):
+    """Fit the peaks of every ``V(k)`` curve: positions, heights and widths with errors.
+
+    Each curve (every thickness bin, group, tile and method of this result) is fitted with
+    Gaussian peaks on a polynomial background, ``V(k) = b(k) + sum_i h_i exp(-4 ln2
+    (k - k_i)^2 / f_i^2)``, by HyperSpy's least-squares model fitting weighted by the stored
+    standard errors (``metadata.Signal.Noise_properties.variance``), using HyperSpy's
+    ``GaussianHF`` and ``Offset``/``Polynomial`` components.
+
+    Parameters
+    ----------
+    n_peaks : int or None
+        Number of peaks per curve when ``positions`` is None: the ``n_peaks`` most prominent
+        local maxima. None keeps every maximum more prominent than ``min_significance``
+        standard errors.
+    positions : sequence of float or None
+        Starting positions of the peaks (calibrated units, e.g. ``nm^-1``), the same for
+        every curve; overrides the automatic search.
+    k_range : (float, float) or None
+        Fit only inside this radial range.
+    background_order : int
+        0 = constant offset, 1 = linear (default), ... polynomial background.
+    errors : {"auto", "jackknife", "fit"}
+        ``"jackknife"`` refits every leave-one-block-out curve stored by
+        :meth:`FEMDiffraction2D.get_variance` (``metadata.FEM.jackknife``) and takes the
+        spread of the parameters: this accounts for V(k) errors that are correlated across
+        k (the structural fluctuations are) and is calibrated on synthetic data.
+        ``"fit"`` uses HyperSpy's parameter errors (weighted-fit covariance times the
+        reduced chi-square), which treat the points as independent and come out too small
+        when they are not. ``"auto"``: jackknife when the replicates match the data.
+    min_significance : float
+        Prominence, in standard errors, for an automatically found peak.
+
+    Returns
+    -------
+    PeakTable
+        A list of dicts, one per peak and curve, with keys ``curve`` (flat index in
+        navigation order), ``label`` (:meth:`curve_labels`), ``peak`` (0, 1, ... by
+        position), ``position``, ``height``, ``fwhm`` (calibrated units; height in V units)
+        and their standard errors ``position_se``, ``height_se``, ``fwhm_se``, and
+        ``converged`` (bool) with ``message``. A curve whose fit fails (or that has no
+        peak, ``peak = -1``) keeps its rows with ``converged=False``, NaN values and the
+        reason, and a warning names it. ``print(table)`` shows it aligned,
+        ``table.to_csv(path)`` writes CSV; ``table.errors`` tells which errors were used.
+
+    Raises
+    ------
+    ValueError
+        For bad ``errors``, ``n_peaks``, ``background_order`` or ``positions``, or
+        ``errors="jackknife"`` without stored replicates.
+
+    Examples
+    --------
+    >>> import femlib
+    >>> s = femlib.data.synthetic_fem(navigation_shape=(12, 12), detector_shape=(64, 64),
+    ...                               scale=0.28, seed=2, thickness_gradient=False)
+    >>> s.calibration.center = s.metadata.Simulation.center
+    >>> s.calibration.affine = s.metadata.Simulation.affine
+    >>> v = s.get_variance(npt=40, gain=4.2, radial_range=(3.0, 8.0),
+    ...                    mask=s.metadata.Simulation.beam_stop_mask,
+    ...                    show_progressbar=False)
+    >>> table = v.find_peaks(positions=[3.7, 4.6, 7.0])
+    >>> [round(row["position"], 1) for row in table]
+    [3.7, 4.6, 7.0]
+    """
+    from femlib.signals import _peaks
+
+    if errors not in ("auto", "jackknife", "fit"):
+        raise ValueError(f"errors must be 'auto', 'jackknife' or 'fit', got {errors!r}")
+    if n_peaks is not None and (
+        isinstance(n_peaks, bool) or not isinstance(n_peaks, (int, np.integer)) or n_peaks < 1
+    ):
+        raise ValueError(f"n_peaks must be a positive integer or None, got {n_peaks!r}")
+    if isinstance(background_order, bool) or not isinstance(
+        background_order, (int, np.integer)
+    ) or background_order < 0:
+        raise ValueError(
+            f"background_order must be a non-negative integer, got {background_order!r}"
+        )
+    k_axis = self.axes_manager.signal_axes[0]
+    k = k_axis.axis
+    if positions is not None:
+        try:
+            positions = np.asarray(positions, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"positions must be a sequence of radii, got {positions!r}"
+            ) from None
+        if positions.size == 0 or not np.all(np.isfinite(positions)) or (
+            positions.min() < k[0] or positions.max() > k[-1]
+        ):
+            raise ValueError(
+                f"positions must be finite radii within [{k[0]:.4g}, {k[-1]:.4g}], "
+                f"got {positions.tolist()}"
+            )
+    v = np.asarray(self.data, dtype=float).reshape(-1, k.size)
+    se = self.standard_error.reshape(v.shape)
+    jack = self.metadata.get_item("FEM.jackknife")
+    has_jack = jack is not None and np.shape(jack)[1:] == self.data.shape
+    if errors == "jackknife" and not has_jack:
+        raise ValueError(
+            "errors='jackknife' needs metadata.FEM.jackknife matching the data (the "
+            "result of get_variance or combined(), not a slice or split part)"
+        )
+    use_jack = has_jack and errors != "fit"
+    reps = np.asarray(jack, dtype=float).reshape(-1, *v.shape) if use_jack else None
+    labels = self.curve_labels()
+    if len(labels) != v.shape[0]:
+        labels = [str(i) for i in range(v.shape[0])]
+    axis = k_axis.get_axis_dictionary()
+    table = _peaks.PeakTable()
+    table.errors = "jackknife" if use_jack else "fit"
+    failed = []
+    for i in range(v.shape[0]):
+        if positions is None:
+            guesses = _peaks.guess_peaks(k, v[i], se[i], n_peaks, min_significance)
+        else:
+            guesses = _peaks.guess_at_positions(k, v[i], positions)
+        if not guesses:
+            rows = [dict(_peaks.empty_row(), message="no significant peak found")]
+            peak_ids = [-1]
+        else:
+            rows = _peaks.fit_peaks(
+                axis, v[i], se[i], guesses, background_order, k_range,
+                None if reps is None else reps[:, i],
+            )
+            peak_ids = range(len(rows))
+        for j, row in zip(peak_ids, rows, strict=True):
+            table.append({"curve": i, "label": labels[i], "peak": j, **row})
+        if not all(r["converged"] for r in rows):
+            failed.append(f"{labels[i]} ({rows[0]['message'] or 'see table'})")
+    if failed:
+        warnings.warn(
+            f"peak fit failed for {len(failed)} curve(s), flagged converged=False in the "
+            "table: " + "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""),
+            UserWarning,
+            stacklevel=2,
+        )
+    return table
+
+
+FEMVariance1D.find_peaks = _find_peaks
