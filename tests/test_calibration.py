@@ -395,7 +395,7 @@ def test_calibration_survives_copies_independently(lazy, copier):
     assert_calibrated(s)
 
 
-# ================================================================== moved from test_bad_input
+# ========================================================================= bad input
 def _centred(nav=(3,), det=(16, 16), seed=0):
     s = hs.signals.Signal2D(np.random.default_rng(seed).poisson(50, nav + det).astype(float))
     s.set_signal_type("fem_diffraction")

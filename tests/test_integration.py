@@ -546,7 +546,7 @@ def test_non_real_frames(dtype):
             variance.accumulate(frames, w, variance.frame_states(2))
 
 
-# ==================================== get_azimuthal_integral1d / 2d (from test_bad_input)
+# ============================================ get_azimuthal_integral1d / 2d: bad input
 # Hand-made frames with known answers: uniform frames D_n(p) = c_n integrate to c_n.
 DET = (16, 16)
 DET_CENTER = (7.5, 7.5)  # (x, y): the middle of the detector
