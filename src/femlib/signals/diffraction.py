@@ -231,9 +231,16 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
 
         Examples
         --------
-        >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
-        >>> polar = s.get_azimuthal_integral2d(npt=100)  # doctest: +SKIP
-        >>> polar.sum().isig[:, 2.0:8.0].plot()  # doctest: +SKIP
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(4, 4))
+        >>> sim = s.metadata.Simulation
+        >>> s.calibration.center, s.calibration.affine = sim.center, sim.affine
+        >>> polar = s.get_azimuthal_integral2d(npt=100, show_progressbar=False)
+        >>> polar.axes_manager.signal_shape  # (azimuth, radius)
+        (360, 100)
+        >>> # pixel splitting conserves the flux: every count lands in some bin
+        >>> bool(np.isclose(polar.data.sum(dtype=float), s.data.sum(dtype=float), rtol=1e-6))
+        True
+        >>> polar.sum().isig[:, 2.0:8.0].plot()  # the rings are straight lines
         """
         w = self._weights(npt, npt_azim, radial_range, azimuth_range, mask)
         return self._integral_signal(w, True, mean, inplace, show_progressbar)
