@@ -892,3 +892,162 @@ def test_split_empty_bin_warns_and_returns_an_empty_part(lazy):
         parts = s.split_by_thickness(t, [0, 10, 30])
     assert [p.data.shape[0] for p in parts] == [0, 6]
     assert parts[0].axes_manager.navigation_axes[0].size == 0
+
+
+# ====================================================== get_azimuthal_integral1d / 2d
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("nav", [(), (2,), (2, 3, 2)])
+def test_integral_any_number_of_navigation_axes(lazy, nav):
+    n = int(np.prod(nav))
+    frames = _uniform(np.arange(1.0, n + 1)).reshape(nav + DET)
+    s = _signal(frames, lazy)
+    with untouched(s):
+        one = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True)
+        two = s.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR, mean=True)
+    expected = np.arange(1.0, n + 1).reshape(nav)
+    np.testing.assert_allclose(
+        np.asarray(one.data), np.broadcast_to(expected[..., None], nav + (4,)), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.asarray(two.data), np.broadcast_to(expected[..., None, None], nav + (4, 4)), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_empty_navigation_axis_eager(method):
+    s = _empty_part(lazy=False)
+    with untouched(s):
+        out = getattr(s, method)(npt=4, radial_range=RR)
+    assert out.data.shape[0] == 0
+
+
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_empty_navigation_axis_lazy(method):
+    s = _empty_part(lazy=True)
+    with untouched(s):
+        out = getattr(s, method)(npt=4, radial_range=RR)
+    out.compute()
+    assert out.data.shape[0] == 0
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_mask_wrong_shape_or_dtype(lazy, method):
+    s = _signal(_poisson(), lazy)
+    bad_shape, bad_dtype = np.zeros((10, 10), bool), np.zeros(DET)
+    with untouched(s, bad_shape, bad_dtype):
+        with pytest.raises(
+            ValueError, match=re.escape("mask has shape (10, 10) but the detector is (16, 16)")
+        ):
+            getattr(s, method)(npt=4, mask=bad_shape)
+        with pytest.raises(
+            TypeError,
+            match=re.escape(
+                "mask must be a boolean array (True = excluded pixel), got dtype float64"
+            ),
+        ):
+            getattr(s, method)(npt=4, mask=bad_dtype)
+
+
+def _nan_frames(bad=np.nan):
+    frames = _uniform([1.0, 2.0, 3.0])
+    frames[1][IN_RANGE] = bad
+    return frames
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_integral1d_nonfinite_eager_propagates_with_warning(bad):
+    s = _signal(_nan_frames(bad))
+    with untouched(s), pytest.warns(UserWarning, match=_msg(INTEGRAL_NONFINITE_MSG, n=1)):
+        out = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True)
+    expected = np.array([[1.0] * 4, [2.0, 2.0, bad, 2.0], [3.0] * 4])
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12)
+
+
+def test_integral2d_nonfinite_eager_propagates_with_warning():
+    frames = _nan_frames()
+    frames[2] = np.nan  # a whole frame
+    s = _signal(frames)
+    with untouched(s), pytest.warns(UserWarning, match=_msg(INTEGRAL_NONFINITE_MSG, n=2)):
+        out = s.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR, mean=True)
+    bad = np.isnan(out.data)
+    assert not bad[0].any()
+    assert np.flatnonzero(bad[1].ravel()).tolist() == [2 * 4 + 2]  # radial bin 2, azimuth 2
+    assert bad[2].all()
+    np.testing.assert_allclose(out.data[1][~bad[1]], 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_nonfinite_lazy_propagates_without_warning(method):
+    s = _signal(_nan_frames(), lazy=True)
+    kw = {"npt_azim": 4} if method.endswith("2d") else {}
+    with untouched(s), no_warning_about("NaN"):
+        out = getattr(s, method)(npt=4, radial_range=RR, mean=True, **kw)
+        out.compute()
+    bad = np.isnan(out.data.reshape(3, -1))
+    assert bad.sum(axis=1).tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_integral_nonfinite_in_masked_pixel_is_harmless(lazy):
+    s = _signal(_nan_frames(), lazy)
+    mask = np.zeros(DET, bool)
+    mask[IN_RANGE] = True
+    with untouched(s, mask), no_warning_about("NaN"):
+        out = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True, mask=mask)
+        out = np.asarray(out.data)
+    np.testing.assert_allclose(out, np.repeat([[1.0], [2.0], [3.0]], 4, axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_integral_negative_values_integrated_as_any(lazy):
+    s = _signal(_uniform([-2.0, 0.5]), lazy)
+    with untouched(s):
+        out = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True)
+        summed = s.get_azimuthal_integral1d(npt=4, radial_range=RR)
+    np.testing.assert_allclose(np.asarray(out.data), [[-2.0] * 4, [0.5] * 4], rtol=1e-12)
+    area = summed.metadata.FEM.coverage * np.pi * np.diff(np.linspace(*RR, 5) ** 2)
+    np.testing.assert_allclose(np.asarray(summed.data)[0], -2.0 * area, rtol=1e-9)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize(
+    "dtype, value", [("uint8", 255), ("uint16", 65535), (">u2", 65535), ("int32", 2**31 - 1)]
+)
+def test_integral_integer_dtypes_do_not_overflow(lazy, dtype, value):
+    frames = _uniform([value, 1], dtype)
+    s = _signal(frames, lazy)
+    with untouched(s):
+        one = s.get_azimuthal_integral1d(npt=4, radial_range=RR)
+        two = s.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR)
+    ref = _signal(frames.astype(float))
+    ref1 = ref.get_azimuthal_integral1d(npt=4, radial_range=RR).data
+    ref2 = ref.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR).data
+    assert one.data.dtype == np.float64 and two.data.dtype == np.float32
+    one, two = np.asarray(one.data), np.asarray(two.data)
+    np.testing.assert_array_equal(one, ref1)
+    np.testing.assert_array_equal(two, ref2)
+    assert one[0, -1] > 50 * value  # a ring of ~59 pixels: the sum exceeds the dtype
+    np.testing.assert_allclose(one[1], one[0] / value, rtol=1e-12)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_integral2d_azimuth_range_outside_or_reversed(lazy):
+    s = _signal(_poisson(), lazy)
+    with untouched(s):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                "azimuth_range (-4.0, 1.0) lies outside the azimuths: give it within "
+                "[-pi, pi] or within [0, 2pi] (radians)"
+            ),
+        ):
+            s.get_azimuthal_integral2d(npt=4, azimuth_range=(-4, 1))
+        with pytest.raises(
+            ValueError, match=re.escape("azimuth_range must be increasing (start < stop)")
+        ):
+            s.get_azimuthal_integral1d(npt=4, azimuth_range=(1, -1))
+        with pytest.raises(
+            ValueError, match=re.escape("npt_azim must be a positive integer, got 0")
+        ):
+            s.get_azimuthal_integral2d(npt=4, npt_azim=0)

@@ -655,6 +655,11 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             )
         if jack is not None:
             fem["jackknife"] = jack
+        return self._wrap_variance(v, se, axes, w, fem)
+
+    def _wrap_variance(self, v, se, axes, w, fem):
+        """A FEMVariance1D of ``v`` with its standard error, the navigation ``axes`` (in
+        array order, as HyperSpy wants them) and the Radius signal axis."""
         radius = self._radius_axis(w)
         radius["navigate"] = False
         md = {
@@ -662,7 +667,6 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
             "FEM": fem,
         }
-        # HyperSpy wants the navigation axes in array order: thickness, then method.
         result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
         result._set_standard_error(se)
         return result
@@ -745,16 +749,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         else:
             axes.append({"name": "Method", "size": len(methods), "units": "", "navigate": True})
         fem.update(extra, jackknife=jack)
-        radius = self._radius_axis(w)
-        radius["navigate"] = False
-        md = {
-            "General": {"title": _title("V(k)", self)},
-            "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
-            "FEM": fem,
-        }
-        result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
-        result._set_standard_error(se)
-        return result
+        return self._wrap_variance(v, se, axes, w, fem)
 
 
 def _axis_name(name, default):
