@@ -441,3 +441,19 @@ def test_check_gain_names_the_argument_and_reads_0d_arrays():
     with pytest.raises(ValueError, match=r"^k0 must be a positive finite number \(detector "
                        r"units per electron\) or None, got 0$"):
         V.check_gain(0, "k0")
+
+
+def test_a_dark_ring_is_nan_without_numpy_warnings():
+    # 0 / 0 and x / 0 inside the estimators are expected (a ring with no counts): they give
+    # NaN quietly, and the user hears about it once, from warn_undefined, by method.
+    import warnings
+
+    frames, w = _omega_frames()
+    m = V.accumulate(frames, w, V.frame_states(12), pixels=True)
+    for kw in ({"gain": G}, {"k0": G}, {}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = V.estimate(m, w, V.METHODS, subtract_nonuniformity=True, **kw)
+        assert np.isnan(res["variance"][0, :, 2]).all()
+        assert np.isfinite(res["variance"][0, :, :2]).all()
+        assert np.isnan(res["ring_nonuniformity"][0, 2])
