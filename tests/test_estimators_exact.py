@@ -8,6 +8,7 @@ leave (e.g. ``-<1/T>`` of the old VImage term) are checked the same way.
 """
 
 import itertools
+import os
 import re
 from math import factorial
 
@@ -303,6 +304,11 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
                                _ref_jackknife(cj), rtol=1e-9)
 
 
+# mutmut's trampolines add stack frames, so warning stack levels can only be checked in a
+# plain run (docs/dev/mutation.rst).
+_UNDER_MUTMUT = "MUTANT_UNDER_TEST" in os.environ
+
+
 def _omega_frames():
     """12 frames on a 1 x 6 detector, three hard rings of two pixels, the last one dark."""
     rng = np.random.default_rng(5)
@@ -334,7 +340,8 @@ def test_large_correction_warning_threshold_and_message():
         f"(summed over the radial bins): the gain ({1.01 * g_crit:g}) is probably wrong; "
         "it must be in detector units per electron (the counts one electron gives)"
     )
-    assert rec[0].filename == __file__  # points at the caller of estimate()
+    if not _UNDER_MUTMUT:
+        assert rec[0].filename == __file__  # points at the caller of estimate()
     with pytest.warns(RuntimeWarning, match=r"the noise model \(k0 = 1e\+06\) is probably"):
         V.estimate(m, w, ("re",), k0=1e6)  # re's term carries k0 A / <S>
 
@@ -385,7 +392,9 @@ def test_warn_undefined_messages_exactly():
         "V(k) is undefined (NaN) in 5 radial bin(s) (radius 0.5, 1.5, 2.5, 3.5, 4.5) for "
         "method 're': the ring has no intensity (its mean over the frames is 0)",
     ]
-    assert {(r.filename, r.lineno) for r in rec} == {(__file__, line)}
+    assert {r.category for r in rec} == {RuntimeWarning}
+    if not _UNDER_MUTMUT:
+        assert {(r.filename, r.lineno) for r in rec} == {(__file__, line)}
 
 
 def test_estimate_refuses_moments_that_lack_what_a_method_needs():
