@@ -466,3 +466,30 @@ def test_a_dark_ring_is_nan_without_numpy_warnings():
         assert np.isnan(res["variance"][0, :, 2]).all()
         assert np.isfinite(res["variance"][0, :, :2]).all()
         assert np.isnan(res["ring_nonuniformity"][0, 2])
+
+
+def test_jackknife_counts_only_the_blocks_a_group_has_frames_in():
+    # Group 0: 5 frames over B = 3 blocks; group 1: 2 frames (block 2 empty); group 2: no
+    # frame at all (0 / 0 inside, quietly). Group 1's error comes from its 2 present
+    # blocks: sqrt((2 - 1) / 2 * sum (v_b - mean v_b)^2) over the two one-frame estimates.
+    import warnings
+
+    frames, w = _omega_frames()
+    groups = np.array([0, 1, 0, 0, 1, 0, 0])
+    x = frames[: groups.size]
+    st = V.frame_states(groups.size, groups, 3, n_blocks=3)
+    m = V.accumulate(x, w, st, 3, n_blocks=3, pixels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = V.estimate(m, w, ("Omega", "VImage"), gain=G)
+    wm = w.matrix.toarray()
+    flat = x.reshape(groups.size, -1)
+    for g, blocks in ((0, 3), (1, 2)):
+        xg = flat[groups == g]
+        for i, method in enumerate(("Omega", "VImage")):
+            loo = np.array([_ref_estimate(xg[np.arange(len(xg)) % 3 != k], wm, method, G,
+                                          G * wm**2, False) for k in range(blocks)])
+            np.testing.assert_allclose(res["standard_error"][g, i, :2], _ref_jackknife(loo)[:2],
+                                       rtol=1e-9)
+    assert np.isnan(res["jackknife"][1, 2]).all()  # the empty block is marked, not used
+    assert np.isnan(res["variance"][2]).all() and not res["used_groups"][2]
