@@ -8,6 +8,8 @@ leave (e.g. ``-<1/T>`` of the old VImage term) are checked the same way.
 """
 
 import itertools
+import os
+import re
 from math import factorial
 
 import numpy as np
@@ -175,3 +177,319 @@ def test_split_ring_r_residual_is_second_order():
     assert 0 < v < 1 / electrons**2  # second order, positive
     assert v > 4 * se  # but measurably not zero: the test sees the residual
     assert v < 0.01 * term
+
+
+# --- Independent numpy reference of estimate() (written for the mutation run,
+# docs/dev/mutation.rst): every output of estimate() recomputed from the frames with plain
+# numpy, the estimator formulas of the design (module docstring of femlib.variance), the
+# block rule "i-th frame of a group -> block i mod B" and the delete-a-block jackknife.
+
+
+def _ref_parts(frames, wm, method, k0, qw):
+    """Uncorrected estimator and shot-noise term of ``frames (N, P)``; ``qw``: shot weights
+    in detector units (K, P), ``k0`` the kernel at zero lag (0: no term)."""
+    n = len(frames)
+    area = wm.sum(1)
+    s = frames @ wm.T  # (N, K) ring sums
+    q = frames @ qw.T
+    j = (frames**2) @ wm.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "Omega":
+            raw = s.var(0) / s.mean(0) ** 2
+            term = (n - 1) / n * q.mean(0) / s.mean(0) ** 2
+        elif method == "r":
+            raw = np.mean(j * area / s**2, 0) - 1
+            term = np.mean(k0 * area / s - q / s**2, 0)
+        elif method == "re":
+            raw = j.mean(0) * area / s.mean(0) ** 2 - 1
+            term = k0 * area / s.mean(0) - q.mean(0) / (n * s.mean(0) ** 2)
+        else:
+            m, var = frames.mean(0), frames.var(0)
+            ok = m > 0
+            den = wm @ ok
+            raw = wm @ np.where(ok, var / m**2, 0) / den
+            term = wm @ np.where(ok, (n - 1) / n * k0 / m, 0) / den
+    return raw, term
+
+
+def _ref_nu(frames, wm, k0, qw):
+    n = len(frames)
+    m = frames.mean(0)
+    s1 = wm @ m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = wm.sum(1) * (wm @ m**2) / s1**2 - 1
+        return raw - (k0 * wm.sum(1) / s1 - (qw @ m) / s1**2) / n
+
+
+def _ref_estimate(frames, wm, method, k0, qw, subtract):
+    raw, term = _ref_parts(frames, wm, method, k0, qw)
+    v = raw - term
+    if subtract and method in ("r", "re"):
+        v = v - _ref_nu(frames, wm, k0, qw)
+    return v
+
+
+def _ref_jackknife(values_b):
+    """(B', K) leave-one-block-out values of the present blocks -> standard error."""
+    b = len(values_b)
+    return np.sqrt((b - 1) / b * ((values_b - values_b.mean(0)) ** 2).sum(0))
+
+
+@pytest.mark.parametrize("kind", ["gain", "k0", "none"])
+@pytest.mark.parametrize("subtract", [False, True])
+def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
+    # Three groups (7 frames, 4 frames, 1 frame) over B = 3 blocks, one frame left out,
+    # split weights over a 2 x 3 detector, one pixel without counts: every output of
+    # estimate() (per group, jackknife, standard errors, combined, non-uniformity) against
+    # plain numpy on the frames.
+    rng = np.random.default_rng(11)
+    shape, b = (2, 3), 3
+    wm = np.array([[1.0, 0.5, 0.25, 0.8, 0.0, 0.6], [0.3, 0.45, 0.7, 0.2, 0.9, 0.1]])
+    w = _weights(wm, shape)
+    groups = np.array([0, 1, 0, 0, -1, 1, 0, 2, 0, 1, 0, 0, 1])
+    frames = rng.uniform(1.0, 9.0, size=(groups.size,) + shape)
+    frames[:, 0, 2] = 0.0  # a pixel with zero mean: VImage leaves it out
+    frames[3, 1, 1] = 30.0  # a strong outlier: the blocks differ clearly
+    shot = 1.7 * wm**2 + 0.2 * wm  # a noise model's shot weights (detector units)
+    kw, k0, qw = {
+        "gain": ({"gain": G}, G, G * wm**2),
+        "k0": ({"k0": 1.9}, 1.9, shot),
+        "none": ({}, 0.0, 0 * wm),
+    }[kind]
+    st = V.frame_states(groups.size, groups, 3, n_blocks=b)
+    m = V.accumulate(frames, w, st, 3, n_blocks=b, pixels=True,
+                     shot_weights=shot if kind == "k0" else None)
+    res = V.estimate(m, w, V.METHODS, subtract_nonuniformity=subtract, **kw)
+    flat = frames.reshape(groups.size, -1)
+    members = [flat[groups == g] for g in range(3)]
+    np.testing.assert_array_equal(res["counts"], [7, 4, 1])
+    np.testing.assert_array_equal(res["used_groups"], [True, True, False])
+    assert res["methods"] == V.METHODS
+    for g in (0, 1):
+        x = members[g]
+        block = np.arange(len(x)) % b
+        for i, method in enumerate(V.METHODS):
+            full = _ref_estimate(x, wm, method, k0, qw, subtract)
+            np.testing.assert_allclose(res["variance"][g, i], full, rtol=1e-10)
+            loo = np.array([_ref_estimate(x[block != k], wm, method, k0, qw, subtract)
+                            for k in range(b)])
+            np.testing.assert_allclose(res["jackknife"][g, :, i], loo, rtol=1e-10)
+            np.testing.assert_allclose(res["standard_error"][g, i], _ref_jackknife(loo),
+                                       rtol=1e-9)
+        nu = _ref_nu(x, wm, k0, qw)
+        np.testing.assert_allclose(res["ring_nonuniformity"][g], nu, rtol=1e-10)
+        nu_loo = np.array([_ref_nu(x[block != k], wm, k0, qw) for k in range(b)])
+        np.testing.assert_allclose(res["ring_nonuniformity_standard_error"][g],
+                                   _ref_jackknife(nu_loo), rtol=1e-9)
+    # The one-frame group: its jackknife is NaN where its block is empty, its V is not used.
+    assert np.isnan(res["jackknife"][2, 1:]).all()
+    # Combined: frame-weighted over the used groups; its jackknife weights each group by the
+    # frames left after dropping the block.
+    n_g = np.array([7.0, 4.0])
+    n_gb = np.array([[3.0, 2.0, 2.0], [2.0, 1.0, 1.0]])
+    for i in range(len(V.METHODS)):
+        v = res["variance"][:2, i]
+        np.testing.assert_allclose(res["combined"][i], n_g @ v / 11, rtol=1e-12)
+        wj = n_g[:, None] - n_gb  # (G, B)
+        cj = np.einsum("gb,gbk->bk", wj, res["jackknife"][:2, :, i]) / wj.sum(0)[:, None]
+        np.testing.assert_allclose(res["combined_jackknife"][:, i], cj, rtol=1e-12)
+        np.testing.assert_allclose(res["combined_standard_error"][i], _ref_jackknife(cj),
+                                   rtol=1e-9)
+    nu = res["ring_nonuniformity"][:2]
+    np.testing.assert_allclose(res["combined_ring_nonuniformity"], n_g @ nu / 11, rtol=1e-12)
+    nu_j = np.array([[_ref_nu(x[np.arange(len(x)) % b != k], wm, k0, qw) for k in range(b)]
+                     for x in members[:2]])
+    cj = np.einsum("gb,gbk->bk", n_g[:, None] - n_gb, nu_j) / (n_g[:, None] - n_gb).sum(0)[:, None]
+    np.testing.assert_allclose(res["combined_ring_nonuniformity_standard_error"],
+                               _ref_jackknife(cj), rtol=1e-9)
+
+
+# mutmut's trampolines add stack frames, so warning stack levels can only be checked in a
+# plain run (docs/dev/mutation.rst).
+_UNDER_MUTMUT = "MUTANT_UNDER_TEST" in os.environ
+
+
+def _omega_frames():
+    """12 frames on a 1 x 6 detector, three hard rings of two pixels, the last one dark."""
+    rng = np.random.default_rng(5)
+    frames = rng.uniform(5.0, 15.0, size=(12, 1, 6))
+    frames[..., 4:] = 0.0
+    w = _weights([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]], (1, 6))
+    return frames, w
+
+
+def test_large_correction_warning_threshold_and_message():
+    # The warning fires when sum_k |term| > 10 sum_k |raw| over the finite bins (the dark
+    # ring is NaN and left out); term is linear in the gain, so the threshold gain is known.
+    frames, w = _omega_frames()
+    m = V.accumulate(frames, w, V.frame_states(12))
+    wm = w.matrix.toarray()
+    raw, term1 = _ref_parts(frames.reshape(12, -1), wm, "Omega", 1.0, wm**2)
+    ok = np.isfinite(raw)
+    g_crit = 10 * np.abs(raw[ok]).sum() / np.abs(term1[ok]).sum()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        V.estimate(m, w, ("Omega",), gain=0.99 * g_crit)
+    with pytest.warns(RuntimeWarning) as rec:
+        V.estimate(m, w, ("Omega",), gain=1.01 * g_crit)
+    assert len(rec) == 1
+    assert str(rec[0].message) == (
+        "the shot-noise correction of method 'Omega' is 10.1 times its uncorrected variance "
+        f"(summed over the radial bins): the gain ({1.01 * g_crit:g}) is probably wrong; "
+        "it must be in detector units per electron (the counts one electron gives)"
+    )
+    if not _UNDER_MUTMUT:
+        assert rec[0].filename == __file__  # points at the caller of estimate()
+    with pytest.warns(RuntimeWarning, match=r"the noise model \(k0 = 1e\+06\) is probably"):
+        V.estimate(m, w, ("re",), k0=1e6)  # re's term carries k0 A / <S>
+
+
+def test_large_correction_warning_when_the_raw_variance_is_zero():
+    frames = np.full((6, 1, 6), 3.0)
+    w = _omega_frames()[1]
+    m = V.accumulate(frames, w, V.frame_states(6))
+    with pytest.warns(RuntimeWarning) as rec:
+        V.estimate(m, w, ("Omega",), gain=G)
+    assert [str(r.message).split(" (summed")[0] for r in rec] == [
+        "the shot-noise correction of method 'Omega' is non-zero while its uncorrected "
+        "variance is 0"
+    ]
+
+
+def test_warn_undefined_messages_exactly():
+    # A hand-made result: group 1 is unused (its NaNs are not looked at); NaN bins of the
+    # used groups are united; the SE message counts only bins whose value is defined.
+    nan = np.nan
+    v = np.ones((3, 4, 7))
+    se = np.full((3, 4, 7), 0.1)
+    v[0, 0, :3] = nan
+    v[2, 0, 3:6] = nan  # Omega: 6 bins in all -> five radii and "..."
+    v[1] = nan  # unused group
+    se[1] = nan
+    v[0, 1, 6] = nan  # r: one bin
+    se[0, 1, [1, 2, 6]] = nan  # r: SE undefined in bins 1, 2 (bin 6 is already NaN)
+    v[2, 2, :5] = nan  # re: exactly five bins, no "..."
+    res = {"used_groups": np.array([True, False, True]), "variance": v,
+           "standard_error": se, "methods": V.METHODS}
+    radii = np.arange(7) + 0.5
+
+    def caller():
+        V.warn_undefined(res, radii)
+
+    with pytest.warns(RuntimeWarning) as rec:
+        caller()  # stacklevel 3: the warning points here
+    line = caller.__code__.co_firstlineno + 4
+    assert [str(r.message) for r in rec] == [
+        "V(k) is undefined (NaN) in 6 radial bin(s) (radius 0.5, 1.5, 2.5, 3.5, 4.5...) for "
+        "method 'Omega': the ring has no intensity (its mean over the frames is 0)",
+        "V(k) is undefined (NaN) in 1 radial bin(s) (radius 6.5) for method 'r': a frame's "
+        "ring mean is <= 0",
+        "the standard error of V(k) is undefined (NaN) in 2 radial bin(s) (radius 1.5, 2.5) "
+        "for method 'r': leaving out one jackknife block leaves the ring without intensity "
+        "(too few counts)",
+        "V(k) is undefined (NaN) in 5 radial bin(s) (radius 0.5, 1.5, 2.5, 3.5, 4.5) for "
+        "method 're': the ring has no intensity (its mean over the frames is 0)",
+    ]
+    assert {r.category for r in rec} == {RuntimeWarning}
+    if not _UNDER_MUTMUT:
+        assert {(r.filename, r.lineno) for r in rec} == {(__file__, line)}
+
+
+def test_estimate_refuses_moments_that_lack_what_a_method_needs():
+    import dataclasses
+
+    frames, w = _omega_frames()
+    st = V.frame_states(12)
+    plain = V.accumulate(frames, w, st, squares=False)
+    with pytest.raises(ValueError, match="^VImage needs per-pixel moments"):
+        V.estimate(plain, w, ("Omega", "VImage"))
+    for method in ("r", "re"):
+        with pytest.raises(ValueError, match="^r and re need the ring sums of D"):
+            V.estimate(plain, w, (method,))
+    no_pixels = dataclasses.replace(V.accumulate(frames, w, st), pix_mean=None)
+    with pytest.raises(ValueError, match="^subtract_nonuniformity needs the per-pixel"):
+        V.estimate(no_pixels, w, ("re",), subtract_nonuniformity=True)
+    # Without per-pixel means the non-uniformity is absent, not made up.
+    res = V.estimate(plain, w, ("Omega",), subtract_nonuniformity=True)
+    for key in ("ring_nonuniformity", "ring_nonuniformity_standard_error",
+                "combined_ring_nonuniformity", "combined_ring_nonuniformity_standard_error"):
+        assert res[key] is None
+    # The Omega estimate itself is unchanged by the flag and equals the reference.
+    raw, _ = _ref_parts(frames.reshape(12, -1), w.matrix.toarray(), "Omega", 0.0,
+                        0 * w.matrix.toarray())
+    np.testing.assert_allclose(res["variance"][0, 0], raw, rtol=1e-10)
+    one = V.accumulate(frames[:1], w, V.frame_states(1))
+    with pytest.raises(ValueError, match="no group holds two or more frames"):
+        V.estimate(one, w)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("all", V.METHODS), ("re", ("re",)), (["VImage", "r"], ("VImage", "r")),
+    (("Omega",), ("Omega",)), (iter(["r", "re"]), ("r", "re")),
+])
+def test_check_method_accepts(method, expected):
+    assert V.check_method(method) == expected
+
+
+@pytest.mark.parametrize("method", [[], (), None, "ALL", ["all"]])
+def test_check_method_refuses_with_the_accepted_names(method):
+    msg = (r"^method must be one of Omega, r, re, VImage or 'all' \(or a list of them\), "
+           f"got {re.escape(repr(method))}$")
+    with pytest.raises(ValueError, match=msg):
+        V.check_method(method)
+
+
+def test_check_gain_names_the_argument_and_reads_0d_arrays():
+    assert V.check_gain(np.array(2.5)) == 2.5
+    assert V.check_gain(None) is None
+    assert V.check_gain(1e-300) == 1e-300
+    with pytest.raises(TypeError, match=r"^k0 must be a positive number or None, got array"):
+        V.check_gain(np.array([2.5]), "k0")
+    with pytest.raises(ValueError, match=r"^k0 must be a positive finite number \(detector "
+                       r"units per electron\) or None, got 0$"):
+        V.check_gain(0, "k0")
+
+
+def test_a_dark_ring_is_nan_without_numpy_warnings():
+    # 0 / 0 and x / 0 inside the estimators are expected (a ring with no counts): they give
+    # NaN quietly, and the user hears about it once, from warn_undefined, by method.
+    import warnings
+
+    frames, w = _omega_frames()
+    m = V.accumulate(frames, w, V.frame_states(12), pixels=True)
+    for kw in ({"gain": G}, {"k0": G}, {}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = V.estimate(m, w, V.METHODS, subtract_nonuniformity=True, **kw)
+        assert np.isnan(res["variance"][0, :, 2]).all()
+        assert np.isfinite(res["variance"][0, :, :2]).all()
+        assert np.isnan(res["ring_nonuniformity"][0, 2])
+
+
+def test_jackknife_counts_only_the_blocks_a_group_has_frames_in():
+    # Group 0: 5 frames over B = 3 blocks; group 1: 2 frames (block 2 empty); group 2: no
+    # frame at all (0 / 0 inside, quietly). Group 1's error comes from its 2 present
+    # blocks: sqrt((2 - 1) / 2 * sum (v_b - mean v_b)^2) over the two one-frame estimates.
+    import warnings
+
+    frames, w = _omega_frames()
+    groups = np.array([0, 1, 0, 0, 1, 0, 0])
+    x = frames[: groups.size]
+    st = V.frame_states(groups.size, groups, 3, n_blocks=3)
+    m = V.accumulate(x, w, st, 3, n_blocks=3, pixels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = V.estimate(m, w, ("Omega", "VImage"), gain=G)
+    wm = w.matrix.toarray()
+    flat = x.reshape(groups.size, -1)
+    for g, blocks in ((0, 3), (1, 2)):
+        xg = flat[groups == g]
+        for i, method in enumerate(("Omega", "VImage")):
+            loo = np.array([_ref_estimate(xg[np.arange(len(xg)) % 3 != k], wm, method, G,
+                                          G * wm**2, False) for k in range(blocks)])
+            np.testing.assert_allclose(res["standard_error"][g, i, :2], _ref_jackknife(loo)[:2],
+                                       rtol=1e-9)
+    assert np.isnan(res["jackknife"][1, 2]).all()  # the empty block is marked, not used
+    assert np.isnan(res["variance"][2]).all() and not res["used_groups"][2]
