@@ -534,3 +534,29 @@ def test_progress_bars_go_to_stderr(capsys):
     with _Progress(bars=False, lines=False).step("quiet"):
         dask.compute(slow, scheduler="threads")
     assert capsys.readouterr() == ("", "")
+
+
+def test_readme_plot_lines():
+    """The README's plots: ``plot_curves`` labels V(k) with a legend of the bins; the
+    contract call ``hs.plot.plot_spectra(per_bin.split(), legend=...)`` keeps working and,
+    as the README's note says, returns the axes labelled "Intensity", which relabel."""
+    import matplotlib.pyplot as plt
+
+    text = README.read_text(encoding="utf-8")
+    assert "per_bin.plot_curves()" in text and 'ax.set_ylabel("V(k)")' in text
+    s = femlib.data.synthetic_fem(navigation_shape=(6, 6), detector_shape=(64, 64),
+                                  scale=0.28, seed=1)
+    s.calibration.center = s.metadata.Simulation.center
+    t = s.metadata.Simulation
+    thickness = femlib.thickness.thickness_from_haadf(s.metadata.HAADF.intensity,
+                                                      t.black_level, t.slope)
+    per_bin = s.get_variance(npt=12, gain=4.2, radial_range=(3.0, 5.7), thickness=thickness,
+                             bins=2, show_progressbar=False)
+    ax = per_bin.plot_curves()
+    assert ax.get_ylabel() == "V(k)"
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == per_bin.curve_labels()
+    ax = hs.plot.plot_spectra(per_bin.split(), legend=per_bin.curve_labels())
+    assert ax.get_ylabel() == "Intensity"
+    ax.set_ylabel("V(k)")
+    assert ax.get_ylabel() == "V(k)"
+    plt.close("all")
