@@ -410,18 +410,8 @@ def bad_files(tmp_path_factory):
         # Options that need the data or a file: checked after loading, before any pass.
         (["--thickness-bins", "2", "--thickness-from-pattern", "8", "99"],
          "--thickness-from-pattern 8 99 lies outside the detector"),
-        (["--noise-from-scan", "3", "99"], "--noise-from-scan 3 99 lies outside the detector"),
-        (["--flat-field", "missing.npy"], "--flat-field missing.npy does not exist"),
-        (["--flat-field", "notes.txt"], "--flat-field notes.txt: unsupported file type .txt"),
-        (["--flat-field", "corrupt.npy"], "cannot read --flat-field corrupt.npy"),
         (["--flat-field", "flat_64.npy"],
          "--flat-field flat_64.npy has frames of 64 x 64 px but the detector is 128 x 128 px"),
-        (["--flat-field", "one_frame.npy"], "--flat-field one_frame.npy holds 1 frame"),
-        (["--flat-field", "image.hspy"], "--flat-field image.hspy has shape (16, 16)"),
-        (["--flat-field", "flat.npy", "--dark", "flat_64.npy"],
-         "--dark flat_64.npy has frames of 64 x 64 px"),
-        (["--flat-field", "blank.npy"],
-         "--flat-field blank.npy: flat frame(s) [0, 1, 2] have a non-positive mean"),
     ],
 )
 def test_bad_option_exits_2_with_one_line_and_no_output(args, message, bad_files):
@@ -490,6 +480,41 @@ def test_bad_combination_exits_2_before_any_work(args, message, bad_files, capsy
     monkeypatch.chdir(bad_files)
     out = bad_files / "never_created"
     assert cli.main(["fem", *args, "--out", str(out)]) == 2
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and stderr.count("\n") == 1
+    assert stderr.startswith("femlib: error: ") and message in stderr, stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--noise-from-scan", "3", "99"], "--noise-from-scan 3 99 lies outside the detector"),
+        (["--flat-field", "missing.npy"], "--flat-field missing.npy does not exist"),
+        (["--flat-field", "notes.txt"], "--flat-field notes.txt: unsupported file type .txt"),
+        (["--flat-field", "corrupt.npy"], "cannot read --flat-field corrupt.npy"),
+        (["--flat-field", "one_frame.npy"], "--flat-field one_frame.npy holds 1 frame"),
+        (["--flat-field", "image.hspy"], "--flat-field image.hspy has shape (16, 16)"),
+        (["--flat-field", "flat.npy", "--dark", "flat_64.npy"],
+         "--dark flat_64.npy has frames of 64 x 64 px"),
+        (["--flat-field", "blank.npy"],
+         "--flat-field blank.npy: flat frame(s) [0, 1, 2] have a non-positive mean"),
+    ],
+)
+def test_bad_noise_input_exits_2_before_the_scan_is_read(args, message, bad_files, capsys,
+                                                         monkeypatch):
+    """Bad flat-field files and annuli, found once the (small synthetic) scan is loaded,
+    before the ring is fitted: in-process, as above."""
+    from femlib import cli
+
+    def reached(*_args, **_kwargs):
+        raise AssertionError("the ring was fitted before the noise input was checked")
+
+    monkeypatch.setattr(cli, "_calibrate", reached)
+    monkeypatch.chdir(bad_files)
+    out = bad_files / "never_created"
+    argv = ["fem", *args, "--synthetic-shape", "2", "2", "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 2
     stdout, stderr = capsys.readouterr()
     assert stdout == "" and stderr.count("\n") == 1
     assert stderr.startswith("femlib: error: ") and message in stderr, stderr
