@@ -2,7 +2,12 @@
 
 Without INPUT the command runs the whole workflow on the offline synthetic dataset (the
 README's "main job"); with INPUT, any 4D-STEM file HyperSpy reads is loaded lazily and
-streamed. Every option is checked before any computation and before the output folder is
+streamed. The thickness bins come from the HAADF image or from the patterns themselves
+(``--thickness-from-pattern``); the shot-noise correction from ``--gain`` or a measured
+detector noise kernel (``--flat-field``, ``--noise-from-scan``); the peaks of V(k) are
+fitted (``peaks.csv``).
+
+Every option is checked before any computation and before the output folder is
 created: bad input ends the command with one line on stderr (``femlib: error: ...``) and
 exit status 2, and leaves no output folder behind. The summary is the only text on stdout;
 progress (dask's bars when stderr is a terminal, one line per finished step otherwise) and
@@ -104,8 +109,9 @@ def _parser():
         help="compute V(k) of a 4D-STEM dataset (the synthetic one when INPUT is omitted)",
         description=(
             "Find the centre and elliptical distortion, mask the beam stop, compute the "
-            "normalized variance V(k) (optionally per thickness bin) and write CSV, .hspy, "
-            "PNG files and report.html into --out."
+            "normalized variance V(k) (optionally per thickness bin, from the HAADF image "
+            "or the patterns; shot noise from --gain or a measured noise kernel), fit its "
+            "peaks and write CSV (V(k), peaks), .hspy, PNG files and report.html into --out."
         ),
     )
     f.add_argument("input", nargs="?", metavar="INPUT",
@@ -726,12 +732,15 @@ def _peaks_note(table, binned):
 def run_fem(args, progress=None, command=None):
     """Run the FEM workflow for parsed ``femlib fem`` arguments and write its outputs.
 
-    Steps: check every option; load INPUT lazily (or make the synthetic dataset); sum the
-    patterns; mask the pixels below ``--mask-below`` in the sum; fit and refine the ring
-    ellipse (centre and affine); compute ``V(k)`` (per thickness bin with
-    ``--thickness-bins``) in one pass; transform the summed pattern to polar coordinates;
-    then create ``--out`` and write ``variance.csv``, ``variance.hspy``, the PNG figures
-    and ``report.html``. Nothing is written when any step before that fails.
+    Steps: check every option; load INPUT lazily (or make the synthetic dataset) and open
+    the flat-field files; measure the flat field's noise kernel; sum the patterns; mask the
+    pixels below ``--mask-below`` in the sum; fit and refine the ring ellipse (centre and
+    affine); the relative thickness from the patterns and the noise kernel from the scan
+    when asked; compute ``V(k)`` (per thickness bin with ``--thickness-bins``) in one
+    pass; transform the summed pattern to polar coordinates; fit the peaks of ``V(k)``;
+    then create ``--out`` and write ``variance.csv``, ``variance.hspy``, ``peaks.csv``,
+    the PNG figures and ``report.html``. Nothing is written when any step before that
+    fails.
 
     Parameters
     ----------
@@ -750,7 +759,10 @@ def run_fem(args, progress=None, command=None):
     Raises
     ------
     UsageError
-        Bad options or INPUT (missing, unsupported or unreadable file, not 4D-STEM).
+        Bad options or INPUT (missing, unsupported or unreadable file, not 4D-STEM),
+        contradicting options, a flat-field or dark file that is unreadable or does not
+        match the detector, a flat field or annulus the noise kernel or the thickness
+        cannot be measured from.
     ValueError
         Bad input found by the computation (a radial range outside the detector, a mask
         that leaves a radial bin empty, an ellipse fit that fails, ...).
