@@ -112,6 +112,51 @@ def synthetic_frames(n_frames, shape=(128, 128), gain=GAIN, seed=0, block=1024):
     return out.reshape((n_frames,) + tuple(shape))
 
 
+ISSUE_SCALE = 0.1  # nm^-1 per pixel of the issue-13 dataset
+ISSUE_CENTER = (63.5, 63.5)
+
+
+def issue_frames(n_frames, shape=(128, 128), gain=GAIN, seed=0, block=1024):
+    """The independent dataset of issue 13: Poisson counts times ``gain``, float32.
+
+    ``(n_frames, 128, 128)`` (1 GiB for 16384 frames), centre (63.5, 63.5) px, scale
+    0.1 nm^-1/px: ``D = G * Poisson(mu_n)``, ``mu_n`` the amorphous mean pattern with a
+    random mix of speckle patterns (true Poisson, not the normal approximation).
+    """
+    rng = np.random.default_rng(seed)
+    mu = mean_pattern(shape, ISSUE_CENTER, ISSUE_SCALE).astype(np.float32).ravel()
+    basis = speckle_basis(shape, ISSUE_CENTER, ISSUE_SCALE)
+    out = np.empty((n_frames, mu.size), dtype=np.float32)
+    for i in range(0, n_frames, block):
+        n = min(block, n_frames - i)
+        coef = rng.standard_normal((n, basis.shape[0]), dtype=np.float32) * 0.15
+        m = mu + coef @ basis
+        np.maximum(m, 0.0, out=m)
+        out[i : i + n] = rng.poisson(m).astype(np.float32) * np.float32(gain)
+    return out.reshape((n_frames,) + tuple(shape))
+
+
+def dataset(name, n_frames, shape=(128, 128)):
+    """``(data, mask, center, scale, description)`` of a named benchmark dataset.
+
+    ``"femlib"``: :func:`synthetic_frames` (normal approximation of Poisson), centre
+    (64.3, 62.7) px, scale 0.14 nm^-1/px. ``"issue"``: :func:`issue_frames` (Poisson x 4.2,
+    centre (63.5, 63.5), scale 0.1 nm^-1/px), the dataset of issue 13. Both with the
+    beam-stop mask of :func:`detector_mask`.
+    """
+    if name == "issue":
+        center = (ISSUE_CENTER[0] * shape[1] / 128, ISSUE_CENTER[1] * shape[0] / 128)
+        data = issue_frames(n_frames, shape)
+        scale = ISSUE_SCALE * 128 / shape[0]
+        what = "Poisson x 4.2 (issue 13's dataset)"
+    else:
+        center = (CENTER[0] * shape[1] / 128, CENTER[1] * shape[0] / 128)
+        data = synthetic_frames(n_frames, shape)
+        scale = SCALE * 128 / shape[0]
+        what = "normal approximation of Poisson x 4.2"
+    return data, detector_mask(shape, center), center, scale, what
+
+
 def detector_mask(shape=(128, 128), center=CENTER, beam_stop=10.0, arm_width=6.0):
     """Beam-stop mask: a disk of ``beam_stop`` px at the centre and its arm toward +x.
 
@@ -243,7 +288,7 @@ def verdict(ratio, target):
 
 _JIT_CALLS = r"""
 import numpy as np
-from femlib import integration, variance
+from femlib import integration, moments
 
 w1 = integration.build_weights((32, 32), (15.5, 15.5), npt=8, radial_range=(0, 15))
 w2 = integration.build_weights((32, 32), (15.5, 15.5), npt=64, npt_azim=64)
@@ -251,12 +296,13 @@ w2 = integration.build_weights((32, 32), (15.5, 15.5), npt=64, npt_azim=64)
 
 def jit_calls(dtype):
     f = np.ones((8, 32, 32), dtype=dtype)
-    st = variance.frame_states(8)
+    sw = 4.2 * w1.squared
     return {
         "integrate 1D (pixel-major kernel)": lambda: integration.integrate(f, w1),
         "integrate 2D (bin-major kernel)": lambda: integration.integrate(f, w2),
-        "accumulate Omega": lambda: variance.accumulate(f, w1, st, squares=False),
-        "accumulate all methods": lambda: variance.accumulate(f, w1, st, pixels=True),
+        "FEM pass, Omega": lambda: moments.accumulate_moments(f, w1, shot_weights=sw),
+        "FEM pass, all methods": lambda: moments.accumulate_moments(
+            f, w1, shot_weights=sw, methods=("Omega", "r", "re", "VImage")),
     }
 """
 

@@ -80,7 +80,7 @@ numpydoc_xref_ignore = "all"
 _XREF = {
     "Calibration": "femlib.calibration.Calibration",
     "AzimuthalWeights": "femlib.integration.AzimuthalWeights",
-    "Moments": "femlib.variance.Moments",
+    "Moments": "femlib.moments.Moments",
     "EllipseFitError": "femlib.ellipse.EllipseFitError",
     "FEMDiffraction2D": "femlib.signals.FEMDiffraction2D",
     "LazyFEMDiffraction2D": "femlib.signals.LazyFEMDiffraction2D",

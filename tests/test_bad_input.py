@@ -1094,7 +1094,7 @@ def test_data_failed_download(monkeypatch, tmp_path, raised, exc, message):
         raise raised
 
     monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(pooch, "retrieve", fail)
+    monkeypatch.setattr(pooch.Pooch, "fetch", fail)
     with pytest.raises(exc, match=re.escape(message)):
         femlib.data.zrcual_3(allow_download=True)
 

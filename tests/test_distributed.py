@@ -14,7 +14,7 @@ import pytest
 from dask.delayed import Delayed
 
 from femlib import integration as I
-from femlib import variance as V
+from femlib import moments as M
 from femlib.integration import AzimuthalWeights
 
 distributed = pytest.importorskip("distributed")
@@ -139,8 +139,9 @@ def test_weights_embedded_once_in_accumulate_graph(keep_small_chunks):
     s, _ = make_signal()
     w = s._weights(10, radial_range=(2.0, 12.0))
     darr = da.from_array(s.data, chunks=CHUNKS)
-    states = V.frame_states(darr[..., 0, 0].size).reshape(NAV)
-    delayed = V.accumulate_dask(darr, w, states, pixels=True)
+    delayed = M.accumulate_moments(
+        darr, w, shot_weights=w.squared, methods=M._METHODS, compute=False
+    )
     assert isinstance(delayed, Delayed)
     assert_weights_embedded_once(delayed, "accumulate_block", n_chunks=6)
 

@@ -47,7 +47,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _CACHE = OrderedDict()
 _CACHE_SIZE = 8
-# Above this many bins the bin-major kernel is used (measured: benchmarks/README.md).
+# Above this many bins the tiled bin-major kernel is used (measured: _kernels, benchmarks/).
 _BIN_MAJOR_ABOVE = 2048
 MIN_CHUNK_BYTES = 16 * 2**20
 TARGET_CHUNK_BYTES = 64 * 2**20
@@ -97,6 +97,18 @@ class AzimuthalWeights:
         """``W**2`` over the touched pixels only: scipy.sparse, shape (K, len(touched))."""
         shape = (self.area.size, self.touched.size)
         return sp.csc_array((self.wdata**2, self.rowidx, self.colptr), shape=shape).tocsr()
+
+    @functools.cached_property
+    def bin_major(self):
+        """The matrix for the tiled kernels: CSR rows (bins) over the touched pixels only.
+
+        ``(indptr, cindex, data)``: int64 row pointers, int32 positions in ``touched``
+        (increasing within a row), float64 weights.
+        """
+        shape = (self.area.size, self.touched.size)
+        csr = sp.csc_array((self.wdata, self.rowidx, self.colptr), shape=shape).tocsr()
+        csr.sort_indices()
+        return csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data
 
     @property
     def npt(self):
@@ -543,22 +555,30 @@ def integrate(frames, weights, mean=False, dtype=np.float64, out=None):
     >>> integrate(np.ones((3, 32, 32)), w, mean=True).round(6)[0, :3]
     array([1., 1., 1.])
     """
+    return _apply(frames, weights, mean, dtype, out)[0]
+
+
+def _apply(frames, weights, mean=False, dtype=np.float64, out=None):
+    """:func:`integrate`, and per frame whether its result holds a NaN or infinity
+    (found by the kernel while writing, not by a second pass over the result)."""
     nav = np.shape(frames)[:-2]
     flat = as_native_frames(frames, weights.detector_shape)
     nbins = weights.area.size
     if out is None:
         out = np.empty((flat.shape[0], nbins), dtype=dtype)
     scale = _inverse_area(weights) if mean else np.ones(nbins)
-    if flat.shape[0]:
-        if nbins > _BIN_MAJOR_ABOVE:
-            m = weights.matrix
-            _kernels.apply_weights_by_bin(flat, m.indptr, m.indices, m.data, scale, out)
-        else:
+    if nbins > _BIN_MAJOR_ABOVE:
+        bad = np.zeros(flat.shape[0], dtype=bool)
+        indptr, cindex, data = weights.bin_major
+        _kernels.apply_tiled(flat, weights.touched, indptr, cindex, data, scale, out, bad)
+    else:
+        if flat.shape[0]:
             _kernels.apply_weights(
                 flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, scale, out
             )
+        bad = ~np.isfinite(out).all(axis=1)  # a few numbers per frame
     tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
-    return out.reshape(nav + tail)
+    return out.reshape(nav + tail), bad
 
 
 def _inverse_area(weights):
@@ -567,18 +587,16 @@ def _inverse_area(weights):
     return inv
 
 
-def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
+def prepare_chunks(darr):
     """Chunk a dask array for streaming: whole frames, and no tiny navigation chunks.
+
+    Navigation chunks smaller than ``MIN_CHUNK_BYTES`` (16 MiB) on average are merged into
+    chunks of about ``TARGET_CHUNK_BYTES`` (64 MiB): hundreds of thousands of tiny tasks
+    cost more in scheduling than in reading.
 
     Parameters
     ----------
     darr : dask.array.Array, shape (..., rows, columns)
-    min_chunk_bytes : int or None
-        Navigation chunks smaller than this on average are merged (hundreds of thousands
-        of tiny tasks cost more in scheduling than in reading). Default
-        ``MIN_CHUNK_BYTES`` (16 MiB).
-    target_chunk_bytes : int or None
-        Size aimed at when merging. Default ``TARGET_CHUNK_BYTES`` (64 MiB).
 
     Returns
     -------
@@ -595,8 +613,8 @@ def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
     >>> prepare_chunks(darr).numblocks[0] < darr.numblocks[0]  # merged navigation chunks
     True
     """
-    min_chunk_bytes = MIN_CHUNK_BYTES if min_chunk_bytes is None else min_chunk_bytes
-    target_chunk_bytes = TARGET_CHUNK_BYTES if target_chunk_bytes is None else target_chunk_bytes
+    min_chunk_bytes = MIN_CHUNK_BYTES
+    target_chunk_bytes = TARGET_CHUNK_BYTES
     nav = darr.ndim - 2
     if any(len(c) > 1 for c in darr.chunks[-2:]):
         _log.info(
@@ -622,7 +640,11 @@ def prepare_chunks(darr, min_chunk_bytes=None, target_chunk_bytes=None):
 
 
 def integrate_dask(darr, weights, mean=False, dtype=np.float64):
-    """Lazy :func:`integrate` over a dask array, chunk by chunk (navigation chunks kept).
+    """Lazy :func:`integrate` over a dask array, one task per chunk.
+
+    The chunks are made whole frames and small navigation chunks merged first
+    (:func:`prepare_chunks`). Non-finite values propagate into the bins they touch, with no
+    warning (nothing is looked at before the result is computed).
 
     Parameters
     ----------

@@ -37,15 +37,13 @@ mean pattern (Poisson, counting model).
 
 One pass
 --------
-For each frame the streaming kernel returns the ring sums ``I = W D`` and ``J = W D^2``;
-the shot ring sums ``Q`` (shot weights times ``D``) follow per frame for ``r`` and from
-the pixel sums otherwise, and the per-frame quantities ``U = J A / I^2``, ``V = A / I`` and
-``Y = Q / I^2``. A :class:`Moments` holds, per *state* (thickness group x jackknife block),
-the frame count, the means of ``(I, Q, J, U, V, Y)``, the centred second moment of ``I``,
-the per-pixel means (for ``VImage`` and the ring non-uniformity of ``r`` and ``re``) and,
-for ``VImage``, the per-pixel centred second moments. Moments of two chunks merge exactly with
-Chan's pairwise formulas (:func:`merge`), so chunks can be reduced in any order or tree
-(dask, a distributed cluster) and centred sums never lose the small variance in float32.
+The moments come from :func:`femlib.moments.accumulate_moments`, one streaming read of the
+frames: per frame the ring sums ``I = W D``, ``J = W D^2`` (``r``, ``re``) and ``Q`` with the
+shot weights of the noise model, and ``U = J A / I^2``, ``V = A / I``, ``Y = Q / I^2``; per
+*state* (group x jackknife block) the frame count, the means of those, the centred second
+moment of ``I``, the per-pixel means (``VImage`` and the ring non-uniformity of ``r`` and
+``re``) and, for ``VImage``, the per-pixel centred second moments
+(:class:`femlib.moments.Moments`, merged exactly with Chan's formulas).
 
 Standard error
 --------------
@@ -64,22 +62,17 @@ Hwang & Voyles, Microsc. Microanal. 17 (2011) 67. Li et al., Microsc. Microanal.
 
 import numbers
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
-from femlib import _kernels
-from femlib.integration import as_native_frames
+# Moments, merge and frame_states are re-exported for callers of femlib 0.1.
+from femlib.moments import N_BLOCKS, Moments, _merge_arrays, frame_states, merge  # noqa: F401
+from femlib.moments import accumulate as _accumulate_chunk
 
 __all__ = [
     "METHODS",
-    "Moments",
     "accumulate",
     "accumulate_dask",
-    "accumulate_tree",
-    "merge",
-    "frame_states",
     "estimate",
     "check_method",
     "check_gain",
@@ -87,9 +80,7 @@ __all__ = [
 ]
 
 METHODS = ("Omega", "r", "re", "VImage")
-N_BLOCKS = 20
 _I, _Q, _J, _U, _V, _Y = range(6)
-N_COLUMNS = 6
 
 
 def check_method(method):
@@ -174,240 +165,44 @@ def check_gain(gain, name="gain"):
     return g
 
 
-@dataclass
-class Moments:
-    """Mergeable one-pass moments, per state ``s = group * n_blocks + block``.
+def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
+               squares=True, shot_weights=None):
+    """Moments of one chunk with the shot sums ``Q`` (default ``W^2 D``: the counting model
+    per unit gain, as :func:`estimate` with ``gain`` expects).
 
-    Attributes
-    ----------
-    count : (S,) ndarray
-        Number of frames per state.
-    mean : (S, 6, K) ndarray
-        Means of the ring sums ``I = sum_p w D``, ``Q = sum_p s D`` (shot weights ``s``),
-        ``J = sum_p w D^2`` and of the per-frame ``U = J A / I^2``, ``V = A / I``,
-        ``Y = Q / I^2`` (columns in this order; ``J``, ``U``, ``V``, ``Y`` only with
-        ``squares``).
-    m2 : (S, K) ndarray
-        Centred sum of squares of ``I``.
-    pix_mean : (S, P') ndarray or None
-        Per touched pixel mean (with ``pixels`` or ``squares``: ``VImage``, and the ring
-        non-uniformity of ``r`` and ``re``).
-    pix_m2 : (S, P') ndarray or None
-        Per touched pixel centred sum of squares (``VImage`` only).
-    n_groups, n_blocks : int
-    n_nonfinite : int
-        Frames left out because a weighted pixel was NaN or infinite.
-    squares : bool
-        Whether the ring sums of ``D^2`` (``J``, ``u``, ``v``) were accumulated.
-    """
-
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-    pix_mean: np.ndarray | None
-    pix_m2: np.ndarray | None
-    n_groups: int
-    n_blocks: int
-    n_nonfinite: int = 0
-    squares: bool = True
-
-    @property
-    def n_frames(self):
-        """Total number of frames accumulated."""
-        return int(self.count.sum())
-
-
-def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
-    """State of every frame: ``group * n_blocks + block``, -1 for excluded frames.
-
-    The ``i``-th frame of a group (in scan order) goes to jackknife block ``i mod
-    n_blocks``, so every group with ``n >= n_blocks`` frames fills all blocks evenly,
-    whatever the scan shape or how the groups fall on the scan; the assignment is fixed
-    before the pass and does not depend on chunking.
-
-    Parameters
-    ----------
-    n_frames : int
-    groups : (n_frames,) int array or None
-        Group (thickness bin) of each frame, -1 = excluded. None = all in group 0.
-    n_groups : int
-    n_blocks : int
-        Jackknife blocks.
-
-    Returns
-    -------
-    (n_frames,) ndarray of int64
-
-    Examples
-    --------
-    >>> frame_states(5, groups=[0, 1, 0, -1, 0], n_groups=2, n_blocks=2)
-    array([ 0,  2,  1, -1,  0])
-    """
-    g = np.zeros(n_frames, np.int64) if groups is None else np.asarray(groups, np.int64)
-    if g.shape != (n_frames,):
-        raise ValueError(f"groups must have one entry per frame ({n_frames}), got {g.shape}")
-    if g.max(initial=-1) >= n_groups:
-        raise ValueError(f"groups must be < n_groups={n_groups}")
-    rank = np.zeros(n_frames, np.int64)
-    for group in range(n_groups):
-        members = np.flatnonzero(g == group)
-        rank[members] = np.arange(members.size)
-    return np.where(g >= 0, g * n_blocks + rank % n_blocks, -1)
-
-
-def accumulate(
-    frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False, squares=True,
-    shot_weights=None,
-):
-    """Moments of one chunk of frames (one read of the chunk).
+    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
 
     Parameters
     ----------
     frames : ndarray, shape (..., rows, columns)
-        Any real dtype (integers are converted to float64 before any square).
     weights : femlib.integration.AzimuthalWeights
     states : int array, shape (...)
-        State of each frame (:func:`frame_states`), -1 = excluded.
+        :func:`femlib.moments.frame_states`, -1 = excluded.
     n_groups, n_blocks : int
     pixels : bool
-        Also accumulate per-pixel second moments (needed by ``VImage``).
+        Per-pixel moments (``VImage``).
     squares : bool
-        Also accumulate the ring sums of ``D^2`` (needed by ``r`` and ``re``), the
-        per-frame ``Y = Q / I^2`` of ``r``'s shot-noise term and the per-pixel means (the
-        ring non-uniformity of ``r`` and ``re``).
-    shot_weights : scipy.sparse matrix, shape (K, P), or None
-        Shot weights ``s_kp`` of the shot ring sums ``Q = sum_p s_kp D(p)``; the
-        sparsity of ``weights.matrix``. None: ``W**2`` (the counting model per unit gain;
-        :func:`estimate` multiplies by ``gain``). A noise model's shot weights are in
-        detector units (use :func:`estimate` with ``k0``).
+        ``J, U, V, Y`` and the per-pixel means (``r``, ``re`` and their ring
+        non-uniformity).
+    shot_weights : scipy.sparse matrix or None
+        Shot weights of ``Q`` (the sparsity of ``weights.matrix``); None: ``W**2``.
 
     Returns
     -------
-    Moments
-        Frames with a NaN or infinite value in a weighted (unmasked, in-range) pixel are
-        left out and counted in ``n_nonfinite``.
+    femlib.moments.Moments
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from femlib import integration
-    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
-    >>> frames = np.random.default_rng(0).poisson(5.0, size=(10, 8, 8))
-    >>> m = accumulate(frames, w, frame_states(10), squares=True)
-    >>> m.n_frames, m.mean.shape, m.pix_mean.shape == (N_BLOCKS, w.touched.size)
-    (10, (20, 6, 2), True)
-    """
-    flat = as_native_frames(frames, weights.detector_shape)
-    states = np.asarray(states, dtype=np.int64).ravel()
-    if states.size != flat.shape[0]:
-        raise ValueError(f"states has {states.size} entries for {flat.shape[0]} frames")
-    nstates = n_groups * n_blocks
-    k = weights.area.size
-    if shot_weights is None:
-        shot = weights.compact_squared
-    else:
-        shot = sp.csr_array(shot_weights)[:, weights.touched]
-    args = (flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, k)
-    sums, pixsum, pixsq = _kernels.ring_moments(*args, states, nstates, squares, pixels)
-    # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it
-    # (rare: the chunk's pixel sums are then taken again without those frames).
-    nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
-    n_nonfinite = int((nonfinite & (states >= 0)).sum())
-    if n_nonfinite:
-        states = np.where(nonfinite, -1, states)
-        _, pixsum, pixsq = _kernels.ring_moments(*args, states, nstates, False, pixels)
-    count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
-    mean = np.full((nstates, N_COLUMNS, k), np.nan)
-    m2 = np.zeros((nstates, k))
-    ring = sums[0]
-    if squares:
-        j = sums[1]
-        # Per-frame shot ring sums for r's Y = Q / I^2 (a second product over the chunk
-        # already in memory; the kernel returns only W D and W D^2).
-        q = (shot @ flat[:, weights.touched].T).T if flat.shape[0] else np.zeros((0, k))
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            inv = np.where(ring > 0, weights.area / ring, np.nan)
-            inv2 = inv * inv / weights.area**2
-            per_frame = np.stack(
-                [ring, j, j * inv2 * weights.area, inv, q * inv2], axis=1
-            )
-        cols = [_I, _J, _U, _V, _Y]
-    else:
-        per_frame = ring[:, None, :]
-        cols = [_I]
-    # Per-state sums over frames sorted by state (reduceat: no Python loop over states, and
-    # no BLAS call whose own threads would compete with dask's).
-    valid = np.flatnonzero(states >= 0)
-    order = valid[np.argsort(states[valid], kind="stable")]
-    seen = count > 0
-    if order.size:
-        present = np.flatnonzero(seen)
-        starts = np.concatenate([[0], np.cumsum(count[present])[:-1]]).astype(np.int64)
-        x = per_frame[order]
-        means = np.add.reduceat(x, starts, axis=0) / count[present, None, None]
-        mean[np.ix_(present, cols)] = means
-        dev = x[:, 0] - np.repeat(means[:, 0], count[present].astype(np.int64), axis=0)
-        m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
-    mean[~seen] = 0.0
-    # Mean of the shot ring sum Q per state, from the pixel sums.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean[:, _Q] = (shot @ pixsum.T).T / count[:, None]
-    mean[~seen] = 0.0
-    pix_mean = pix_m2 = None
-    if pixels or squares:
-        safe = np.maximum(count, 1.0)[:, None]
-        pix_mean = pixsum / safe
-    if pixels:
-        pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
-    return Moments(count, mean, m2, pix_mean, pix_m2, n_groups, n_blocks, n_nonfinite, squares)
-
-
-def merge(a, b):
-    """Merge the moments of two disjoint sets of frames (exact, order-independent).
-
-    Parameters
-    ----------
-    a, b : Moments
-
-    Returns
-    -------
-    Moments
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from femlib import integration
-    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
-    >>> frames = np.random.default_rng(0).poisson(5.0, size=(10, 8, 8))
-    >>> st = frame_states(10)
-    >>> whole = accumulate(frames, w, st)
-    >>> halves = merge(accumulate(frames[:4], w, st[:4]), accumulate(frames[4:], w, st[4:]))
-    >>> bool(np.allclose(halves.m2, whole.m2) and np.allclose(halves.mean, whole.mean))
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> m = accumulate(np.full((4, 16, 16), 2.0), w, frame_states(4, n_blocks=2), n_blocks=2)
+    >>> bool(np.allclose(m.mean[0, 1], 2.0 * w.squared.sum(axis=1)))  # Q = W^2 D
     True
     """
-    if a.mean.shape != b.mean.shape:
-        raise ValueError("cannot merge moments of different geometries or groupings")
-    n, mean, m2 = _merge_arrays(a.count, a.mean, a.m2, b.count, b.mean, b.m2, ring=True)
-    pm = pq = None
-    if a.pix_mean is not None and b.pix_mean is not None:
-        _, pm, pq = _merge_arrays(a.count, a.pix_mean, a.pix_m2, b.count, b.pix_mean, b.pix_m2)
-    return Moments(
-        n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
-        a.squares and b.squares,
-    )
-
-
-def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
-    n = na + nb
-    safe = np.where(n > 0, n, 1.0)
-    fb = (nb / safe).reshape(n.shape + (1,) * (ma.ndim - n.ndim))
-    delta = mb - ma
-    mean = ma + delta * fb
-    if qa is None or qb is None:  # per-pixel means without second moments (r, re)
-        return n, mean, None
-    d = delta[..., _I, :] if ring else delta
-    w = (na * nb / safe).reshape(n.shape + (1,) * (d.ndim - n.ndim))
-    return n, mean, qa + qb + d * d * w
+    shot = weights.squared if shot_weights is None else shot_weights
+    return _accumulate_chunk(frames, weights, states, n_groups, n_blocks, pixels, squares,
+                             shot_weights=shot, ratio=bool(squares),
+                             pixel_means=bool(pixels or squares))
 
 
 def _reduce(count, mean, m2, pm, pq, axis):
@@ -775,20 +570,18 @@ def warn_undefined(result, radial_centers):
             )
 
 
-def accumulate_dask(
-    darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False, squares=True,
-    shot_weights=None,
-):
-    """Lazy :func:`accumulate` over a dask array: one task per chunk, merged as a tree.
+def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
+                    squares=True, shot_weights=None):
+    """Lazy :func:`accumulate` over a dask array (one task per chunk, merged as a tree).
+
+    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
 
     Parameters
     ----------
     darr : dask.array.Array, shape (..., rows, columns)
-        Frames; detector dimensions are rechunked whole if needed.
     weights : femlib.integration.AzimuthalWeights
-        Embedded once in the graph and shared by every task.
     states : int ndarray, shape nav
-        State of each frame (:func:`frame_states`, reshaped to the navigation shape).
+        :func:`femlib.moments.frame_states`, reshaped to the navigation shape.
     n_groups, n_blocks : int
     pixels, squares, shot_weights
         As :func:`accumulate`.
@@ -796,87 +589,19 @@ def accumulate_dask(
     Returns
     -------
     dask.delayed.Delayed
-        Computing it gives the merged :class:`Moments` of all frames. Peak memory is a
-        few chunks: each chunk is reduced to its moments as soon as it is read.
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> import numpy as np
-    >>> from femlib import integration
-    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
-    >>> frames = np.random.default_rng(0).poisson(5.0, size=(4, 3, 8, 8)).astype(float)
-    >>> st = frame_states(12).reshape(4, 3)
-    >>> lazy = accumulate_dask(da.from_array(frames, chunks=(2, 3, 8, 8)), w, st)
-    >>> bool(np.allclose(lazy.compute().m2, accumulate(frames, w, st).m2))
-    True
+        Computing it gives the merged :class:`femlib.moments.Moments`.
     """
     import dask.array as da
 
+    from femlib import moments as _m
     from femlib.integration import prepare_chunks
 
     darr = prepare_chunks(darr)
     nav = darr.ndim - 2
     states = np.asarray(states, dtype=np.int64).reshape(darr.shape[:nav])
     sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()
-    fblocks = darr.to_delayed().reshape(-1)
-    return accumulate_tree(
-        fblocks, sblocks, weights, n_groups, n_blocks, pixels, squares, shot_weights
-    )
-
-
-def accumulate_tree(frames, states, weights, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-                    squares=True, shot_weights=None):
-    """One dask task per block of frames, their moments merged pairwise as a tree.
-
-    Parameters
-    ----------
-    frames : sequence of ndarray or dask Delayed
-        Blocks of frames, each ``(..., rows, columns)``; numpy blocks are used in place
-        (not hashed, not copied), so eager data run on dask's threaded scheduler as is.
-    states : sequence of int ndarray or dask Delayed
-        The matching blocks of frame states.
-    weights : femlib.integration.AzimuthalWeights
-        Embedded once in the graph and shared by every task.
-    n_groups, n_blocks : int
-    pixels, squares, shot_weights
-        As :func:`accumulate`.
-
-    Returns
-    -------
-    dask.delayed.Delayed
-        Computing it gives the merged :class:`Moments`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from femlib import integration
-    >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
-    >>> frames = np.random.default_rng(0).poisson(5.0, size=(6, 8, 8)).astype(float)
-    >>> st = frame_states(6)
-    >>> tree = accumulate_tree([frames[:3], frames[3:]], [st[:3], st[3:]], w)
-    >>> tree.compute(scheduler="sync").n_frames
-    6
-    """
-    import dask
-
-    shared = dask.delayed(weights, pure=True)
-    shot = None if shot_weights is None else dask.delayed(shot_weights, pure=True)
-    part = dask.delayed(_accumulate_block, pure=False)
-    parts = [
-        part(f, s, shared, n_groups, n_blocks, pixels, squares, shot)
-        for f, s in zip(frames, states, strict=True)
-    ]
-    combine = dask.delayed(merge, pure=True)
-    while len(parts) > 1:
-        nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        if len(parts) % 2:
-            nxt.append(parts[-1])
-        parts = nxt
-    return parts[0]
-
-
-def _accumulate_block(frames, states, weights, n_groups, n_blocks, pixels, squares,
-                      shot_weights=None):
-    return accumulate(frames, weights, states, n_groups, n_blocks, pixels, squares,
-                      shot_weights)
+    plan = _m._Plan(n_groups, n_blocks, bool(squares), bool(squares), bool(pixels or squares),
+                    bool(pixels))
+    shot = weights.squared if shot_weights is None else shot_weights
+    sdata = _m._shot_data(weights, shot)
+    return _m._accumulate_tree(darr.to_delayed().reshape(-1), sblocks, weights, sdata, plan)

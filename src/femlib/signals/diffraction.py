@@ -12,6 +12,7 @@ from hyperspy.signals import LazySignal1D, Signal1D
 
 from femlib import groups as _groups
 from femlib import integration
+from femlib import moments as _moments
 from femlib import thickness as _thickness
 from femlib import variance as _variance
 from femlib.calibration import Calibration, check_mask
@@ -23,6 +24,11 @@ __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
 # Eager work runs as dask tasks over blocks of about this many bytes of input: enough tasks
 # to keep every core busy, small enough to bound each task's temporaries.
 _BLOCK_BYTES = 64 * 2**20
+
+
+def _integrate_rows(frames, weights, mean, dtype, out):
+    """Integrate a block into its rows of ``out``; the number of non-finite frames."""
+    return int(integration._apply(frames, weights, mean=mean, dtype=dtype, out=out)[1].sum())
 
 
 def _frame_blocks(n_frames, frame_bytes):
@@ -98,16 +104,15 @@ class FEMDiffraction2D(Signal2D):
         frames = self.data.reshape((-1,) + self.data.shape[-2:])
         tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
         out = np.empty((frames.shape[0], int(np.prod(tail))), dtype=dtype)
-        task = dask.delayed(integration.integrate, pure=False)
+        task = dask.delayed(_integrate_rows, pure=False)
         tasks = [
-            task(frames[b], weights, mean=mean, dtype=dtype, out=out[b])
+            task(frames[b], weights, mean, dtype, out[b])
             for b in _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
         ]
-        _compute(tasks, show_progressbar, scheduler="threads")
-        bad = ~np.isfinite(out).all(axis=1)
-        if bad.any():
+        n_bad = sum(_compute(tasks, show_progressbar, scheduler="threads"))
+        if n_bad:
             warnings.warn(
-                f"{int(bad.sum())} pattern(s) have NaN or infinite values in unmasked pixels; "
+                f"{n_bad} pattern(s) have NaN or infinite values in unmasked pixels; "
                 "the bins they touch are NaN/inf in the result (mask those pixels)",
                 UserWarning,
                 stacklevel=3,
@@ -361,6 +366,7 @@ class FEMDiffraction2D(Signal2D):
         subtract_nonuniformity=False,
         groups=None,
         tiles=None,
+        noise=None,
     ):
         """Normalized variance ``V(k)`` of the diffracted intensity (FEM), in one pass.
 
@@ -372,8 +378,9 @@ class FEMDiffraction2D(Signal2D):
             FEM estimator(s) (see :mod:`femlib.variance` for the formulas). ``"all"``
             computes the four together from the same pass.
         gain : float or None
-            Detector units per electron. When given, the Poisson shot-noise term of each
-            estimator is subtracted; None = uncorrected.
+            Detector units per electron of a counting detector (independent pixels). When
+            given, the Poisson shot-noise term of each estimator is subtracted; None (and
+            no ``noise``) = uncorrected.
         radial_range : (float, float) or None
             Radial range in calibrated units (e.g. ``nm^-1``).
         mask : bool array, boolean Signal2D or None
@@ -398,6 +405,13 @@ class FEMDiffraction2D(Signal2D):
             ``(ty, tx)`` probe positions per scan tile: one ``V(k)`` per tile (a map), and
             per thickness bin inside each tile when ``thickness``/``bins`` are given. Edge
             tiles are smaller when the scan is not a multiple of the tile size.
+        noise : noise model or None
+            Detector noise model for the shot-noise correction, e.g. a
+            ``femlib.noise.DetectorNoise``: any object with ``gain`` (sum of the noise
+            kernel, detector units per electron), ``k0`` (the kernel at zero lag) and
+            ``shot_weights(matrix)`` (the sparse matrix ``W * (K * W)`` of the weights'
+            sparsity). ``gain=G`` is the counting model (shot weights ``G W**2``,
+            ``k0 = G``). Give ``gain`` or ``noise``, not both.
 
         Returns
         -------
@@ -425,9 +439,12 @@ class FEMDiffraction2D(Signal2D):
 
         Raises
         ------
+        TypeError
+            A ``noise`` without ``gain``, ``k0`` and ``shot_weights``.
         ValueError
-            Unknown method, ``gain <= 0``, a mask or thickness of the wrong shape, a ring
-            with no unmasked pixel, fewer than two usable patterns.
+            Unknown method, ``gain <= 0``, both ``gain`` and ``noise``, a mask or thickness
+            of the wrong shape, a ring with no unmasked pixel, fewer than two usable
+            patterns.
 
         References
         ----------
@@ -436,44 +453,40 @@ class FEMDiffraction2D(Signal2D):
 
         Examples
         --------
-        >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
-        >>> mask = s.sum() < 10000  # doctest: +SKIP
-        >>> v = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75),
-        ...                    mask=mask)  # doctest: +SKIP
-        >>> v.plot()  # doctest: +SKIP
+        Pure Poisson counts (gain 1): the corrected ``Omega`` is 0 within its standard error.
+
+        >>> import numpy as np
+        >>> from femlib.signals import FEMDiffraction2D
+        >>> rng = np.random.default_rng(0)
+        >>> s = FEMDiffraction2D(rng.poisson(50.0, (8, 8, 32, 32)).astype("float32"))
+        >>> s.calibration.center = (15.5, 15.5)
+        >>> v = s.get_variance(npt=5, gain=1.0, radial_range=(4.0, 14.0),
+        ...                    show_progressbar=False)
+        >>> v.data.shape
+        (5,)
+        >>> bool(np.all(np.abs(v.data) < 3 * v.metadata.FEM.standard_error))
+        True
         """
         methods = _variance.check_method(method)
-        gain = _variance.check_gain(gain)
+        gain, noise = _check_noise(gain, noise)
         if not isinstance(subtract_nonuniformity, (bool, np.bool_)):
             raise TypeError(
                 f"subtract_nonuniformity must be True or False, got {subtract_nonuniformity!r}"
             )
         w = self._weights(npt, 1, radial_range, None, mask)
         _check_no_empty_bins(w)
-        index, edges = self._thickness_groups(thickness, bins)
-        layout = self._group_layout(groups, tiles, index, edges)
-        excluded = self._navigation_mask(navigation_mask)
-        n_groups = 1 if edges is None else edges.size - 1
-        if layout is not None:
-            index, n_groups = layout["labels"], layout["n_groups"]
-        groups = np.zeros(excluded.shape, np.int64) if index is None else index.copy()
-        groups[excluded] = -1
-        states = _variance.frame_states(groups.size, groups.ravel(), n_groups)
-        pixels = "VImage" in methods
-        squares = bool({"r", "re"} & set(methods))
-        if self._lazy:
-            work = _variance.accumulate_dask(
-                self.data, w, states, n_groups, pixels=pixels, squares=squares
-            )
-        else:
-            # Eager data: the same per-block tasks, on dask's threaded scheduler, in place.
-            frames = self.data.reshape((-1,) + self.data.shape[-2:])
-            blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
-            blocks = blocks or [slice(0, 0)]
-            work = _variance.accumulate_tree(
-                [frames[b] for b in blocks], [states[b] for b in blocks], w, n_groups,
-                pixels=pixels, squares=squares,
-            )
+        labels, n_groups, edges, layout = self._group_labels(
+            thickness, bins, navigation_mask, groups, tiles
+        )
+        # The counting model accumulates Q = W^2 D and estimate() multiplies by the gain; a
+        # noise model's shot weights are in detector units and its k0 enters the estimators.
+        shot = None if gain is None and noise is None else (
+            w.squared if noise is None else noise.shot_weights(w)
+        )
+        work = _moments.accumulate_moments(
+            self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
+            compute=False,
+        )
         moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
         if moments.n_nonfinite:
             warnings.warn(
@@ -496,13 +509,36 @@ class FEMDiffraction2D(Signal2D):
                     "use fewer or wider bins"
                 )
         res = _variance.estimate(
-            moments, w, methods, gain, subtract_nonuniformity=subtract_nonuniformity
+            moments, w, methods, gain, k0=None if noise is None else float(noise.k0),
+            subtract_nonuniformity=subtract_nonuniformity,
         )
         _variance.warn_undefined(res, w.radial_centers)
-        result = self._variance_signal(res, w, methods, method, gain, edges, layout)
+        result = self._variance_signal(
+            res, w, methods, method, gain if noise is None else float(noise.gain), edges, layout
+        )
+        if noise is not None:
+            result.metadata.FEM.noise_model = {
+                "gain": float(noise.gain),
+                "k0": float(noise.k0),
+                "kernel": np.asarray(getattr(noise, "kernel", [[noise.k0]]), dtype=float),
+            }
         binned = edges is not None or layout is not None
         _store_nonuniformity(result, res, binned, subtract_nonuniformity)
         return result
+
+    def _group_labels(self, thickness, bins, navigation_mask, groups=None, tiles=None):
+        """Group label of every probe position (-1 = left out), the number of groups, the
+        thickness edges (None when not binned) and the group/tile layout (None without
+        ``groups``/``tiles``). The one place labels are made."""
+        index, edges = self._thickness_groups(thickness, bins)
+        layout = self._group_layout(groups, tiles, index, edges)
+        excluded = self._navigation_mask(navigation_mask)
+        n_groups = 1 if edges is None else edges.size - 1
+        if layout is not None:
+            index, n_groups = layout["labels"], layout["n_groups"]
+        labels = np.zeros(excluded.shape, np.int64) if index is None else index.copy()
+        labels[excluded] = -1
+        return labels, n_groups, edges, layout
 
     def _group_layout(self, groups, tiles, index, edges):
         """Labels of the user's groups or of the scan tiles (x thickness bins), or None."""
@@ -719,6 +755,28 @@ def _store_nonuniformity(result, res, binned, subtracted):
     else:
         fem.ring_nonuniformity = fem.ring_nonuniformity[0]
         fem.ring_nonuniformity_standard_error = fem.ring_nonuniformity_standard_error[0]
+
+
+def _check_noise(gain, noise):
+    """Validated ``gain`` and ``noise`` of get_variance (at most one of them)."""
+    gain = _variance.check_gain(gain)
+    if noise is None:
+        return gain, None
+    if gain is not None:
+        raise ValueError(
+            "give gain (counting detector) or noise (a noise model), not both: "
+            f"got gain={gain!r} and noise={noise!r}"
+        )
+    missing = [a for a in ("gain", "k0", "shot_weights") if not hasattr(noise, a)]
+    if missing:
+        raise TypeError(
+            "noise must be a noise model with gain, k0 and shot_weights(matrix) (e.g. "
+            f"femlib.noise.DetectorNoise) or None; {type(noise).__name__} lacks "
+            + ", ".join(missing)
+        )
+    _variance.check_gain(noise.gain, name="noise.gain")
+    _variance.check_gain(noise.k0, name="noise.k0")
+    return None, noise
 
 
 def _title(what, signal):

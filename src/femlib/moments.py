@@ -1,0 +1,549 @@
+r"""The FEM pass: one streaming read of the frames into mergeable moments.
+
+Pure numerical core (numpy, numba, dask; no HyperSpy). :func:`accumulate_moments` is the
+public pass; :mod:`femlib.variance` turns its :class:`Moments` into ``V(k)``.
+
+Notation: ``D_n(p)`` is pixel ``p`` of frame ``n``, ``w_kp`` the weights of radial bin ``k``
+with ``A_k = sum_p w_kp``, and ``s_kp`` the *shot weights* of a noise model (for the counting
+model of gain ``G``, ``s_kp = G w_kp^2``), with the sparsity of ``w``.
+
+Per frame the kernel forms, in one read of the frame,
+
+* ``I = sum_p w_kp D(p)`` (ring sum, not divided by ``A_k``),
+* ``Q = sum_p s_kp D(p)`` (only with shot weights),
+* ``J = sum_p w_kp D(p)^2`` (only for ``r`` and ``re``),
+
+and from them ``U = J A / I^2`` and ``V = A / I`` (``r``, ``re``) and ``Y = Q / I^2`` (``r``
+with shot weights). A :class:`Moments` holds, per *state* ``s = group * n_blocks + block``
+(a group label per frame, jackknife block by rank inside the group), the frame count, the
+means of those columns (order :data:`COLUMNS`; columns not asked for are 0), the centred
+sum of squares of ``I`` and, when asked, per touched pixel the mean (``VImage``, ``r``,
+``re``: the ring non-uniformity) and the centred sum of squares (``VImage``). Moments of
+disjoint frame sets merge exactly with Chan's pairwise formulas (:func:`merge`), so chunks
+reduce in any order, as a tree, on threads or a cluster.
+
+Frames with a NaN or infinite value in a weighted pixel are left out and counted.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from femlib import _kernels
+from femlib.integration import as_native_frames, prepare_chunks
+
+__all__ = [
+    "COLUMNS",
+    "N_BLOCKS",
+    "Moments",
+    "accumulate",
+    "accumulate_moments",
+    "frame_states",
+    "merge",
+    "needs",
+]
+
+N_BLOCKS = 20
+#: Columns of :attr:`Moments.mean`, in order.
+COLUMNS = ("I", "Q", "J", "U", "V", "Y")
+_I, _Q, _J, _U, _V, _Y = range(6)
+_METHODS = ("Omega", "r", "re", "VImage")
+# Eager frames are cut into dask tasks of about this many bytes: enough tasks for every
+# core, small enough to bound each task's temporaries.
+BLOCK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Moments:
+    """Mergeable one-pass moments, per state ``s = group * n_blocks + block``.
+
+    Attributes
+    ----------
+    count : (S,) ndarray
+        Number of frames per state.
+    mean : (S, 6, K) ndarray
+        Means over the state's frames of the columns :data:`COLUMNS`
+        (``I, Q, J, U, V, Y``); columns that were not accumulated hold 0.
+    m2 : (S, K) ndarray
+        Centred sum of squares of ``I``.
+    pix_mean : (S, P') ndarray or None
+        Per touched pixel mean (for ``VImage``, ``r``, ``re``).
+    pix_m2 : (S, P') ndarray or None
+        Per touched pixel centred sum of squares (``VImage`` only).
+    n_groups, n_blocks : int
+    n_nonfinite : int
+        Frames left out because a weighted pixel was NaN or infinite.
+    squares : bool
+        Whether ``J``, ``U`` and ``V`` were accumulated.
+    shot : bool
+        Whether ``Q`` was accumulated (shot weights given).
+    ratio : bool
+        Whether ``Y`` was accumulated.
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> m = accumulate_moments(np.ones((5, 16, 16)), w, n_blocks=5)
+    >>> m.mean.shape, m.n_frames, COLUMNS[int(np.argmax(m.mean[0, :, 0] > 0))]
+    ((5, 6, 4), 5, 'I')
+    """
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    pix_mean: np.ndarray | None
+    pix_m2: np.ndarray | None
+    n_groups: int
+    n_blocks: int
+    n_nonfinite: int = 0
+    squares: bool = True
+    shot: bool = False
+    ratio: bool = False
+
+    @property
+    def n_frames(self):
+        """Total number of frames accumulated."""
+        return int(self.count.sum())
+
+
+def needs(methods, shot=False):
+    """What the pass must accumulate for ``methods``.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Any of ``"Omega"``, ``"r"``, ``"re"``, ``"VImage"``.
+    shot : bool
+        Whether a shot-noise correction (shot weights) is asked for.
+
+    Returns
+    -------
+    dict
+        ``squares`` (``J, U, V``: r, re), ``ratio`` (``Y``: r with shot weights),
+        ``pixel_means`` (VImage, r, re), ``pixel_squares`` (VImage).
+
+    Examples
+    --------
+    >>> needs(["Omega"])
+    {'squares': False, 'ratio': False, 'pixel_means': False, 'pixel_squares': False}
+    >>> needs(["r"], shot=True)["ratio"]
+    True
+    """
+    methods = set(methods)
+    bad = methods - set(_METHODS)
+    if bad or not methods:
+        raise ValueError(f"methods must be a non-empty list of {', '.join(_METHODS)}, "
+                         f"got {sorted(methods)!r}")
+    ring = bool({"r", "re"} & methods)
+    return {
+        "squares": ring,
+        "ratio": "r" in methods and bool(shot),
+        "pixel_means": ring or "VImage" in methods,
+        "pixel_squares": "VImage" in methods,
+    }
+
+
+def frame_states(n_frames, groups=None, n_groups=1, n_blocks=N_BLOCKS):
+    """State of every frame: ``group * n_blocks + block``, -1 for excluded frames.
+
+    The ``i``-th frame of a group (in scan order) goes to jackknife block ``i mod
+    n_blocks``, so every group with ``n >= n_blocks`` frames fills all blocks evenly,
+    whatever the scan shape or how the groups fall on the scan; the assignment is fixed
+    before the pass and does not depend on chunking.
+
+    Parameters
+    ----------
+    n_frames : int
+    groups : (n_frames,) int array or None
+        Group label of each frame, -1 = excluded. None = all in group 0.
+    n_groups : int
+    n_blocks : int
+        Jackknife blocks.
+
+    Returns
+    -------
+    (n_frames,) ndarray of int64
+
+    Examples
+    --------
+    >>> frame_states(5, [0, 1, 0, -1, 1], n_groups=2, n_blocks=2)
+    array([ 0,  2,  1, -1,  3])
+    """
+    g = np.zeros(n_frames, np.int64) if groups is None else np.asarray(groups, np.int64)
+    if g.shape != (n_frames,):
+        raise ValueError(f"groups must have one entry per frame ({n_frames}), got {g.shape}")
+    if g.max(initial=-1) >= n_groups or g.min(initial=-1) < -1:
+        raise ValueError(f"groups must be -1 (left out) or in [0, n_groups={n_groups})")
+    order = np.argsort(g, kind="stable")
+    sorted_g = g[order]
+    first = np.searchsorted(sorted_g, sorted_g, side="left")
+    rank = np.empty(n_frames, np.int64)
+    rank[order] = np.arange(n_frames) - first
+    return np.where(g >= 0, g * n_blocks + rank % n_blocks, -1)
+
+
+# ----------------------------------------------------------------------------- one chunk
+@dataclass(frozen=True)
+class _Plan:
+    """What every chunk task needs besides its frames (shipped once per graph)."""
+
+    n_groups: int
+    n_blocks: int
+    squares: bool
+    ratio: bool
+    pixel_means: bool
+    pixel_squares: bool
+
+
+def _shot_data(weights, shot_weights):
+    """Shot weights as a data array aligned with ``weights.wdata`` (same non-zeros)."""
+    if shot_weights is None:
+        return None
+    if not sp.issparse(shot_weights):
+        raise TypeError(
+            f"shot_weights must be a scipy.sparse matrix or None, got {type(shot_weights)}"
+        )
+    k, npix = weights.area.size, int(np.prod(weights.detector_shape))
+    if shot_weights.shape != (k, npix):
+        raise ValueError(
+            f"shot_weights has shape {shot_weights.shape}, expected (bins, pixels) = "
+            f"({k}, {npix}), the shape of the weight matrix"
+        )
+    coo = sp.coo_array(shot_weights)
+    coo.sum_duplicates()
+    # Linear index (pixel-major, as the kernel walks the weights) of every entry.
+    skey = coo.col.astype(np.int64) * k + coo.row
+    cols = np.repeat(weights.touched.astype(np.int64), np.diff(weights.colptr))
+    wkey = cols * k + weights.rowidx
+    order = np.argsort(skey)
+    skey, sval = skey[order], coo.data[order].astype(np.float64)
+    pos = np.searchsorted(skey, wkey)
+    pos_c = np.minimum(pos, max(skey.size - 1, 0))
+    hit = (pos < skey.size) & (skey[pos_c] == wkey) if skey.size else np.zeros(0, bool)
+    out = np.zeros(wkey.size)
+    out[hit] = sval[pos_c[hit]]
+    if np.count_nonzero(sval) > np.count_nonzero(out):
+        raise ValueError("shot_weights has non-zeros where the weight matrix has none: it "
+                         "must have the sparsity of the weights (W * (K * W))")
+    if not np.all(np.isfinite(out)):
+        raise ValueError("shot_weights must be finite")
+    return out
+
+
+def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
+               squares=True, *, shot_weights=None, ratio=False, pixel_means=None):
+    """Moments of one chunk of frames (one read of the chunk).
+
+    Parameters
+    ----------
+    frames : ndarray, shape (..., rows, columns)
+        Any real dtype (accumulated in float64).
+    weights : femlib.integration.AzimuthalWeights
+    states : int array, shape (...)
+        State of each frame (:func:`frame_states`), -1 = excluded.
+    n_groups, n_blocks : int
+    pixels : bool
+        Accumulate the per-pixel means and centred sums of squares (``VImage``).
+    squares : bool
+        Accumulate ``J``, ``U``, ``V`` (``r``, ``re``).
+    shot_weights : scipy.sparse matrix (K, P) or None
+        Shot weights with the sparsity of ``weights.matrix``; ``Q`` is accumulated with
+        them. None: ``Q`` is 0.
+    ratio : bool
+        Accumulate ``Y = Q / I^2`` (needs ``shot_weights``).
+    pixel_means : bool or None
+        Accumulate the per-pixel means; default ``pixels``.
+
+    Returns
+    -------
+    Moments
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> frames = np.random.default_rng(0).poisson(5.0, (10, 16, 16)).astype(np.float32)
+    >>> m = accumulate(frames, w, frame_states(10, n_blocks=2), n_blocks=2)
+    >>> m.count
+    array([5., 5.])
+    >>> bool(np.allclose(m.mean[:, 0].sum(0) / 2, (frames.reshape(10, -1) @ w.matrix.T).mean(0)))
+    True
+    """
+    plan = _Plan(n_groups, n_blocks, bool(squares), bool(ratio and shot_weights is not None),
+                 bool(pixels if pixel_means is None else pixel_means or pixels), bool(pixels))
+    return _accumulate_chunk(frames, states, weights, _shot_data(weights, shot_weights), plan)
+
+
+def _accumulate_chunk(frames, states, weights, sdata, plan):
+    flat = as_native_frames(frames, weights.detector_shape)
+    states = np.asarray(states, dtype=np.int64).ravel()
+    if states.size != flat.shape[0]:
+        raise ValueError(f"states has {states.size} entries for {flat.shape[0]} frames")
+    nstates = plan.n_groups * plan.n_blocks
+    k = weights.area.size
+    shot = sdata is not None
+    # Q per frame only where a per-frame quantity needs it (Y = Q / I^2, for r). Otherwise
+    # its per-state mean is S times the per-state pixel sums: a sequential 8-byte add per
+    # touched pixel costs less than four more multiply-adds per non-zero weight (measured:
+    # 0.6x the time of the pass for Omega with a gain, benchmarks/README.md).
+    q_frame = shot and plan.ratio
+    q_pixels = shot and not plan.ratio
+    pixel_sums = plan.pixel_means or q_pixels
+
+    def run(st, ring=True):
+        return _kernels.ring_moments(
+            flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, k, st,
+            nstates, sdata if ring and q_frame else None, plan.squares and ring, pixel_sums,
+            plan.pixel_squares,
+        )
+
+    sums, pixsum, pixsq = run(states)
+    # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it
+    # (rare: the chunk's pixel sums are then taken again without those frames).
+    nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
+    n_nonfinite = int((nonfinite & (states >= 0)).sum())
+    if n_nonfinite:
+        states = np.where(nonfinite, -1, states)
+        if pixel_sums:
+            _, pixsum, pixsq = run(states, ring=False)
+    count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
+    ring = sums[0]
+    cols, per_frame = [_I], [ring]
+    if q_frame:
+        cols.append(_Q)
+        per_frame.append(sums[1])
+    if plan.squares or plan.ratio:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            inv = np.where(ring > 0, weights.area / ring, np.nan)  # A / I
+            if plan.squares:
+                j = sums[2 if q_frame else 1]
+                cols += [_J, _U, _V]
+                per_frame += [j, j * inv * inv / weights.area, inv]
+            if plan.ratio:
+                cols.append(_Y)
+                per_frame.append(sums[1] * inv * inv / weights.area**2)
+    per_frame = np.stack(per_frame, axis=1)  # (n, c, K)
+    mean = np.zeros((nstates, len(COLUMNS), k))
+    m2 = np.zeros((nstates, k))
+    # Per-state sums over frames sorted by state (reduceat: no Python loop over states, and
+    # no BLAS call whose own threads would compete with dask's).
+    valid = np.flatnonzero(states >= 0)
+    order = valid[np.argsort(states[valid], kind="stable")]
+    if order.size:
+        present = np.flatnonzero(count > 0)
+        sizes = count[present].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        x = per_frame[order]
+        means = np.add.reduceat(x, starts, axis=0) / count[present, None, None]
+        mean[np.ix_(present, cols)] = means
+        dev = x[:, 0] - np.repeat(means[:, 0], sizes, axis=0)
+        m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
+    if q_pixels:
+        compact = sp.csc_array(
+            (sdata, weights.rowidx, weights.colptr), shape=(k, weights.touched.size)
+        ).tocsr()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean[:, _Q] = np.where(count[:, None] > 0, (compact @ pixsum.T).T / count[:, None],
+                                   0.0)
+    pix_mean = pix_m2 = None
+    if plan.pixel_means:
+        safe = np.maximum(count, 1.0)[:, None]
+        pix_mean = pixsum / safe
+        if plan.pixel_squares:
+            pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
+    return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
+                   n_nonfinite, plan.squares, shot, plan.ratio)
+
+
+# ----------------------------------------------------------------------------- merging
+def merge(a, b):
+    """Merge the moments of two disjoint sets of frames (exact, order-independent).
+
+    Parameters
+    ----------
+    a, b : Moments
+
+    Returns
+    -------
+    Moments
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> f = np.random.default_rng(1).poisson(5.0, (8, 16, 16)).astype(np.float32)
+    >>> st = frame_states(8, n_blocks=1)
+    >>> whole = accumulate(f, w, st, n_blocks=1)
+    >>> halves = merge(accumulate(f[:3], w, st[:3], n_blocks=1),
+    ...                accumulate(f[3:], w, st[3:], n_blocks=1))
+    >>> bool(np.allclose(halves.m2, whole.m2))
+    True
+    """
+    if a.mean.shape != b.mean.shape:
+        raise ValueError("cannot merge moments of different geometries or groupings")
+    n, mean, m2 = _merge_arrays(a.count, a.mean, a.m2, b.count, b.mean, b.m2, ring=True)
+    pm = pq = None
+    if a.pix_mean is not None and b.pix_mean is not None:
+        _, pm, pq = _merge_arrays(a.count, a.pix_mean, a.pix_m2, b.count, b.pix_mean, b.pix_m2)
+    return Moments(
+        n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
+        a.squares and b.squares, a.shot and b.shot, a.ratio and b.ratio,
+    )
+
+
+def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
+    n = na + nb
+    safe = np.where(n > 0, n, 1.0)
+    fb = (nb / safe).reshape(n.shape + (1,) * (ma.ndim - n.ndim))
+    delta = mb - ma
+    mean = ma + delta * fb
+    if qa is None or qb is None:  # per-pixel means without second moments (r, re)
+        return n, mean, None
+    d = delta[..., _I, :] if ring else delta
+    w = (na * nb / safe).reshape(n.shape + (1,) * (d.ndim - n.ndim))
+    return n, mean, qa + qb + d * d * w
+
+
+# ----------------------------------------------------------------------------- the pass
+def _accumulate_block(frames, states, weights, sdata, plan):
+    return _accumulate_chunk(frames, states, weights, sdata, plan)
+
+
+def _accumulate_tree(frames, states, weights, sdata, plan):
+    """One dask task per block of frames, their moments merged pairwise as a tree."""
+    import dask
+
+    shared = dask.delayed(weights, pure=True)
+    shot = None if sdata is None else dask.delayed(sdata, pure=True)
+    part = dask.delayed(_accumulate_block, pure=False)
+    parts = [part(f, s, shared, shot, plan) for f, s in zip(frames, states, strict=True)]
+    combine = dask.delayed(merge, pure=True)
+    while len(parts) > 1:
+        nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+def _blocks(frames, block_bytes):
+    """Blocks of whole frames for the tree: a dask array's chunks (as Delayed), or views of
+    a numpy array (no copy: dask's ``from_array`` copies numpy chunks and hashes the data).
+
+    Returns ``(blocks, navigation chunks, lazy)``.
+    """
+    import dask.array as da
+
+    if isinstance(frames, da.Array):
+        darr = prepare_chunks(frames)
+        return list(darr.to_delayed().ravel()), darr.chunks[:-2], True
+    arr = np.asarray(frames)
+    if arr.ndim < 2:
+        raise ValueError(f"frames must be (..., rows, columns), got shape {arr.shape}")
+    flat = arr.reshape((-1,) + arr.shape[-2:])  # a view for C-ordered input
+    frame_bytes = max(flat[0].nbytes if len(flat) else 1, 1)
+    step = max(1, int(block_bytes // frame_bytes))
+    starts = range(0, max(len(flat), 1), step)
+    blocks = [flat[i : i + step] for i in starts]
+    return blocks, (tuple(len(b) for b in blocks),), False
+
+
+def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=("Omega",),
+                       n_groups=None, n_blocks=N_BLOCKS, compute=True,
+                       block_bytes=BLOCK_BYTES):
+    """The FEM pass: one read of the frames into the moments ``methods`` need.
+
+    Eager (numpy) and lazy (dask) frames take the same path, a dask graph of one task per
+    block of frames whose moments are merged pairwise as a tree: numpy frames are cut into
+    views (no copy, no hashing) and run on the threaded scheduler; dask frames run chunk by
+    chunk on the active scheduler (a ``distributed`` client too). Each block is reduced to
+    its :class:`Moments` by one kernel call.
+
+    Parameters
+    ----------
+    frames : ndarray or dask.array.Array, shape (..., rows, columns)
+        Any real dtype and byte order.
+    weights : femlib.integration.AzimuthalWeights
+        Radial weights ``W`` (K bins).
+    labels : int array_like of shape ``frames.shape[:-2]`` (or flat) or None
+        Group label per frame, ``-1`` = left out (e.g. thickness bins, navigation mask,
+        scan tiles). None: every frame in group 0.
+    shot_weights : scipy.sparse matrix (K, P) or None
+        Shot weights of a noise model (``noise.shot_weights(weights.matrix)``; the counting
+        model of gain ``G`` is ``G W**2``), with the sparsity of ``weights.matrix``. ``Q``
+        (and, for ``r``, ``Y``) is accumulated with them. None: no shot-noise columns.
+    methods : sequence of str
+        Estimators the moments are for (:func:`needs`): ``"Omega"`` needs only ``I`` (and
+        ``Q``); ``"r"``, ``"re"`` add ``J, U, V`` and the per-pixel means; ``"VImage"``
+        the per-pixel means and squares.
+    n_groups : int or None
+        Number of groups; default ``max(labels) + 1`` (at least 1).
+    n_blocks : int
+        Jackknife blocks per group (:func:`frame_states`).
+    compute : bool
+        If False, return a ``dask.delayed.Delayed`` (compute it with any scheduler; eager
+        input wants ``scheduler="threads"``).
+    block_bytes : int
+        Size of the dask tasks that eager frames are cut into.
+
+    Returns
+    -------
+    Moments or dask.delayed.Delayed
+        The merged moments of all frames (``n_groups * n_blocks`` states).
+
+    Raises
+    ------
+    ValueError
+        For labels of the wrong shape or out of range, shot weights of the wrong shape or
+        sparsity, frames whose detector shape is not the weights'.
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> frames = np.random.default_rng(0).poisson(5.0, (6, 7, 16, 16)).astype(np.float32)
+    >>> labels = np.repeat([0, 1], 21).reshape(6, 7)
+    >>> m = accumulate_moments(frames, w, labels, shot_weights=w.squared * 1.0)
+    >>> m.count.reshape(m.n_groups, m.n_blocks).sum(1)
+    array([21., 21.])
+    >>> ring = frames.reshape(42, -1) @ w.matrix.T
+    >>> bool(np.allclose(m.mean[:20, 0].T @ m.count[:20] / 21, ring[:21].mean(0)))
+    True
+    """
+    import dask
+
+    need = needs(methods, shot_weights is not None)
+    sdata = _shot_data(weights, shot_weights)
+    nav = tuple(np.shape(frames)[:-2])
+    blocks, nav_chunks, lazy = _blocks(frames, block_bytes)
+    n_frames = int(np.prod(nav))
+    if labels is None:
+        flat_labels = np.zeros(n_frames, np.int64)
+    else:
+        lab = np.asarray(labels)
+        if lab.size != n_frames or (lab.ndim > 1 and lab.shape != nav):
+            raise ValueError(
+                f"labels must have one entry per frame, shape {nav}, got {lab.shape}"
+            )
+        if lab.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers (-1 = left out), got {lab.dtype}")
+        flat_labels = lab.astype(np.int64).ravel()
+    if n_groups is None:
+        n_groups = max(int(flat_labels.max(initial=-1)) + 1, 1)
+    states = frame_states(n_frames, flat_labels, n_groups, n_blocks)
+    if lazy:
+        import dask.array as da
+
+        sblocks = da.from_array(states.reshape(nav), chunks=nav_chunks).to_delayed().ravel()
+    else:
+        bounds = np.cumsum((0,) + nav_chunks[0])
+        sblocks = [states[i:j] for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
+    plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
+                 need["pixel_squares"])
+    work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan)
+    if not compute:
+        return work
+    (result,) = dask.compute(work, scheduler=None if lazy else "threads")
+    return result
