@@ -587,9 +587,9 @@ def _relabel_relative_bins(var):
             ax.units = "relative"
 
 
-# A V(k) from fewer patterns than this (the jackknife's number of blocks) has no usable
-# error on a fitted peak; such bins are listed in peaks.csv, not fitted (fitting hundreds of
-# nearly empty bins would also take most of the run).
+# A V(k) from fewer patterns than the jackknife's blocks (femlib.moments.N_BLOCKS) has no
+# usable error on a fitted peak: such bins are listed in peaks.csv, not fitted (fitting
+# hundreds of nearly empty bins would also take most of the run).
 _MIN_PEAK_PATTERNS = 20
 
 
