@@ -409,10 +409,11 @@ def bad_files(tmp_path_factory):
         (["--num-points", "2"], "argument --num-points: must be >= 5"),
         (["--out", "good.hspy"], "--out good.hspy exists and is not a folder"),
         (["--bogus"], "unrecognized arguments: --bogus"),
-        # Options that need the data or a file: checked after loading, before any pass.
-        (["--thickness-bins", "2", "--thickness-from-pattern", "8", "99"],
-         "--thickness-from-pattern 8 99 lies outside the detector"),
-        (["--flat-field", "flat_64.npy"],
+        # Options that need the data or a file: checked after loading, before any pass
+        # (a 2 x 2 synthetic scan loads in no time).
+        (["--thickness-bins", "2", "--thickness-from-pattern", "8", "99", "--synthetic-shape",
+          "2", "2"], "--thickness-from-pattern 8 99 lies outside the detector"),
+        (["--flat-field", "flat_64.npy", "--synthetic-shape", "2", "2"],
          "--flat-field flat_64.npy has frames of 64 x 64 px but the detector is 128 x 128 px"),
     ],
 )
