@@ -2,12 +2,15 @@
 validation, and their survival through save/load, slicing, sums and copies."""
 
 import copy
+import re
+import warnings
 
 import hyperspy.api as hs
 import numpy as np
 import pytest
 
-from femlib.calibration import Calibration
+import femlib
+from femlib.calibration import Calibration, affine_to_stored
 from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
 
 ROWS, COLS = 20, 24  # non-square so that an x/y swap shows
@@ -139,7 +142,13 @@ def test_affine_round_trip(lazy):
     a = np.array([[1.2, 0.1, 0.0], [-0.05, 0.8, 0.0], [0.0, 0.0, 1.0]])
     s.calibration.affine = a
     np.testing.assert_array_equal(s.calibration.affine, a)
-    np.testing.assert_array_equal(s.metadata.General.affine_transformation, a)
+    # Stored in pyxem's meaning: S = A / det(A) on the linear part.
+    det = 1.2 * 0.8 + 0.1 * 0.05
+    np.testing.assert_allclose(
+        s.metadata.General.affine_transformation,
+        [[1.2 / det, 0.1 / det, 0.0], [-0.05 / det, 0.8 / det, 0.0], [0.0, 0.0, 1.0]],
+        rtol=1e-15,
+    )
     assert s.calibration.affine.dtype == np.float64
 
 
@@ -149,7 +158,9 @@ def test_affine_2x2_is_embedded():
     got = s.calibration.affine
     assert got.shape == (3, 3)
     np.testing.assert_array_equal(got, AFFINE)
-    np.testing.assert_array_equal(s.metadata.General.affine_transformation, AFFINE)
+    np.testing.assert_allclose(
+        s.metadata.General.affine_transformation, affine_to_stored(AFFINE), rtol=1e-15
+    )
 
 
 def test_affine_none_removes():
@@ -171,7 +182,8 @@ def test_mask_round_trip(lazy):
     assert got.dtype == bool
     assert got.shape == (ROWS, COLS)
     np.testing.assert_array_equal(got, make_mask())
-    np.testing.assert_array_equal(s.metadata.General.detector_mask, make_mask())
+    np.testing.assert_array_equal(s.metadata.General.mask, make_mask())  # pyxem's key
+    assert not s.metadata.has_item("General.detector_mask")
     assert got.sum() == 2 * COLS + 1
 
 
@@ -185,7 +197,7 @@ def test_mask_from_boolean_signal(lazy):
     expected = values(s.data).sum(axis=(0, 1)) < threshold
     assert 0 < expected.sum() < expected.size
     np.testing.assert_array_equal(s.calibration.mask, expected)
-    assert isinstance(s.metadata.General.detector_mask, np.ndarray)
+    assert isinstance(s.metadata.General.mask, np.ndarray)
 
 
 def test_mask_integer_zero_one_is_accepted():
@@ -200,7 +212,7 @@ def test_mask_none_removes():
     s.calibration.mask = make_mask()
     s.calibration.mask = None
     assert s.calibration.mask is None
-    assert not s.metadata.has_item("General.detector_mask")
+    assert not s.metadata.has_item("General.mask")
     s.calibration.mask = None
     assert s.calibration.mask is None
 
@@ -381,3 +393,341 @@ def test_calibration_survives_copies_independently(lazy, copier):
     assert s.calibration is cal
     assert cal._signal is s
     assert_calibrated(s)
+
+
+# ========================================================================= bad input
+def _centred(nav=(3,), det=(16, 16), seed=0):
+    s = hs.signals.Signal2D(np.random.default_rng(seed).poisson(50, nav + det).astype(float))
+    s.set_signal_type("fem_diffraction")
+    s.calibration.center = ((det[1] - 1) / 2, (det[0] - 1) / 2)
+    return s
+
+
+def test_bad_center_leaves_the_signal_alone():
+    s = _centred()
+    before = s.calibration.center.copy()
+    with pytest.raises(ValueError, match=r"center must be a 2-vector \(x, y\) in pixels, got an "
+                                         r"array of shape \(3,\)"):
+        s.calibration.center = (1, 2, 3)
+    with pytest.raises(ValueError, match=r"center must be finite, got \("):
+        s.calibration.center = (np.nan, 1.0)
+    with pytest.raises(ValueError, match=r"center must be 2 numbers \(x, y\) in pixels, got "
+                                         r"\('a', 2\)"):
+        s.calibration.center = ("a", 2)
+    np.testing.assert_array_equal(s.calibration.center, before)
+
+
+def test_center_off_detector_is_accepted_then_warns_and_names_the_empty_bins():
+    s = _centred()
+    s.calibration.center = (100, 100)
+    np.testing.assert_array_equal(s.calibration.center, [100, 100])
+    with (
+        pytest.warns(UserWarning, match=r"of the azimuths of the radial range .* around the "
+                                        r"centre \(100, 100\) px"),
+        pytest.raises(ValueError, match=re.escape(
+            "3 radial bin(s) contain no unmasked pixel (radius 17.77, 53.3, 88.83)")),
+    ):
+        s.get_variance(npt=4, show_progressbar=False)
+
+
+def test_bad_affine_and_mask_leave_the_signal_alone():
+    s = _centred()
+    with pytest.raises(ValueError, match=re.escape(
+            "affine must be a 3x3 (or 2x2) matrix, got shape (4, 4)")):
+        s.calibration.affine = np.eye(4)
+    with pytest.raises(ValueError, match=re.escape(
+            "affine must be finite, got a matrix containing NaN or inf")):
+        s.calibration.affine = np.full((3, 3), np.nan)
+    with pytest.raises(ValueError, match=re.escape(
+            "affine must be invertible, got a singular matrix")):
+        s.calibration.affine = np.zeros((3, 3))
+    with pytest.raises(ValueError, match=re.escape(
+            "mask has shape (10, 10) but the detector is (16, 16)")):
+        s.calibration.mask = np.zeros((10, 10), bool)
+    with pytest.raises(TypeError, match=re.escape(
+            "mask must be a boolean array (True = excluded pixel), got dtype float64")):
+        s.calibration.mask = np.zeros((16, 16))
+    assert s.calibration.affine is None and s.calibration.mask is None
+    assert not s.metadata.has_item("General.affine_transformation")
+
+
+def test_stored_affine_that_is_singular_names_the_key():
+    s = _centred()
+    s.metadata.set_item("General.affine_transformation", np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=re.escape(
+            "metadata.General.affine_transformation: affine must be invertible")):
+        _ = s.calibration.affine
+
+
+def test_mask_argument_does_not_touch_the_stored_mask():
+    s = _centred()
+    stored = np.zeros((16, 16), bool)
+    stored[0] = True
+    s.calibration.mask = stored
+    rows, cols = np.mgrid[:16, :16]
+    given = (np.hypot(cols - 7.5, rows - 7.5) > 5) & (np.hypot(cols - 7.5, rows - 7.5) < 6)
+    kw = dict(npt=4, radial_range=(1.0, 7.0), show_progressbar=False)
+    v_given = s.get_variance(mask=given, **kw)
+    ref = _centred()
+    np.testing.assert_array_equal(v_given.data, ref.get_variance(mask=given, **kw).data)
+    s.get_azimuthal_integral1d(mask=given, **kw)
+    np.testing.assert_array_equal(s.calibration.mask, stored)
+
+
+# ============================================================ state follows the signal
+def state_signal(lazy=False, haadf="array"):
+    """Calibrated signal with a mask and navigation-shaped metadata (HAADF as an array or a
+    Signal2D, and a second array under another node)."""
+    s = calibrate(make_signal(lazy))
+    h = np.arange(NAV[0] * NAV[1], dtype=float).reshape(NAV) * 10 + 26265.0
+    s.metadata.set_item("HAADF.intensity", h if haadf == "array" else hs.signals.Signal2D(h))
+    s.metadata.set_item("Extra.flags", np.arange(6).reshape(NAV) % 2 == 0)
+    return s
+
+
+def haadf_of(s):
+    h = s.metadata.HAADF.intensity
+    return np.asarray(getattr(h, "data", h))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize(
+    "crop",
+    [(slice(2, 20), slice(1, 17)), (slice(None, None, 2), slice(3, None)), (5, slice(None))],
+    ids=["isig[2:20, 1:17]", "isig[::2, 3:]", "isig[5, :]"],
+)
+def test_mask_follows_isig(lazy, crop):
+    s = state_signal(lazy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = s.isig[crop]
+    dropped = [str(w.message) for w in caught if "no longer match" in str(w.message)]
+    assert len(dropped) == (c.axes_manager.signal_dimension != 2)
+    x, y = crop
+    expected = make_mask()[y, x]
+    if c.axes_manager.signal_dimension == 2:
+        np.testing.assert_array_equal(c.calibration.mask, expected)
+        np.testing.assert_array_equal(c.metadata.General.mask, expected)  # pyxem's key
+    else:  # a line of the detector is no detector: the mask is dropped, not left stale
+        assert not c.metadata.has_item("General.mask")
+    np.testing.assert_array_equal(haadf_of(c), haadf_of(s))
+    np.testing.assert_array_equal(s.calibration.mask, make_mask())  # the source is untouched
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("haadf", ["array", "signal"])
+@pytest.mark.parametrize(
+    "index", [(slice(1, 3), slice(0, 1)), (slice(None, None, -1), 1), (2, 0)],
+    ids=["inav[1:3, 0:1]", "inav[::-1, 1]", "inav[2, 0]"],
+)
+def test_navigation_metadata_follows_inav(lazy, haadf, index):
+    s = state_signal(lazy, haadf)
+    t = s.inav[index]
+    array_index = index[::-1]
+    np.testing.assert_array_equal(haadf_of(t).squeeze(), haadf_of(s)[array_index].squeeze())
+    np.testing.assert_array_equal(
+        np.asarray(t.metadata.Extra.flags), np.asarray(s.metadata.Extra.flags)[array_index]
+    )
+    assert isinstance(t.metadata.HAADF.intensity, np.ndarray if haadf == "array" else
+                      hs.signals.BaseSignal)
+    if haadf == "signal" and t.axes_manager.navigation_dimension:
+        # the HAADF signal's axes are the sliced scan axes
+        assert [a.size for a in t.metadata.HAADF.intensity.axes_manager.signal_axes] == [
+            a.size for a in t.axes_manager.navigation_axes
+        ]
+    np.testing.assert_array_equal(t.calibration.mask, make_mask())
+
+
+def test_sub_scan_thickness_has_the_sub_scan_shape():
+    s = state_signal()
+    sub = s.inav[:, 0:1]
+    t = femlib.thickness.thickness_from_haadf(sub.metadata.HAADF.intensity, 26265, 10.0)
+    assert t.shape == sub.axes_manager._navigation_shape_in_array
+    np.testing.assert_array_equal(t, (haadf_of(s)[0:1, :] - 26265) / 10.0)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_mask_follows_signal_rebin_any_pixel_masked(lazy):
+    s = state_signal(lazy)
+    r = s.rebin(scale=(1, 1, 2, 2))
+    expected = make_mask().reshape(ROWS // 2, 2, COLS // 2, 2).any(axis=(1, 3))
+    np.testing.assert_array_equal(r.calibration.mask, expected)
+    assert r.calibration.mask.sum() > make_mask().sum() / 4  # the dead pixel still counts
+    np.testing.assert_array_equal(haadf_of(r), haadf_of(s))
+
+
+def test_mask_follows_rebin_that_crops():
+    s = state_signal()
+    r = s.rebin(scale=(1, 1, 3, 3))  # 24 x 20 -> 8 x 6, the last 2 rows dropped
+    expected = make_mask()[:18, :24].reshape(6, 3, 8, 3).any(axis=(1, 3))
+    np.testing.assert_array_equal(r.calibration.mask, expected)
+
+
+@pytest.mark.parametrize("haadf", ["array", "signal"])
+def test_navigation_metadata_follows_navigation_rebin_as_a_mean(haadf):
+    s = state_signal(haadf=haadf)
+    r = s.rebin(scale=(3, 2, 1, 1))
+    np.testing.assert_array_equal(haadf_of(r), [[haadf_of(s).mean()]])
+    np.testing.assert_array_equal(r.metadata.Extra.flags, [[True]])  # boolean: any
+    np.testing.assert_array_equal(r.calibration.mask, make_mask())
+
+
+def test_mask_follows_transpose_and_swap_axes():
+    s = state_signal()
+    t = s.transpose(signal_axes=[3, 2])  # detector rows <-> columns
+    np.testing.assert_array_equal(t.calibration.mask, make_mask().T)
+    np.testing.assert_array_equal(haadf_of(t), haadf_of(s))
+    sw = s.swap_axes(0, 1)  # the two scan axes
+    np.testing.assert_array_equal(haadf_of(sw), haadf_of(s).T)
+    np.testing.assert_array_equal(sw.calibration.mask, make_mask())
+    ro = s.rollaxis(2, 3)
+    np.testing.assert_array_equal(ro.calibration.mask, make_mask().T)
+
+
+def test_full_transpose_drops_what_no_longer_fits_with_a_warning():
+    s = state_signal()
+    with pytest.warns(UserWarning, match="no longer match the signal's shape.*General.mask"):
+        t = s.T
+    assert not t.metadata.has_item("General.mask")
+    assert not t.metadata.has_item("HAADF.intensity")
+
+
+def test_mask_and_haadf_follow_crop_in_place():
+    s = state_signal()
+    s.crop_signal(left=3, right=20, top=2, bottom=15)
+    np.testing.assert_array_equal(s.calibration.mask, make_mask()[2:15, 3:20])
+    s.crop(0, 1, 3)  # scan x
+    np.testing.assert_array_equal(haadf_of(s), (np.arange(6).reshape(NAV) * 10 + 26265.0)[:, 1:3])
+
+
+def test_split_by_thickness_carries_the_navigation_metadata():
+    s = state_signal()
+    t = haadf_of(s)
+    parts = s.split_by_thickness(t, 2)
+    index, _ = femlib.thickness.bin_by_thickness(t, 2)
+    for b, part in enumerate(parts):
+        np.testing.assert_array_equal(haadf_of(part), t[index == b])
+        np.testing.assert_array_equal(part.metadata.Extra.flags,
+                                      np.asarray(s.metadata.Extra.flags)[index == b])
+        np.testing.assert_array_equal(part.calibration.mask, make_mask())
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_cropped_signal_integrates_with_its_cropped_mask(lazy):
+    s = state_signal(lazy)
+    c = s.isig[3:21, 2:18]
+    kw = dict(npt=5, radial_range=(0.5, 1.8), show_progressbar=False)
+    explicit = c.get_variance(mask=make_mask()[2:18, 3:21], **kw)
+    np.testing.assert_array_equal(c.get_variance(**kw).data, explicit.data)
+    # an explicit mask always wins
+    none = np.zeros((16, 18), bool)
+    assert not np.array_equal(c.get_variance(mask=none, **kw).data, explicit.data)
+
+
+def test_synthetic_haadf_follows_inav_to_the_thickness_truth():
+    s = femlib.data.synthetic_fem(navigation_shape=(6, 8), detector_shape=(32, 32), seed=1)
+    sub = s.inav[2:7, 1:4]
+    sim = sub.metadata.Simulation
+    t = femlib.thickness.thickness_from_haadf(
+        sub.metadata.HAADF.intensity, sim.black_level, sim.slope
+    )
+    assert t.shape == (3, 5)
+    np.testing.assert_allclose(t, np.asarray(sim.thickness), atol=0.1)  # HAADF noise 0.02 nm
+
+
+# ------------------------------------------------------------------ property: crops and slices
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def crops(draw):
+    y0 = draw(st.integers(0, 6))
+    y1 = draw(st.integers(y0 + 12, ROWS))
+    x0 = draw(st.integers(0, 6))
+    x1 = draw(st.integers(x0 + 12, COLS))
+    n0 = draw(st.integers(0, NAV[0] - 1))
+    n1 = draw(st.integers(n0 + 1, NAV[0]))
+    m0 = draw(st.integers(0, NAV[1] - 1))
+    m1 = draw(st.integers(m0 + 1, NAV[1]))
+    return (y0, y1, x0, x1), (n0, n1, m0, m1)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(crops())
+def test_random_crops_and_navigation_slices_equal_explicit_state(crop):
+    (y0, y1, x0, x1), (n0, n1, m0, m1) = crop
+    s = state_signal()
+    s.calibration.center = (x0 + (x1 - x0) / 2 - 0.3, y0 + (y1 - y0) / 2 + 0.2)
+    sub = s.inav[m0:m1, n0:n1].isig[x0:x1, y0:y1]
+    mask = make_mask()[y0:y1, x0:x1]
+    thickness = (haadf_of(s)[n0:n1, m0:m1] - 26265.0) / 10.0
+    assert sub.calibration.mask.shape == mask.shape
+    kw = dict(npt=3, radial_range=(0.3, 1.4), show_progressbar=False)
+    ref = s.deepcopy()
+    ref.calibration.mask = None
+    ref = ref.inav[m0:m1, n0:n1].isig[x0:x1, y0:y1]
+    np.testing.assert_array_equal(
+        sub.get_azimuthal_integral1d(**kw).data,
+        ref.get_azimuthal_integral1d(mask=mask, **kw).data,
+    )
+    got = femlib.thickness.thickness_from_haadf(sub.metadata.HAADF.intensity, 26265.0, 10.0)
+    np.testing.assert_array_equal(got, thickness)
+
+
+# ------------------------------------------------------------------ guards
+def test_unset_centre_warns_once_naming_centre_and_range():
+    s = hs.signals.Signal2D(np.ones((2, 16, 16)))
+    s.set_signal_type("fem_diffraction")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.get_azimuthal_integral1d(npt=4, radial_range=(2.0, 6.0), show_progressbar=False)
+    msgs = [str(w.message) for w in caught if "azimuths" in str(w.message)]
+    assert len(msgs) == 1
+    assert "radial range (2, 6)" in msgs[0] and "centre (0, 0) px" in msgs[0], msgs
+    # On a ring of radius r around pixel (0, 0) the detector (edges at -0.5) holds a quarter
+    # of the azimuths plus 2 asin(0.5 / r) / (2 pi); mean over the bin centres 2.5 ... 5.5.
+    r = np.array([2.5, 3.5, 4.5, 5.5])
+    expected = np.mean(0.25 + np.arcsin(0.5 / r) / np.pi)
+    assert "looks unset" in msgs[0] and f"only {expected:.0%} " in msgs[0]
+
+
+def test_radial_range_mostly_off_the_detector_warns():
+    s = _centred(det=(16, 16))
+    with pytest.warns(UserWarning, match=r"only \d+% of the azimuths of the radial range "
+                                         r"\(8, 10\) lie on the detector around the centre "
+                                         r"\(7.5, 7.5\) px$"):
+        s.get_azimuthal_integral1d(npt=2, radial_range=(8.0, 10.0), show_progressbar=False)
+
+
+def test_centred_range_on_the_detector_does_not_warn():
+    s = _centred(det=(16, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.get_azimuthal_integral1d(npt=4, show_progressbar=False)  # 0 .. the far corner
+        s.get_variance(npt=4, radial_range=(1.0, 7.0), show_progressbar=False)
+    assert not [w for w in caught if "azimuths" in str(w.message)]
+
+
+def test_azimuth_fraction_on_detector_closed_forms():
+    from femlib.calibration import azimuth_fraction_on_detector
+
+    # centre on an edge's midpoint: half of a small ring is on the detector
+    f = azimuth_fraction_on_detector((64, 64), (31.5, -0.5), None, (1.0, 1.0), [5.0, 10.0])
+    np.testing.assert_allclose(f, 0.5, atol=2 / 720)
+    # an affine that squeezes y by 2 keeps the ring inside a detector half as tall
+    f = azimuth_fraction_on_detector((12, 40), (19.5, 5.5), np.diag([1.0, 2.0, 1.0]),
+                                     (1.0, 1.0), [10.0])
+    np.testing.assert_allclose(f, 1.0)
+
+
+def test_mask_and_haadf_follow_split():
+    s = state_signal()
+    halves = s.split(axis=2, number_of_parts=2)  # detector x in two
+    np.testing.assert_array_equal(halves[0].calibration.mask, make_mask()[:, :12])
+    np.testing.assert_array_equal(halves[1].calibration.mask, make_mask()[:, 12:])
+    columns = s.split(axis=0)  # one part per scan column, the axis removed
+    for i, part in enumerate(columns):
+        np.testing.assert_array_equal(haadf_of(part), haadf_of(s)[:, i])
+        np.testing.assert_array_equal(part.calibration.mask, make_mask())

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import threading
 import warnings
@@ -98,12 +99,11 @@ def test_default_mean_pattern(default):
 def test_haadf_linear_in_thickness(default):
     sim = default.metadata.Simulation
     haadf = default.metadata.HAADF.intensity
-    assert haadf.data.shape == (40, 40)
-    assert [a.units for a in haadf.axes_manager.signal_axes] == ["nm", "nm"]
+    assert type(haadf) is np.ndarray and haadf.shape == (40, 40)  # as in the real files
     t = sim.thickness
     assert t.mean() == pytest.approx(30.0) and sim.mean_thickness == 30.0
     np.testing.assert_allclose([t.min(), t.max()], [26.7, 33.3])
-    slope, black = np.polyfit(t.ravel(), haadf.data.ravel(), 1)
+    slope, black = np.polyfit(t.ravel(), haadf.ravel(), 1)
     assert slope == pytest.approx(440.46, rel=1e-3)
     assert black == pytest.approx(26265, rel=1e-3)
     residual = haadf.data - (26265 + 440.46 * t)
@@ -156,7 +156,7 @@ def test_lazy_equals_eager(chunks):
     assert lazy.data.chunks[1:] == ((5,), (32,), (40,))
     np.testing.assert_array_equal(lazy.data.compute(), eager.data)
     np.testing.assert_array_equal(
-        lazy.metadata.HAADF.intensity.data, eager.metadata.HAADF.intensity.data
+        lazy.metadata.HAADF.intensity, eager.metadata.HAADF.intensity
     )
 
 
@@ -407,7 +407,7 @@ def test_load_cached_file(cache, zspy, monkeypatch, lazy):
     assert s.axes_manager.signal_shape == (40, 32)
     assert s.calibration.scale == pytest.approx(0.45) and s.calibration.units == "nm^-1"
     np.testing.assert_array_equal(
-        s.metadata.HAADF.intensity.data, ref.metadata.HAADF.intensity.data
+        s.metadata.HAADF.intensity, ref.metadata.HAADF.intensity
     )
     np.testing.assert_allclose(np.asarray(s.metadata.Simulation.center), [19.771875, 15.3275])
     stamp = json.loads((cache / "pos1-1.zspy.verified").read_text())
@@ -463,3 +463,73 @@ def test_download_network_failure(cache, monkeypatch):
     monkeypatch.setattr(_real, "_BASE_URL", f"http://127.0.0.1:{port}/")
     with pytest.raises(ConnectionError, match="could not download pos6-1.zspy"):
         femlib.data.zrcual_3(allow_download=True)
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def test_data_not_cached_without_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(
+            f"pos1-1.zspy (ZrCuAl metallic glass, Zenodo record 15490547) is not in the femlib "
+            f"data cache {tmp_path}. Pass allow_download=True"
+        ),
+    ) as info:
+        femlib.data.zrcual_1()
+    assert "FEMLIB_DATA_DIR" in str(info.value)
+
+
+def test_data_bad_checksum(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
+    (tmp_path / "pos5-1.zspy").write_text("not the dataset")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"the cached file {tmp_path / 'pos5-1.zspy'} does not match its md5:"),
+    ):
+        femlib.data.zrcual_2()
+
+
+@pytest.mark.parametrize(
+    "raised, exc, message",
+    [
+        (OSError("no route to host"), ConnectionError, "could not download pos6-1.zspy"),
+        (ValueError("MD5 hash of downloaded file"), ValueError, "the download of pos6-1.zspy from"),
+    ],
+)
+def test_data_failed_download(monkeypatch, tmp_path, raised, exc, message):
+    import pooch
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(pooch.Pooch, "fetch", fail)
+    with pytest.raises(exc, match=re.escape(message)):
+        femlib.data.zrcual_3(allow_download=True)
+
+
+@pytest.mark.parametrize(
+    "kw, exc, message",
+    [
+        (
+            {"navigation_shape": (0, 3)},
+            ValueError,
+            "navigation_shape must be a tuple of two integers >= 1 (rows, columns), got (0, 3)",
+        ),
+        ({"dose": -1}, ValueError, "dose must be a positive finite number, got -1.0"),
+        ({"gain": 0}, ValueError, "gain must be a positive finite number, got 0.0"),
+        ({"scale": 0}, ValueError, "scale must be a positive finite number, got 0.0"),
+        ({"ellipticity": 1}, ValueError, "ellipticity must be in [0, 1), got 1.0"),
+        ({"center": (1000, 1)}, ValueError, "center must lie on the detector"),
+        ({"chunks": (0, 3)}, ValueError, "chunks must be None, an int"),
+        ({"gain": "a"}, TypeError, "gain must be a positive real number, got 'a'"),
+        ({"dtype": "complex64"}, TypeError, "dtype must be a numpy float or integer dtype"),
+        ({"seed": "a"}, TypeError, "seed must be a non-negative integer or None, got 'a'"),
+    ],
+)
+def test_synthetic_fem_bad_parameters(kw, exc, message):
+    kw = {"navigation_shape": (2, 2), "detector_shape": (32, 32), **kw}
+    with pytest.raises(exc, match=re.escape(message)):
+        femlib.data.synthetic_fem(**kw)

@@ -8,6 +8,7 @@ fixture starts it (pytest runs a module's tests in file order).
 
 import dask
 import dask.array as da
+import distributed  # a test extra: a broken install must fail here, not skip
 import hyperspy.api as hs
 import numpy as np
 import pytest
@@ -16,8 +17,6 @@ from dask.delayed import Delayed
 from femlib import integration as I
 from femlib import moments as M
 from femlib.integration import AzimuthalWeights
-
-distributed = pytest.importorskip("distributed")
 
 NAV = (6, 7)  # 42 probe positions
 ROWS, COLS = 28, 30

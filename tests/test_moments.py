@@ -283,7 +283,7 @@ def test_gain_equals_the_counting_noise_model_and_both_is_an_error():
 
 
 def test_moments_count_nonfinite_frames_and_leave_the_input_alone():
-    # Moved from test_bad_input.py. Uniform frames; a NaN and an inf in a weighted pixel.
+    # Uniform frames; a NaN and an inf in a weighted pixel.
     w = I.build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1.0, 7.0))
     frames = np.ones((6, 16, 16)) * np.array([1.0, 3.0, 1.0, 3.0, 5.0, 7.0])[:, None, None]
     frames[4][7, 12] = np.nan

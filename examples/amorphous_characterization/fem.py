@@ -135,7 +135,7 @@ report.plot_curves()  # all four on one axes; report.plot() browses them
 thickness = femlib.thickness.thickness_from_haadf(
     s.metadata.HAADF.intensity, black_level=26265, slope=440.46
 )
-thickness.plot(cmap="viridis")
+hs.signals.Signal2D(thickness).plot(cmap="viridis")  # a numpy array, as stored
 per_bin = s.get_variance(
     npt=50, gain=4.2, radial_range=(3.0, 5.7), mask=mask, thickness=thickness, bins=2
 )

@@ -6,19 +6,36 @@ axes and metadata, so copies, slices, ``sum()`` and save/load keep the calibrati
 * ``center`` (x, y) in pixels is stored as the signal axes' offsets
   (``offset = -center * scale``): the calibrated coordinate of a pixel is then its distance
   from the centre, and the axes stay the single source of truth.
-* ``affine`` (3x3) is stored in ``metadata.General.affine_transformation``.
+* ``affine`` (3x3) is stored in ``metadata.General.affine_transformation`` in pyxem's
+  form (see :func:`affine_to_stored`), so that pyxem and femlib read the same geometry
+  from the same file.
 * ``mask`` (boolean, detector shaped, True = excluded) is stored in
-  ``metadata.General.detector_mask``.
+  ``metadata.General.mask``, where pyxem keeps its mask too. femlib 0.1 wrote
+  ``metadata.General.detector_mask``; that key is still read.
+
+These are the keys and meanings of pyxem 0.21's ``Calibration`` (its ``center``, ``affine``
+and ``mask``): a signal calibrated by either library integrates the same way in both.
+The mask and the navigation-shaped metadata also follow slicing, rebinning and
+transposition of the signal (:mod:`femlib.signals._state`).
 
 Pixel convention: pixel ``i`` covers ``[i - 1/2, i + 1/2]`` and its centre is at ``i``.
 """
 
 import numpy as np
 
-__all__ = ["Calibration", "check_affine", "check_center", "check_mask"]
+__all__ = [
+    "Calibration",
+    "affine_from_stored",
+    "affine_to_stored",
+    "azimuth_fraction_on_detector",
+    "check_affine",
+    "check_center",
+    "check_mask",
+]
 
 _AFFINE_KEY = "General.affine_transformation"
-_MASK_KEY = "General.detector_mask"
+_MASK_KEY = "General.mask"  # pyxem's key
+_LEGACY_MASK_KEY = "General.detector_mask"  # femlib 0.1
 
 
 def check_center(center):
@@ -37,6 +54,12 @@ def check_center(center):
     ------
     ValueError
         If ``center`` is not a finite 2-vector.
+
+    Examples
+    --------
+    >>> from femlib.calibration import check_center
+    >>> check_center((64.3, 62.7))
+    array([64.3, 62.7])
     """
     try:
         c = np.array(center, dtype=float)
@@ -68,6 +91,14 @@ def check_affine(affine):
     ------
     ValueError
         If the matrix has the wrong shape, is not finite or is singular.
+
+    Examples
+    --------
+    >>> from femlib.calibration import check_affine
+    >>> check_affine([[1.0, 0.0], [0.0, 1.02]])
+    array([[1.  , 0.  , 0.  ],
+           [0.  , 1.02, 0.  ],
+           [0.  , 0.  , 1.  ]])
     """
     if affine is None:
         return None
@@ -86,6 +117,95 @@ def check_affine(affine):
     if abs(np.linalg.det(a[:2, :2])) < 1e-12:
         raise ValueError("affine must be invertible, got a singular matrix")
     return a
+
+
+def _divide_linear_part_by_det(matrix):
+    m = np.array(matrix, dtype=float)
+    m[:2, :2] = m[:2, :2] / np.linalg.det(m[:2, :2])
+    return m
+
+
+# The conversion is exact only up to rounding; remembering the matrices set in this session
+# lets ``s.calibration.affine`` return exactly what was set (and keeps the weight cache hit).
+_SET_AFFINES = {}
+
+
+def affine_to_stored(affine):
+    """femlib's affine in the form stored in ``metadata.General.affine_transformation``.
+
+    femlib's ``A`` maps a pixel's offset from the centre to ring-circular coordinates
+    (radius ``|A (p - c)| * scale``). pyxem 0.21 reads the stored matrix ``S`` the other
+    way round: it maps its (counter-clockwise) integration polygons onto the detector
+    with the adjugate of ``S``, so a pixel's ring-circular coordinates are
+    ``S (p - c) / det(S)``. The two agree when ``S = A / det(A)`` (linear 2x2 part;
+    the translation column is kept). The map is its own inverse
+    (:func:`affine_from_stored` is the same operation).
+
+    Parameters
+    ----------
+    affine : (3, 3) or (2, 2) array_like
+        femlib's affine (see :func:`check_affine`).
+
+    Returns
+    -------
+    (3, 3) ndarray of float64
+        The matrix to store, in pyxem's meaning.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_affine`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib.calibration import affine_to_stored
+    >>> affine_to_stored(np.diag([1.0, 1.25, 1.0]))  # stretch y by 25 %
+    array([[0.8, 0. , 0. ],
+           [0. , 1. , 0. ],
+           [0. , 0. , 1. ]])
+    """
+    return _divide_linear_part_by_det(check_affine(affine))
+
+
+def affine_from_stored(stored, name="metadata.General.affine_transformation"):
+    """femlib's affine from the matrix stored in ``metadata.General.affine_transformation``.
+
+    The inverse of :func:`affine_to_stored` (and the same operation): ``A = S / det(S)``
+    on the linear 2x2 part. A matrix written there by pyxem 0.21 (for example the affine
+    of its ``determine_ellipse``) thus gives femlib the geometry pyxem integrates with.
+
+    Parameters
+    ----------
+    stored : (3, 3) or (2, 2) array_like
+        The stored matrix.
+    name : str
+        Where it came from, for error messages.
+
+    Returns
+    -------
+    (3, 3) ndarray of float64
+
+    Raises
+    ------
+    ValueError
+        If the stored matrix is not a finite invertible 3x3 (or 2x2) matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib.calibration import affine_from_stored
+    >>> pyxem_affine = np.diag([1.0, 0.8, 1.0])  # pyxem: a circle shrunk by 0.8 along y
+    >>> affine_from_stored(pyxem_affine)  # femlib: stretch x by 1.25, k of the major axis
+    array([[1.25, 0.  , 0.  ],
+           [0.  , 1.  , 0.  ],
+           [0.  , 0.  , 1.  ]])
+    """
+    try:
+        s = check_affine(stored)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    return _divide_linear_part_by_det(s)
 
 
 def check_mask(mask, detector_shape, name="mask"):
@@ -110,6 +230,14 @@ def check_mask(mask, detector_shape, name="mask"):
         If the mask is not boolean (0/1 integer arrays are accepted).
     ValueError
         If the shape differs from the detector's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib.calibration import check_mask
+    >>> check_mask(np.eye(2, dtype=np.uint8), (2, 2))
+    array([[ True, False],
+           [False,  True]])
     """
     if mask is None:
         return None
@@ -131,6 +259,54 @@ def check_mask(mask, detector_shape, name="mask"):
     return m
 
 
+def azimuth_fraction_on_detector(detector_shape, center, affine, scale, radii, n_azimuth=720):
+    """Fraction of the azimuths of each ring that fall on the detector.
+
+    Parameters
+    ----------
+    detector_shape : (int, int)
+        ``(rows, columns)``.
+    center : (2,) array_like
+        Centre (x, y) in pixels.
+    affine : (3, 3) array_like or None
+        femlib's affine (pixel offsets -> circular coordinates).
+    scale : (float, float)
+        Calibrated size of a pixel along x and y.
+    radii : array_like
+        Ring radii in calibrated units.
+    n_azimuth : int
+        Azimuths sampled per ring.
+
+    Returns
+    -------
+    ndarray, shape of ``radii``
+        For each radius, the fraction of ``n_azimuth`` equally spaced azimuths whose
+        point lies inside the detector (pixel edges included).
+
+    Examples
+    --------
+    >>> from femlib.calibration import azimuth_fraction_on_detector
+    >>> # centred on the detector's corner (pixel edges at -0.5): a quarter of each ring
+    >>> azimuth_fraction_on_detector((100, 100), (-0.5, -0.5), None, (1.0, 1.0), [10.0])
+    array([0.25])
+    >>> azimuth_fraction_on_detector((100, 100), (49.5, 49.5), None, (1.0, 1.0), [10.0])
+    array([1.])
+    """
+    radii = np.atleast_1d(np.asarray(radii, dtype=float))
+    phi = (np.arange(n_azimuth) + 0.5) * (2 * np.pi / n_azimuth)
+    u = radii[:, None] * np.cos(phi) / scale[0]  # corrected offsets, in pixels
+    v = radii[:, None] * np.sin(phi) / scale[1]
+    lin = np.eye(2) if affine is None else np.asarray(affine, dtype=float)[:2, :2]
+    shift = np.zeros(2) if affine is None else np.asarray(affine, dtype=float)[:2, 2]
+    inv = np.linalg.inv(lin)
+    dx = inv[0, 0] * (u - shift[0]) + inv[0, 1] * (v - shift[1])
+    dy = inv[1, 0] * (u - shift[0]) + inv[1, 1] * (v - shift[1])
+    x, y = center[0] + dx, center[1] + dy
+    rows, cols = detector_shape
+    inside = (x >= -0.5) & (x <= cols - 0.5) & (y >= -0.5) & (y <= rows - 0.5)
+    return inside.mean(axis=1)
+
+
 class Calibration:
     """Calibration of a diffraction signal, reached as ``s.calibration``.
 
@@ -141,9 +317,19 @@ class Calibration:
 
     Examples
     --------
-    >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
-    >>> s.calibration.center = (64.3, 62.7)  # doctest: +SKIP
-    >>> s.calibration.affine = np.eye(3)  # doctest: +SKIP
+    >>> import numpy as np
+    >>> import hyperspy.api as hs
+    >>> s = hs.signals.Signal2D(np.ones((2, 3, 16, 20)))
+    >>> s.set_signal_type("fem_diffraction")
+    >>> s.calibration.center = (9.5, 7.5)          # (x, y) in pixels
+    >>> s.calibration.affine = np.diag([1.0, 1.02, 1.0])
+    >>> mask = np.zeros((16, 20), bool)
+    >>> mask[:, :2] = True                          # True = excluded
+    >>> s.calibration.mask = mask
+    >>> s.calibration
+    <Calibration center=(9.500, 7.500) px, scale=1 <undefined>, affine=set, mask=set>
+    >>> s.isig[2:, 1:15].calibration.mask.shape     # the mask follows the crop
+    (14, 18)
     """
 
     def __init__(self, signal):
@@ -180,41 +366,79 @@ class Calibration:
 
     @property
     def affine(self):
-        """(3, 3) ndarray or None: maps pixel offsets from the centre to circular rings."""
-        md = self._signal.metadata
-        if not md.has_item(_AFFINE_KEY):
+        """(3, 3) ndarray or None: maps pixel offsets from the centre to circular rings.
+
+        Stored in ``metadata.General.affine_transformation`` in pyxem's form
+        (:func:`affine_to_stored`); reading converts back, so a matrix set by pyxem gives
+        femlib pyxem's geometry and the reverse.
+        """
+        value = self._signal.metadata.get_item(_AFFINE_KEY)
+        if value is None:
             return None
-        value = md.get_item(_AFFINE_KEY)
-        return None if value is None else np.array(value, dtype=float)
+        stored = np.asarray(getattr(value, "data", value), dtype=float)
+        exact = _SET_AFFINES.get(stored.tobytes()) if stored.shape == (3, 3) else None
+        return exact.copy() if exact is not None else affine_from_stored(stored)
 
     @affine.setter
     def affine(self, value):
-        a = check_affine(value)
         md = self._signal.metadata
-        if a is None:
+        if value is None:
             if md.has_item(_AFFINE_KEY):
                 md.General.__delattr__("affine_transformation")
-        else:
-            md.set_item(_AFFINE_KEY, a)
+            return
+        a = check_affine(value)
+        stored = affine_to_stored(a)
+        if len(_SET_AFFINES) > 256:
+            _SET_AFFINES.clear()
+        _SET_AFFINES[stored.tobytes()] = a
+        md.set_item(_AFFINE_KEY, stored)
 
     @property
     def mask(self):
-        """(rows, columns) bool ndarray or None: True marks excluded pixels."""
+        """(rows, columns) bool ndarray or None: True marks excluded pixels.
+
+        Read from ``metadata.General.mask`` (pyxem's key; a boolean or 0/1 array, or a
+        signal holding one; non-zero = excluded, as pyxem reads it), else from femlib
+        0.1's ``metadata.General.detector_mask``. Setting writes ``General.mask`` and
+        removes the old key.
+
+        Raises
+        ------
+        ValueError
+            If the stored mask does not have the detector's shape (e.g. a per-position
+            mask); pass ``mask=`` explicitly to the method instead.
+        """
         md = self._signal.metadata
-        if not md.has_item(_MASK_KEY):
-            return None
-        value = md.get_item(_MASK_KEY)
-        return None if value is None else np.array(value, dtype=bool)
+        for key in (_MASK_KEY, _LEGACY_MASK_KEY):
+            value = md.get_item(key)
+            if value is None:
+                continue
+            data = getattr(value, "data", value)
+            if hasattr(data, "compute"):
+                data = data.compute()
+            m = np.asarray(data)
+            if m.dtype != bool:
+                if not (np.issubdtype(m.dtype, np.number) or m.dtype == object):
+                    raise TypeError(f"metadata.{key} must be a boolean array, got {m.dtype}")
+                m = m.astype(bool)  # pyxem excludes every non-zero pixel
+            if m.shape != self.detector_shape:
+                raise ValueError(
+                    f"metadata.{key} has shape {m.shape} but the detector is "
+                    f"{self.detector_shape}: pass mask= explicitly, or set "
+                    "s.calibration.mask"
+                )
+            return m.copy()
+        return None
 
     @mask.setter
     def mask(self, value):
         m = check_mask(value, self.detector_shape)
-        md = self._signal.metadata
-        if m is None:
-            if md.has_item(_MASK_KEY):
-                md.General.__delattr__("detector_mask")
-        else:
-            md.set_item(_MASK_KEY, m)
+        general = self._signal.metadata.General
+        for key in ("mask", "detector_mask"):
+            if general.has_item(key):
+                general.__delattr__(key)
+        if m is not None:
+            self._signal.metadata.set_item(_MASK_KEY, m)
 
     @property
     def scale(self):
@@ -244,8 +468,14 @@ class Calibration:
         for axis in self._axes:
             axis.units = value
 
-    def geometry(self):
+    def geometry(self, mask=None):
         """The calibration as plain values for the integration engine.
+
+        Parameters
+        ----------
+        mask : bool array, boolean signal or None
+            A mask that replaces the stored one (the stored one is then not read at
+            all). None: the stored mask.
 
         Returns
         -------
@@ -256,7 +486,8 @@ class Calibration:
         Raises
         ------
         ValueError
-            If the two signal axes have different scales' signs or a non-finite scale.
+            If the two signal axes have a zero or non-finite scale, or a mask has the
+            wrong shape.
         """
         x, y = self._axes
         scale = (float(x.scale), float(y.scale))
@@ -267,7 +498,7 @@ class Calibration:
             "center": check_center(self.center),
             "affine": self.affine,
             "scale": scale,
-            "mask": self.mask,
+            "mask": self.mask if mask is None else check_mask(mask, self.detector_shape),
         }
 
     def __repr__(self):

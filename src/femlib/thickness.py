@@ -26,17 +26,30 @@ def _data(x):
     return np.asarray(d, dtype=float)
 
 
+def _number(value, name, units):
+    """A real number given as a Python or NumPy scalar (or 0-d array); else TypeError."""
+    v = np.asarray(value) if isinstance(value, np.ndarray) else value
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    if isinstance(v, np.ndarray):
+        ok = v.ndim == 0 and v.dtype.kind in "iuf"
+    if not ok:
+        raise TypeError(f"{name} must be a real number ({units}), got {value!r}")
+    return float(v)
+
+
 def thickness_from_haadf(haadf, black_level, slope):
     """Thickness per probe position from a HAADF image, ``t = (HAADF - black_level) / slope``.
 
     Parameters
     ----------
     haadf : hyperspy signal or array_like
-        HAADF intensity over the probe positions (e.g. ``s.metadata.HAADF.intensity``).
+        HAADF intensity over the probe positions, e.g. ``s.metadata.HAADF.intensity``
+        (a numpy array in the real files and in :func:`femlib.data.synthetic_fem`, a
+        signal in some others: both are accepted).
     black_level : float
         HAADF reading at zero thickness (detector units).
     slope : float
-        HAADF units per nm of thickness; must be non-zero.
+        HAADF units per nm of thickness; must be positive.
 
     Returns
     -------
@@ -46,26 +59,24 @@ def thickness_from_haadf(haadf, black_level, slope):
 
     Raises
     ------
+    TypeError
+        If ``slope`` or ``black_level`` is not a real number (e.g. a string or a bool).
     ValueError
-        If ``slope`` is 0 or not finite, ``black_level`` is not finite, or no position
-        gives a finite thickness.
+        If ``slope`` is not positive or not finite, ``black_level`` is not finite, or no
+        position gives a finite thickness.
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from femlib.thickness import thickness_from_haadf
     >>> thickness_from_haadf(np.array([26265.0, 26705.46]), 26265, 440.46)
     array([0., 1.])
     """
-    try:
-        slope = float(slope)
-    except (TypeError, ValueError):
-        raise ValueError(f"slope must be a number (HAADF units per nm), got {slope!r}") from None
-    try:
-        black_level = float(black_level)
-    except (TypeError, ValueError):
-        raise ValueError(f"black_level must be a number, got {black_level!r}") from None
-    if not np.isfinite(slope) or slope == 0:
+    slope = _number(slope, "slope", "HAADF units per nm")
+    black_level = _number(black_level, "black_level", "HAADF units")
+    if not np.isfinite(slope) or slope <= 0:
         raise ValueError(
-            f"slope must be a finite non-zero number (HAADF units per nm), got {slope}"
+            f"slope must be a finite positive number (HAADF units per nm), got {slope}"
         )
     if not np.isfinite(black_level):
         raise ValueError(f"black_level must be finite, got {black_level}")
@@ -107,6 +118,8 @@ def bin_by_thickness(thickness, bins):
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from femlib.thickness import bin_by_thickness
     >>> idx, edges = bin_by_thickness(np.array([1.0, 2.0, 3.0, 4.0]), 2)
     >>> idx, edges
     (array([0, 0, 1, 1]), array([1. , 2.5, 4. ]))
@@ -164,6 +177,12 @@ def bin_labels(edges, counts, units="nm"):
     Returns
     -------
     list of str
+
+    Examples
+    --------
+    >>> from femlib.thickness import bin_labels
+    >>> bin_labels([17.0, 18.0, 19.0], [812, 0])
+    ['17.0–18.0 nm (n=812)', '18.0–19.0 nm (n=0)']
     """
     return [
         f"{a:.1f}\u2013{b:.1f} {units} (n={int(n)})"

@@ -408,8 +408,9 @@ def synthetic_fem(
     -------
     FEMDiffraction2D or LazyFEMDiffraction2D
         Navigation axes ``y``, ``x`` in nm; signal axes ``ky``, ``kx`` in ``nm^-1`` centred on
-        the detector middle. ``metadata.HAADF.intensity`` is the HAADF image (a ``Signal2D``
-        over the scan); ``metadata.Simulation`` holds the ground truth: ``center`` (x, y) px,
+        the detector middle. ``metadata.HAADF.intensity`` is the HAADF image (a numpy
+        array over the scan, as in the real files); ``metadata.Simulation`` holds the ground
+        truth: ``center`` (x, y) px,
         ``affine`` (3x3), ``ellipticity``, ``rotation``, ``scale``, ``gain``, ``dose``,
         ``black_level``, ``slope``, ``thickness`` (nm, scan shaped), ``mean_thickness``,
         ``k`` (nm^-1 grid, step 0.01), ``variance`` (``V_true`` on ``k``),
@@ -558,8 +559,6 @@ def synthetic_fem(
     else:
         data = _simulate_rows(0, ny, *args, psf=psf)
 
-    from hyperspy.signals import Signal2D
-
     from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
 
     nav_axes = [
@@ -585,12 +584,9 @@ def synthetic_fem(
     s.metadata.General.title = f"Synthetic FEM (seed {seed})"
     s.metadata.Signal.quantity = "Intensity (detector units)"
 
-    haadf = Signal2D(
-        _BLACK_LEVEL + _SLOPE * thickness + haadf_noise,
-        axes=[dict(ax, navigate=False) for ax in nav_axes],
-    )
-    haadf.metadata.General.title = "HAADF"
-    s.metadata.set_item("HAADF.intensity", haadf)
+    # A plain array over the scan, as in the real files (the seed's thickness filter
+    # relies on it: np.min(..., axis=(0, 1)) and boolean indexing of s.data).
+    s.metadata.set_item("HAADF.intensity", _BLACK_LEVEL + _SLOPE * thickness + haadf_noise)
 
     k_max = _corrected_radius(
         np.array([0.0, nx_det - 1, 0.0, nx_det - 1]),

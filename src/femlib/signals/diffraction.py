@@ -15,7 +15,8 @@ from femlib import integration
 from femlib import moments as _moments
 from femlib import thickness as _thickness
 from femlib import variance as _variance
-from femlib.calibration import Calibration, check_mask
+from femlib.calibration import Calibration, azimuth_fraction_on_detector
+from femlib.signals._state import CalibrationStateMixin, take_positions
 from femlib.signals.polar import FEMPolar2D, LazyFEMPolar2D
 from femlib.signals.variance import FEMVariance1D
 
@@ -36,12 +37,15 @@ def _frame_blocks(n_frames, frame_bytes):
     return [slice(i, min(i + step, n_frames)) for i in range(0, n_frames, step)]
 
 
-class FEMDiffraction2D(Signal2D):
+class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
     """Nanobeam diffraction patterns of an amorphous sample, indexed by probe position.
 
     Navigation axes are the probe positions, signal axes the detector (x = columns,
     y = rows), calibrated in reciprocal-space units (e.g. ``nm^-1``).
-    ``s.calibration`` holds the centre, the elliptical-distortion affine and the mask.
+    ``s.calibration`` holds the centre, the elliptical-distortion affine and the mask
+    (in pyxem's keys). The mask follows ``isig``, ``crop``, ``rebin`` and ``transpose``;
+    navigation-shaped metadata (e.g. ``metadata.HAADF.intensity``) follows ``inav``,
+    navigation ``rebin``, ``transpose`` and :meth:`split_by_thickness`.
     """
 
     _signal_type = "fem_diffraction"
@@ -57,10 +61,14 @@ class FEMDiffraction2D(Signal2D):
 
     # ------------------------------------------------------------------ helpers
     def _weights(self, npt, npt_azim=1, radial_range=None, azimuth_range=None, mask=None):
-        """The cached weight matrix for this signal's calibration and the given bins."""
-        geo = self.calibration.geometry()
-        mask = geo["mask"] if mask is None else check_mask(mask, geo["detector_shape"])
-        return integration.build_weights(
+        """The cached weight matrix for this signal's calibration and the given bins.
+
+        An explicit ``mask`` replaces the stored one (which is then not read). Warns once
+        when the centre looks unset (pixel (0, 0), HyperSpy's default offsets) or when
+        less than half of the azimuths of the radial range lie on the detector.
+        """
+        geo = self.calibration.geometry(mask=mask)
+        weights = integration.build_weights(
             geo["detector_shape"],
             geo["center"],
             affine=geo["affine"],
@@ -69,8 +77,10 @@ class FEMDiffraction2D(Signal2D):
             npt_azim=npt_azim,
             radial_range=radial_range,
             azimuth_range=azimuth_range,
-            mask=mask,
+            mask=geo["mask"],
         )
+        _warn_off_detector(geo, weights)
+        return weights
 
     def _radius_axis(self, weights):
         return {
@@ -86,6 +96,7 @@ class FEMDiffraction2D(Signal2D):
         axes = self.axes_manager._get_navigation_axes_dicts() + list(signal_axes)
         md = copy.deepcopy(self.metadata.as_dictionary())
         md.get("General", {}).pop("detector_mask", None)
+        md.get("General", {}).pop("mask", None)
         md.get("General", {}).pop("affine_transformation", None)
         md.setdefault("General", {})["title"] = title
         md.setdefault("Signal", {})["signal_type"] = getattr(cls, "_signal_type", "")
@@ -220,9 +231,16 @@ class FEMDiffraction2D(Signal2D):
 
         Examples
         --------
-        >>> s = femlib.data.synthetic_fem()  # doctest: +SKIP
-        >>> polar = s.get_azimuthal_integral2d(npt=100)  # doctest: +SKIP
-        >>> polar.sum().isig[:, 2.0:8.0].plot()  # doctest: +SKIP
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(4, 4))
+        >>> sim = s.metadata.Simulation
+        >>> s.calibration.center, s.calibration.affine = sim.center, sim.affine
+        >>> polar = s.get_azimuthal_integral2d(npt=100, show_progressbar=False)
+        >>> polar.axes_manager.signal_shape  # (azimuth, radius)
+        (360, 100)
+        >>> # pixel splitting conserves the flux: every count lands in some bin
+        >>> bool(np.isclose(polar.data.sum(dtype=float), s.data.sum(dtype=float), rtol=1e-6))
+        True
+        >>> polar.sum().isig[:, 2.0:8.0].plot()  # the rings are straight lines
         """
         w = self._weights(npt, npt_azim, radial_range, azimuth_range, mask)
         return self._integral_signal(w, True, mean, inplace, show_progressbar)
@@ -319,7 +337,9 @@ class FEMDiffraction2D(Signal2D):
         list of FEMDiffraction2D (or LazyFEMDiffraction2D)
             One signal per bin with a single navigation axis (the positions of that bin in
             scan order), the signal axes, calibration (centre, affine, mask) and metadata of
-            this signal; ``metadata.FEM.thickness_range`` holds the bin's edges. For eager
+            this signal; ``metadata.FEM.thickness_range`` holds the bin's edges and
+            navigation-shaped metadata (e.g. ``metadata.HAADF.intensity``) holds the
+            values of the bin's positions. For eager
             input each result holds a copy of only its own frames (NumPy fancy indexing);
             lazy input stays lazy and copies nothing.
 
@@ -349,6 +369,7 @@ class FEMDiffraction2D(Signal2D):
             md = copy.deepcopy(self.metadata.as_dictionary())
             md.setdefault("FEM", {})["thickness_range"] = (float(edges[b]), float(edges[b + 1]))
             part = type(self)(frames[sel], axes=axes, metadata=md, original_metadata={})
+            take_positions(self, part, sel)
             out.append(part)
         return out
 
@@ -634,6 +655,11 @@ class FEMDiffraction2D(Signal2D):
             )
         if jack is not None:
             fem["jackknife"] = jack
+        return self._wrap_variance(v, se, axes, w, fem)
+
+    def _wrap_variance(self, v, se, axes, w, fem):
+        """A FEMVariance1D of ``v`` with its standard error, the navigation ``axes`` (in
+        array order, as HyperSpy wants them) and the Radius signal axis."""
         radius = self._radius_axis(w)
         radius["navigate"] = False
         md = {
@@ -641,7 +667,6 @@ class FEMDiffraction2D(Signal2D):
             "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
             "FEM": fem,
         }
-        # HyperSpy wants the navigation axes in array order: thickness, then method.
         result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
         result._set_standard_error(se)
         return result
@@ -724,16 +749,7 @@ class FEMDiffraction2D(Signal2D):
         else:
             axes.append({"name": "Method", "size": len(methods), "units": "", "navigate": True})
         fem.update(extra, jackknife=jack)
-        radius = self._radius_axis(w)
-        radius["navigate"] = False
-        md = {
-            "General": {"title": _title("V(k)", self)},
-            "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
-            "FEM": fem,
-        }
-        result = FEMVariance1D(v, axes=axes + [radius], metadata=md)
-        result._set_standard_error(se)
-        return result
+        return self._wrap_variance(v, se, axes, w, fem)
 
 
 def _axis_name(name, default):
@@ -777,6 +793,32 @@ def _check_noise(gain, noise):
     _variance.check_gain(noise.gain, name="noise.gain")
     _variance.check_gain(noise.k0, name="noise.k0")
     return None, noise
+
+
+def _warn_off_detector(geo, weights):
+    """One warning when the centre looks unset or the radial range mostly misses the
+    detector (the integral would then be taken around the wrong point)."""
+    fraction = float(
+        azimuth_fraction_on_detector(
+            geo["detector_shape"], geo["center"], geo["affine"], geo["scale"],
+            weights.radial_centers,
+        ).mean()
+    )
+    unset = bool(np.all(geo["center"] == 0))
+    if fraction >= 0.5 and not unset:
+        return
+    cx, cy = (float(c) + 0.0 for c in geo["center"])  # + 0.0: no "-0" in the message
+    r0, r1 = (float(r) for r in weights.radial_edges[[0, -1]])
+    msg = (
+        f"only {fraction:.0%} of the azimuths of the radial range ({r0:.4g}, {r1:.4g}) lie "
+        f"on the detector around the centre ({cx:.4g}, {cy:.4g}) px"
+    )
+    if unset:
+        msg += (
+            "; the centre is at pixel (0, 0), HyperSpy's default axis offsets: it looks "
+            "unset (set s.calibration.center = (x, y) in pixels)"
+        )
+    warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def _title(what, signal):

@@ -1,4 +1,5 @@
-"""Bad input, audited (issue 8): one test per row of ``docs/user_guide/errors.rst``.
+"""FEMDiffraction2D's methods on bad and edge-case input (the get_variance, integral and
+split_by_thickness rows of ``docs/user_guide/errors.rst``).
 
 Every test asserts the exception and its message (or the exact documented numbers and
 warnings) and that the input signal -- data, dtype, metadata and axes -- and any array
@@ -18,8 +19,6 @@ import numpy as np
 import pytest
 from hyperspy.defaults_parser import preferences
 
-import femlib
-from femlib import thickness
 from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
 
 DET = (16, 16)
@@ -895,230 +894,160 @@ def test_split_empty_bin_warns_and_returns_an_empty_part(lazy):
     assert parts[0].axes_manager.navigation_axes[0].size == 0
 
 
-# ================================================================ s.calibration
-
-
-def test_calibration_bad_center():
-    s = _signal(_poisson())
+# ====================================================== get_azimuthal_integral1d / 2d
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("nav", [(), (2,), (2, 3, 2)])
+def test_integral_any_number_of_navigation_axes(lazy, nav):
+    n = int(np.prod(nav))
+    frames = _uniform(np.arange(1.0, n + 1)).reshape(nav + DET)
+    s = _signal(frames, lazy)
     with untouched(s):
-        with pytest.raises(
-            ValueError,
-            match=re.escape(
-                "center must be a 2-vector (x, y) in pixels, got an array of shape (3,)"
-            ),
-        ):
-            s.calibration.center = (1, 2, 3)
-        with pytest.raises(ValueError, match=re.escape("center must be finite, got (")):
-            s.calibration.center = (np.nan, 1.0)
-        with pytest.raises(
-            ValueError, match=re.escape("center must be 2 numbers (x, y) in pixels, got ('a', 2)")
-        ):
-            s.calibration.center = ("a", 2)
+        one = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True)
+        two = s.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR, mean=True)
+    expected = np.arange(1.0, n + 1).reshape(nav)
+    np.testing.assert_allclose(
+        np.asarray(one.data), np.broadcast_to(expected[..., None], nav + (4,)), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.asarray(two.data), np.broadcast_to(expected[..., None, None], nav + (4, 4)), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_empty_navigation_axis_eager(method):
+    s = _empty_part(lazy=False)
+    with untouched(s):
+        out = getattr(s, method)(npt=4, radial_range=RR)
+    assert out.data.shape[0] == 0
+
+
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_empty_navigation_axis_lazy(method):
+    s = _empty_part(lazy=True)
+    with untouched(s):
+        out = getattr(s, method)(npt=4, radial_range=RR)
+    out.compute()
+    assert out.data.shape[0] == 0
 
 
 @pytest.mark.parametrize("lazy", [False, True])
-def test_calibration_center_off_detector(lazy):
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_mask_wrong_shape_or_dtype(lazy, method):
     s = _signal(_poisson(), lazy)
-    s.calibration.center = (100, 100)  # accepted
-    np.testing.assert_array_equal(s.calibration.center, [100, 100])
-    with (
-        untouched(s),
-        pytest.raises(
-            ValueError,
-            match=re.escape(
-                "3 radial bin(s) contain no unmasked pixel (radius 17.77, 53.3, 88.83)"
-            ),
-        ),
-    ):
-        s.get_variance(npt=4)
-
-
-def test_calibration_bad_affine():
-    s = _signal(_poisson())
-    with untouched(s):
-        with pytest.raises(
-            ValueError, match=re.escape("affine must be a 3x3 (or 2x2) matrix, got shape (4, 4)")
-        ):
-            s.calibration.affine = np.eye(4)
-        with pytest.raises(
-            ValueError, match=re.escape("affine must be finite, got a matrix containing NaN or inf")
-        ):
-            s.calibration.affine = np.full((3, 3), np.nan)
-        with pytest.raises(
-            ValueError, match=re.escape("affine must be invertible, got a singular matrix")
-        ):
-            s.calibration.affine = np.zeros((3, 3))
-
-
-def test_calibration_bad_mask():
-    s = _signal(_poisson())
     bad_shape, bad_dtype = np.zeros((10, 10), bool), np.zeros(DET)
     with untouched(s, bad_shape, bad_dtype):
         with pytest.raises(
             ValueError, match=re.escape("mask has shape (10, 10) but the detector is (16, 16)")
         ):
-            s.calibration.mask = bad_shape
+            getattr(s, method)(npt=4, mask=bad_shape)
         with pytest.raises(
             TypeError,
             match=re.escape(
                 "mask must be a boolean array (True = excluded pixel), got dtype float64"
             ),
         ):
-            s.calibration.mask = bad_dtype
+            getattr(s, method)(npt=4, mask=bad_dtype)
 
 
+def _nan_frames(bad=np.nan):
+    frames = _uniform([1.0, 2.0, 3.0])
+    frames[1][IN_RANGE] = bad
+    return frames
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_integral1d_nonfinite_eager_propagates_with_warning(bad):
+    s = _signal(_nan_frames(bad))
+    with untouched(s), pytest.warns(UserWarning, match=_msg(INTEGRAL_NONFINITE_MSG, n=1)):
+        out = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True)
+    expected = np.array([[1.0] * 4, [2.0, 2.0, bad, 2.0], [3.0] * 4])
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12)
+
+
+def test_integral2d_nonfinite_eager_propagates_with_warning():
+    frames = _nan_frames()
+    frames[2] = np.nan  # a whole frame
+    s = _signal(frames)
+    with untouched(s), pytest.warns(UserWarning, match=_msg(INTEGRAL_NONFINITE_MSG, n=2)):
+        out = s.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR, mean=True)
+    bad = np.isnan(out.data)
+    assert not bad[0].any()
+    assert np.flatnonzero(bad[1].ravel()).tolist() == [2 * 4 + 2]  # radial bin 2, azimuth 2
+    assert bad[2].all()
+    np.testing.assert_allclose(out.data[1][~bad[1]], 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["get_azimuthal_integral1d", "get_azimuthal_integral2d"])
+def test_integral_nonfinite_lazy_propagates_without_warning(method):
+    s = _signal(_nan_frames(), lazy=True)
+    kw = {"npt_azim": 4} if method.endswith("2d") else {}
+    with untouched(s), no_warning_about("NaN"):
+        out = getattr(s, method)(npt=4, radial_range=RR, mean=True, **kw)
+        out.compute()
+    bad = np.isnan(out.data.reshape(3, -1))
+    assert bad.sum(axis=1).tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_integral_nonfinite_in_masked_pixel_is_harmless(lazy):
+    s = _signal(_nan_frames(), lazy)
+    mask = np.zeros(DET, bool)
+    mask[IN_RANGE] = True
+    with untouched(s, mask), no_warning_about("NaN"):
+        out = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True, mask=mask)
+        out = np.asarray(out.data)
+    np.testing.assert_allclose(out, np.repeat([[1.0], [2.0], [3.0]], 4, axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_integral_negative_values_integrated_as_any(lazy):
+    s = _signal(_uniform([-2.0, 0.5]), lazy)
+    with untouched(s):
+        out = s.get_azimuthal_integral1d(npt=4, radial_range=RR, mean=True)
+        summed = s.get_azimuthal_integral1d(npt=4, radial_range=RR)
+    np.testing.assert_allclose(np.asarray(out.data), [[-2.0] * 4, [0.5] * 4], rtol=1e-12)
+    area = summed.metadata.FEM.coverage * np.pi * np.diff(np.linspace(*RR, 5) ** 2)
+    np.testing.assert_allclose(np.asarray(summed.data)[0], -2.0 * area, rtol=1e-9)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize(
-    "scale, shown", [(0, "0.0"), (-1, "-1.0"), (np.nan, "nan"), (np.inf, "inf"), ("a", "'a'")]
+    "dtype, value", [("uint8", 255), ("uint16", 65535), (">u2", 65535), ("int32", 2**31 - 1)]
 )
-def test_calibration_bad_scale(scale, shown):
-    s = _signal(_poisson())
-    with (
-        untouched(s),
-        pytest.raises(
-            ValueError, match=re.escape(f"scale must be a positive finite number, got {shown}")
-        ),
-    ):
-        s.calibration.scale = scale
+def test_integral_integer_dtypes_do_not_overflow(lazy, dtype, value):
+    frames = _uniform([value, 1], dtype)
+    s = _signal(frames, lazy)
+    with untouched(s):
+        one = s.get_azimuthal_integral1d(npt=4, radial_range=RR)
+        two = s.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR)
+    ref = _signal(frames.astype(float))
+    ref1 = ref.get_azimuthal_integral1d(npt=4, radial_range=RR).data
+    ref2 = ref.get_azimuthal_integral2d(npt=4, npt_azim=4, radial_range=RR).data
+    assert one.data.dtype == np.float64 and two.data.dtype == np.float32
+    one, two = np.asarray(one.data), np.asarray(two.data)
+    np.testing.assert_array_equal(one, ref1)
+    np.testing.assert_array_equal(two, ref2)
+    assert one[0, -1] > 50 * value  # a ring of ~59 pixels: the sum exceeds the dtype
+    np.testing.assert_allclose(one[1], one[0] / value, rtol=1e-12)
 
 
-def test_calibration_mask_argument_does_not_touch_the_stored_mask():
-    s = _signal(_poisson())
-    stored = np.zeros(DET, bool)
-    stored[0] = True
-    s.calibration.mask = stored
-    given = _annulus_mask(5.0, 6.0)
-    with untouched(s, given, stored):
-        _v(s, mask=given)
-        s.get_azimuthal_integral1d(npt=4, mask=given)
-    np.testing.assert_array_equal(s.calibration.mask, stored)
-
-
-# ========================================================================= femlib.thickness
-
-
-@pytest.mark.parametrize(
-    "kw, message",
-    [
-        ({"slope": 0}, "slope must be a finite non-zero number (HAADF units per nm), got 0.0"),
-        ({"slope": np.nan}, "slope must be a finite non-zero number (HAADF units per nm), got nan"),
-        ({"slope": "a"}, "slope must be a number (HAADF units per nm), got 'a'"),
-        ({"black_level": np.inf}, "black_level must be finite, got inf"),
-        ({"black_level": "x"}, "black_level must be a number, got 'x'"),
-    ],
-)
-def test_thickness_bad_slope_or_black_level(kw, message):
-    haadf = np.ones(4)
-    kw = {"black_level": 0.0, "slope": 1.0, **kw}
-    with untouched(haadf), pytest.raises(ValueError, match=re.escape(message)):
-        thickness.thickness_from_haadf(haadf, **kw)
-
-
-def test_thickness_all_nan():
-    haadf = np.full((2, 3), np.nan)
-    with untouched(haadf):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_integral2d_azimuth_range_outside_or_reversed(lazy):
+    s = _signal(_poisson(), lazy)
+    with untouched(s):
         with pytest.raises(
             ValueError,
-            match=re.escape("haadf gives no finite thickness (all values are NaN or inf)"),
-        ):
-            thickness.thickness_from_haadf(haadf, 0.0, 1.0)
-        with pytest.raises(
-            ValueError, match=re.escape("thickness has no finite value: cannot bin")
-        ):
-            thickness.bin_by_thickness(haadf, 2)
-    sig = hs.signals.Signal2D(haadf)
-    with untouched(sig), pytest.raises(ValueError, match="haadf gives no finite thickness"):
-        thickness.thickness_from_haadf(sig, 0.0, 1.0)
-
-
-def test_thickness_some_nan():
-    haadf = np.array([1.0, np.nan, 3.0, 4.0])
-    with untouched(haadf):
-        t = thickness.thickness_from_haadf(haadf, 1.0, 0.5)
-        np.testing.assert_array_equal(t, [0.0, np.nan, 4.0, 6.0])
-        with pytest.warns(
-            UserWarning,
             match=re.escape(
-                "1 of 4 probe positions are excluded from the thickness bins (1 non-finite, "
-                "0 outside [0, 6] nm)"
+                "azimuth_range (-4.0, 1.0) lies outside the azimuths: give it within "
+                "[-pi, pi] or within [0, 2pi] (radians)"
             ),
         ):
-            index, edges = thickness.bin_by_thickness(t, 2)
-    np.testing.assert_array_equal(index, [0, -1, 1, 1])
-    np.testing.assert_array_equal(edges, [0.0, 3.0, 6.0])
-
-
-@pytest.mark.parametrize("bins, message", BAD_BINS)
-def test_thickness_bad_bins(bins, message):
-    t = np.linspace(1, 4, 4)
-    with untouched(t), pytest.raises(ValueError, match=re.escape(message)):
-        thickness.bin_by_thickness(t, bins)
-
-
-# ============================================================================== femlib.data
-
-
-def test_data_not_cached_without_download(monkeypatch, tmp_path):
-    monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
-    with pytest.raises(
-        FileNotFoundError,
-        match=re.escape(
-            f"pos1-1.zspy (ZrCuAl metallic glass, Zenodo record 15490547) is not in the femlib "
-            f"data cache {tmp_path}. Pass allow_download=True"
-        ),
-    ) as info:
-        femlib.data.zrcual_1()
-    assert "FEMLIB_DATA_DIR" in str(info.value)
-
-
-def test_data_bad_checksum(monkeypatch, tmp_path):
-    monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
-    (tmp_path / "pos5-1.zspy").write_text("not the dataset")
-    with pytest.raises(
-        ValueError,
-        match=re.escape(f"the cached file {tmp_path / 'pos5-1.zspy'} does not match its md5:"),
-    ):
-        femlib.data.zrcual_2()
-
-
-@pytest.mark.parametrize(
-    "raised, exc, message",
-    [
-        (OSError("no route to host"), ConnectionError, "could not download pos6-1.zspy"),
-        (ValueError("MD5 hash of downloaded file"), ValueError, "the download of pos6-1.zspy from"),
-    ],
-)
-def test_data_failed_download(monkeypatch, tmp_path, raised, exc, message):
-    import pooch
-
-    def fail(*args, **kwargs):
-        raise raised
-
-    monkeypatch.setenv("FEMLIB_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(pooch.Pooch, "fetch", fail)
-    with pytest.raises(exc, match=re.escape(message)):
-        femlib.data.zrcual_3(allow_download=True)
-
-
-@pytest.mark.parametrize(
-    "kw, exc, message",
-    [
-        (
-            {"navigation_shape": (0, 3)},
-            ValueError,
-            "navigation_shape must be a tuple of two integers >= 1 (rows, columns), got (0, 3)",
-        ),
-        ({"dose": -1}, ValueError, "dose must be a positive finite number, got -1.0"),
-        ({"gain": 0}, ValueError, "gain must be a positive finite number, got 0.0"),
-        ({"scale": 0}, ValueError, "scale must be a positive finite number, got 0.0"),
-        ({"ellipticity": 1}, ValueError, "ellipticity must be in [0, 1), got 1.0"),
-        ({"center": (1000, 1)}, ValueError, "center must lie on the detector"),
-        ({"chunks": (0, 3)}, ValueError, "chunks must be None, an int"),
-        ({"gain": "a"}, TypeError, "gain must be a positive real number, got 'a'"),
-        ({"dtype": "complex64"}, TypeError, "dtype must be a numpy float or integer dtype"),
-        ({"seed": "a"}, TypeError, "seed must be a non-negative integer or None, got 'a'"),
-    ],
-)
-def test_synthetic_fem_bad_parameters(kw, exc, message):
-    kw = {"navigation_shape": (2, 2), "detector_shape": (32, 32), **kw}
-    with pytest.raises(exc, match=re.escape(message)):
-        femlib.data.synthetic_fem(**kw)
+            s.get_azimuthal_integral2d(npt=4, azimuth_range=(-4, 1))
+        with pytest.raises(
+            ValueError, match=re.escape("azimuth_range must be increasing (start < stop)")
+        ):
+            s.get_azimuthal_integral1d(npt=4, azimuth_range=(1, -1))
+        with pytest.raises(
+            ValueError, match=re.escape("npt_azim must be a positive integer, got 0")
+        ):
+            s.get_azimuthal_integral2d(npt=4, npt_azim=0)
