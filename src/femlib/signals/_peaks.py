@@ -39,7 +39,7 @@ class PeakTable(list):
     fields = FIELDS
 
     def to_csv(self, path=None):
-        """Write the table as CSV (header + one row per peak).
+        """Write the table as UTF-8 CSV (header + one row per peak).
 
         Parameters
         ----------
@@ -57,7 +57,7 @@ class PeakTable(list):
             writer.writerow({k: _csv_value(row[k]) for k in self.fields})
         if path is None:
             return buf.getvalue()
-        with open(path, "w", newline="") as fh:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
             fh.write(buf.getvalue())
         return None
 
