@@ -202,9 +202,13 @@ def _shot_data(weights, shot_weights):
     if shot_weights is None:
         return None
     if not sp.issparse(shot_weights):
-        raise TypeError(
-            f"shot_weights must be a scipy.sparse matrix or None, got {type(shot_weights)}"
-        )
+        dense = np.asarray(shot_weights)
+        if dense.ndim != 2 or dense.dtype.kind not in "biuf":
+            raise TypeError(
+                "shot_weights must be a scipy.sparse matrix, a 2D real array or None, got "
+                f"{type(shot_weights).__name__} of shape {dense.shape}"
+            )
+        shot_weights = sp.csr_array(dense)
     k, npix = weights.area.size, int(np.prod(weights.detector_shape))
     if shot_weights.shape != (k, npix):
         raise ValueError(
