@@ -493,3 +493,14 @@ def test_jackknife_counts_only_the_blocks_a_group_has_frames_in():
                                        rtol=1e-9)
     assert np.isnan(res["jackknife"][1, 2]).all()  # the empty block is marked, not used
     assert np.isnan(res["variance"][2]).all() and not res["used_groups"][2]
+
+
+def test_estimate_counts_frames_as_integers():
+    """``counts`` are frame numbers (integers), per group, as get_variance stores them."""
+    w = I.build_weights((12, 12), (5.5, 5.5), npt=2, radial_range=(1.0, 5.0))
+    frames = np.random.default_rng(5).poisson(20.0, (9, 12, 12)).astype(float)
+    groups = np.array([0, 0, 0, 1, 1, 1, 1, -1, 0])
+    m = V.accumulate(frames, w, V.frame_states(9, groups, 2), n_groups=2)
+    res = V.estimate(m, w, ("Omega",), gain=1.0)
+    assert res["counts"].dtype.kind == "i"
+    np.testing.assert_array_equal(res["counts"], [4, 4])
