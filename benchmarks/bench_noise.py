@@ -2,7 +2,7 @@
 
 Reproduce with::
 
-    /work/main/.venv/bin/python benchmarks/bench_noise.py
+    python benchmarks/bench_noise.py
 
 (``--seeds 1 --scan 20`` for a quick run; ``--dose 2e4`` for the dose at which issue 17's
 table was measured; ``--help`` for every option.)

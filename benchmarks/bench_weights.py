@@ -2,7 +2,7 @@
 
 Reproduce with::
 
-    /work/main/.venv/bin/python benchmarks/bench_weights.py
+    python benchmarks/bench_weights.py
 
 What is measured, each the best of ``--repeats`` calls after a warm-up call (so numba
 compilation is never timed):
