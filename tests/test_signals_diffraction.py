@@ -21,6 +21,10 @@ from hyperspy.defaults_parser import preferences
 
 from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
 
+# The bin checks are thickness.bin_by_thickness's: the same table as its own tests (the
+# tests folder is on sys.path under pytest's default rootdir import).
+from test_thickness import BAD_BINS
+
 DET = (16, 16)
 CENTER = (7.5, 7.5)  # (x, y): the middle of the detector
 RR = (1.0, 7.0)  # radial range used with npt=4: bin edges 1, 2.5, 4, 5.5, 7
@@ -602,15 +606,6 @@ def test_variance_thickness_without_bins_and_converse():
             _v(s, bins=2)
 
 
-BAD_BINS = [
-    (0, "bins must be a positive integer or a sequence of edges, got 0"),
-    (-1, "bins must be a positive integer or a sequence of edges, got -1"),
-    (1.5, "bins must be a positive integer or a sequence of >= 2 finite edges, got 1.5"),
-    (True, "bins must be a positive integer or a sequence of >= 2 finite edges, got True"),
-    ([3.0], "bins must be a positive integer or a sequence of >= 2 finite edges, got [3.0]"),
-    ([1.0, np.nan], "bins must be a positive integer or a sequence of >= 2 finite edges"),
-    ([3.0, 1.0], "bins edges must be strictly increasing, got [3. 1.]"),
-]
 
 
 @pytest.mark.parametrize("bins, message", BAD_BINS)
