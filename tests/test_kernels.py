@@ -43,3 +43,50 @@ def test_generated_tiled_kernel_is_up_to_date(tmp_path):
     _kernels.write_tiled(str(path))
     with open(_kernels._tiled.__file__) as f:
         assert f.read() == path.read_text()
+
+
+def _ring_reference(frames, w):
+    """Per frame and bin, ``sum_p w * x`` added in pixel order, one scalar at a time: the
+    order the vector kernels keep, so they must agree to the last bit."""
+    flat = frames.reshape(frames.shape[0], -1).astype(np.float64)
+    out = np.zeros((flat.shape[0], w.area.size))
+    for j, p in enumerate(w.touched):
+        for jj in range(w.colptr[j], w.colptr[j + 1]):
+            k, wk = w.rowidx[jj], w.wdata[jj]
+            for f in range(flat.shape[0]):
+                out[f, k] = out[f, k] + wk * flat[f, p]
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 21])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.dtype(">f8")])
+def test_few_bin_kernel_is_bit_identical_to_a_scalar_pixel_major_sum(n, dtype):
+    rng = np.random.default_rng(n)
+    w = I.build_weights(SHAPE, (10.2, 9.7), npt=6, radial_range=(2, 9))
+    assert w.area.size <= I._BIN_MAJOR_ABOVE  # the pixel-major vector path
+    frames = rng.poisson(20.0, (n,) + SHAPE).astype(dtype)
+    np.testing.assert_array_equal(I.integrate(frames, w), _ring_reference(frames, w))
+
+
+@pytest.mark.parametrize("n", [5, 8, 16, 27])
+def test_ring_moments_match_sparse_products_with_mixed_and_excluded_states(n):
+    rng = np.random.default_rng(3 + n)
+    w = I.build_weights(SHAPE, (10.2, 9.7), npt=6, radial_range=(2, 9))
+    frames = rng.poisson(20.0, (n,) + SHAPE).astype(np.float32)
+    flat = frames.reshape(n, -1).astype(np.float64)
+    # Runs of one state (the shortcut that adds eight frames at once), a mixed step and
+    # excluded frames.
+    states = np.repeat([0, 1, 2], -(-n // 3))[:n].astype(np.int64)
+    states[2] = -1
+    sdata = 3.0 * w.wdata**2
+    out, pixsum, pixsq = _kernels.ring_moments(
+        frames.reshape(n, -1), w.touched, w.colptr, w.rowidx, w.wdata, w.area.size, states, 3,
+        sdata=sdata, with_j=True, pixel_means=True, pixel_squares=True,
+    )
+    np.testing.assert_array_equal(out[0], _ring_reference(frames, w))
+    np.testing.assert_allclose(out[1], flat @ (3.0 * w.squared.T), rtol=1e-13)
+    np.testing.assert_allclose(out[2], flat**2 @ w.matrix.T, rtol=1e-13)
+    pix = flat[:, w.touched]
+    for s in range(3):
+        np.testing.assert_allclose(pixsum[s], pix[states == s].sum(0), rtol=1e-13)
+        np.testing.assert_allclose(pixsq[s], (pix[states == s] ** 2).sum(0), rtol=1e-13)
