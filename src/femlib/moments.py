@@ -328,22 +328,24 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
             if plan.ratio:
                 cols.append(_Y)
                 per_frame.append(sums[1] * inv * inv / weights.area**2)
-    per_frame = np.stack(per_frame, axis=1)  # (n, c, K)
     mean = np.zeros((nstates, len(COLUMNS), k))
     m2 = np.zeros((nstates, k))
     # Per-state sums over frames sorted by state (reduceat: no Python loop over states, and
-    # no BLAS call whose own threads would compete with dask's).
+    # no BLAS call whose own threads would compete with dask's). Frames usually come in state
+    # order already: then no column is copied.
     valid = np.flatnonzero(states >= 0)
     order = valid[np.argsort(states[valid], kind="stable")]
     if order.size:
         present = np.flatnonzero(count > 0)
         sizes = count[present].astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        x = per_frame[order]
-        means = np.add.reduceat(x, starts, axis=0) / count[present, None, None]
-        mean[np.ix_(present, cols)] = means
-        dev = x[:, 0] - np.repeat(means[:, 0], sizes, axis=0)
-        m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
+        in_order = order.size == states.size and bool(np.all(order[1:] > order[:-1]))
+        for c, x in zip(cols, per_frame, strict=True):
+            x = x if in_order else x[order]
+            mean[present, c] = np.add.reduceat(x, starts, axis=0) / count[present, None]
+            if c == _I:
+                dev = x - np.repeat(mean[present, _I], sizes, axis=0)
+                m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
     if q_pixels:
         compact = sp.csc_array(
             (sdata, weights.rowidx, weights.colptr), shape=(k, weights.touched.size)
