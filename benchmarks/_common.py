@@ -298,8 +298,8 @@ def jit_calls(dtype):
     f = np.ones((8, 32, 32), dtype=dtype)
     sw = 4.2 * w1.squared
     return {
-        "integrate 1D (pixel-major kernel)": lambda: integration.integrate(f, w1),
-        "integrate 2D (bin-major kernel)": lambda: integration.integrate(f, w2),
+        "integrate 1D (FEM-pass kernel)": lambda: integration.integrate(f, w1),
+        "integrate 2D (polar kernel)": lambda: integration.integrate(f, w2),
         "FEM pass, Omega": lambda: moments.accumulate_moments(f, w1, shot_weights=sw),
         "FEM pass, all methods": lambda: moments.accumulate_moments(
             f, w1, shot_weights=sw, methods=("Omega", "r", "re", "VImage")),

@@ -55,12 +55,13 @@ def _ring_reference(frames, w):
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 21])
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.dtype(">f8")])
-def test_few_bin_kernel_is_bit_identical_to_a_scalar_pixel_major_sum(n, dtype):
+def test_few_bin_kernel_matches_a_scalar_pixel_major_sum(n, dtype):
     rng = np.random.default_rng(n)
     w = I.build_weights(SHAPE, (10.2, 9.7), npt=6, radial_range=(2, 9))
-    assert w.area.size <= I._BIN_MAJOR_ABOVE  # the pixel-major vector path
+    assert w.area.size <= I._BIN_MAJOR_ABOVE  # the FEM-pass kernel
     frames = rng.poisson(20.0, (n,) + SHAPE).astype(dtype)
-    np.testing.assert_array_equal(I.integrate(frames, w), _ring_reference(frames, w))
+    # Two interleaved accumulators per bin: the order of the additions differs, by a few ulp.
+    np.testing.assert_allclose(I.integrate(frames, w), _ring_reference(frames, w), rtol=1e-14)
 
 
 @pytest.mark.parametrize("n", [5, 8, 16, 27])
@@ -73,14 +74,17 @@ def test_ring_moments_match_sparse_products_with_mixed_and_excluded_states(n):
     # excluded frames.
     states = np.repeat([0, 1, 2], -(-n // 3))[:n].astype(np.int64)
     states[2] = -1
-    sdata = 3.0 * w.wdata**2
+    indptr, cindex, wdata = w.bin_major
+    sdata = 3.0 * wdata**2
+    # Frames processed in state order (as the FEM pass does): outputs in that order.
+    rows = np.argsort(states, kind="stable")
     out, pixsum, pixsq = _kernels.ring_moments(
-        frames.reshape(n, -1), w.touched, w.colptr, w.rowidx, w.wdata, w.area.size, states, 3,
+        frames.reshape(n, -1), w.touched, indptr, cindex, wdata, states[rows], 3, rows=rows,
         sdata=sdata, with_j=True, pixel_means=True, pixel_squares=True,
     )
-    np.testing.assert_array_equal(out[0], _ring_reference(frames, w))
-    np.testing.assert_allclose(out[1], flat @ (3.0 * w.squared.T), rtol=1e-13)
-    np.testing.assert_allclose(out[2], flat**2 @ w.matrix.T, rtol=1e-13)
+    np.testing.assert_allclose(out[0], _ring_reference(frames, w)[rows], rtol=1e-14)
+    np.testing.assert_allclose(out[1], (flat @ (3.0 * w.squared.T))[rows], rtol=1e-13)
+    np.testing.assert_allclose(out[2], (flat**2 @ w.matrix.T)[rows], rtol=1e-13)
     pix = flat[:, w.touched]
     for s in range(3):
         np.testing.assert_allclose(pixsum[s], pix[states == s].sum(0), rtol=1e-13)

@@ -1,21 +1,30 @@
 """Compiled inner loops (numba). Private: the public API is in :mod:`femlib.integration`
 and :mod:`femlib.moments`.
 
-Accumulation is in float64 whatever the input dtype. Few bins (a 1D integral, the FEM
-pass): pixel-major over the touched pixels, eight frames at a time. The eight values of a
-pixel are read once into a vector, and each of the pixel's non-zero weights then updates
-its bin's eight accumulators with one vector multiply-add (:func:`_axpy8`, LLVM vector code:
-one AVX-512 instruction, or two AVX2 ones). Per frame and bin the pixels are summed in the
-same order as a scalar pixel-major loop: the results are bit-identical to it. Many bins (a
-polar transform): bin-major over eight frames at a time (below), the output written once.
+Accumulation is in float64 whatever the input dtype. Every kernel processes eight frames
+at a time (:data:`LANES`): their values at the touched pixels are gathered into a
+pixel-major tile ``xt[j, :8]`` (in cache; each frame is read once, in address order), then
+every bin walks its non-zero weights once, accumulating the eight frames in vector
+registers (LLVM vector code written by the intrinsics below: one AVX-512 instruction per
+operation, or two AVX2 ones), and writes its results once.
 
-Measured on 4096 frames of 128 x 128 float32, 50 bins, 15922 non-zero weights, one thread
-(``benchmarks/``; the read pass ``frames.sum(axis=0)`` takes 15 ms): the eight-frame vector
-kernel 15.7 ms; the scalar pixel-major kernel that interleaved four frames 34-37 ms;
-bin-major tiled kernels (frames gathered into a pixel-major tile, scalar accumulators in
-registers) 27 ms at best; scipy.sparse products several times slower than any. A 100 x 360
-polar transform of 2048 such frames into float32: 80 ms with :func:`_dot8`, 115 ms with
-the scalar tiled kernel it replaced (read pass 8 ms, filling the output 11 ms).
+* Few bins (the FEM pass, a 1D integral: hundreds of non-zeros per bin): :func:`ring_moments`,
+  two interleaved accumulators per bin and output (the sum of a bin is not limited by the
+  latency of one chain of additions), ``I = W D`` and, on request, ``Q = S D`` and
+  ``J = W D^2`` from the same loads.
+* Many bins (a polar transform: a few non-zeros per bin): :func:`apply_tiled`, one
+  accumulator per bin, summed in increasing pixel order (results bit-identical to a scalar
+  pixel-major sum) and written straight into the output with its scale.
+
+Measured single-threaded (CPU time) on 4096 frames of 128 x 128 float32, 50 bins, frames
+sorted by state (``python benchmarks/bench_integration.py``; the read pass
+``frames.sum(axis=0)`` takes 15 ms): on issue 13's geometry (24584 non-zeros) ``I`` 28 ms,
+``I`` and ``Q`` 31 ms, every column with the pixel sums and squares 42 ms; on femlib's
+(15922 non-zeros) 17, 20 and 25 ms. The scalar pixel-major kernels these replace (four
+frames interleaved, accumulators in memory) took 58, 72 and 149 ms, and 36, 44 and 98 ms. A
+100 x 360 polar transform of 2048 frames: 80 ms, against 115 ms for the scalar tiled kernel
+it replaces (read pass 8 ms, filling the float32 output 11 ms). scipy.sparse products were
+several times slower than any.
 
 The kernels are serial and release the GIL: parallelism comes from dask alone, which runs
 one kernel per chunk on its threads (eager data too, on the threaded scheduler) or on its
@@ -31,11 +40,13 @@ from numba.extending import intrinsic
 
 _JIT = {"nogil": True, "cache": True, "fastmath": False}
 
-#: Frames processed together by the few-bin kernels (the width of :func:`_axpy8`).
+#: Frames processed together (the lanes of the vector accumulators).
 LANES = 8
-
+#: Interleaved accumulators per bin in :func:`ring_moments`.
+_CHAINS = 2
 
 _VEC = ir.VectorType(ir.DoubleType(), LANES)
+_I64 = ir.IntType(64)
 
 
 def _splat(builder, value):
@@ -46,31 +57,84 @@ def _splat(builder, value):
                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
-@intrinsic
-def _axpy8(typingctx, acc, k, w, x):  # pragma: no cover - compiled
-    """``acc[k, :8] += w * x`` for a C-contiguous float64 ``acc`` of 8 columns and a tuple
-    ``x`` of 8 floats: one vector load, multiply, add and store (no fused multiply-add, so
-    each lane rounds exactly as the scalar ``a += w * x``)."""
-    sig = types.void(acc, k, w, x)
+class _Arrays:
+    """LLVM IR access to the numba arrays passed to an intrinsic."""
 
-    def codegen(context, builder, signature, args):
-        acc_t, k_t, w_t, _ = signature.args
-        arr = context.make_array(acc_t)(context, builder, args[0])
-        row = context.cast(builder, args[1], k_t, types.int64)
-        zero = ir.Constant(ir.IntType(64), 0)
-        ptr = cgutils.get_item_pointer(context, builder, acc_t, arr, [row, zero],
-                                       wraparound=False)
-        vptr = builder.bitcast(ptr, _VEC.as_pointer())
-        xv = ir.Constant(_VEC, ir.Undefined)
-        for i in range(LANES):
-            xv = builder.insert_element(xv, builder.extract_value(args[3], i),
-                                        ir.Constant(ir.IntType(32), i))
-        wv = _splat(builder, context.cast(builder, args[2], w_t, types.float64))
-        total = builder.fadd(builder.load(vptr, align=8), builder.fmul(wv, xv))
-        builder.store(total, vptr, align=8)
-        return context.get_dummy_value()
+    def __init__(self, context, builder, typs, values):
+        self.context, self.builder = context, builder
+        self.typs = typs
+        self.arrays = [context.make_array(t)(context, builder, v)
+                       for t, v in zip(typs, values, strict=True)]
 
-    return sig, codegen
+    def ptr(self, a, *idx):
+        """Pointer to element ``idx`` (i64 values) of array number ``a``."""
+        return cgutils.get_item_pointer(self.context, self.builder, self.typs[a],
+                                        self.arrays[a], list(idx), wraparound=False)
+
+    def scalar(self, a, *idx):
+        """Element ``idx`` of array number ``a``, as float64 (or int64 for integers)."""
+        dtype = self.typs[a].dtype
+        to = types.int64 if isinstance(dtype, types.Integer) else types.float64
+        return self.context.cast(self.builder, self.builder.load(self.ptr(a, *idx)), dtype, to)
+
+    def row(self, a, i):
+        """Pointer to the 8 float64 starting at ``[i, 0]`` of 2D array number ``a``, as a
+        vector pointer."""
+        return self.builder.bitcast(self.ptr(a, i, ir.Constant(_I64, 0)), _VEC.as_pointer())
+
+
+def _make_dots(with_q, with_j):
+    """Intrinsic ``dots(res, xt, cindex, wdata, sdata, start, stop)``: over the non-zeros
+    ``[start, stop)`` of one bin, ``res[0] = sum w x``, then ``res[1] = sum s x`` if
+    ``with_q``, then ``sum w x^2`` if ``with_j`` (rows of 8 lanes; ``x = xt[cindex[jj]]``).
+    Non-zero ``jj`` goes to accumulator ``(jj - start) % _CHAINS``; they are added at the
+    end. No fused multiply-add."""
+    n_out = 1 + with_q + with_j
+
+    @intrinsic
+    def dots(typingctx, res, xt, cindex, wdata, sdata, start, stop):  # pragma: no cover
+        sig = types.void(res, xt, cindex, wdata, sdata, start, stop)
+
+        def codegen(context, builder, signature, args):
+            a = _Arrays(context, builder, signature.args[:5], args[:5])
+            zero = ir.Constant(_VEC, [0.0] * LANES)
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(_CHAINS)]
+                   for _ in range(n_out)]
+            lo = context.cast(builder, args[5], signature.args[5], types.int64)
+            hi = context.cast(builder, args[6], signature.args[6], types.int64)
+            chains = ir.Constant(_I64, _CHAINS)
+            whole = builder.sdiv(builder.sub(hi, lo), chains)
+
+            def update(jj, chain):
+                x = builder.load(a.row(1, a.scalar(2, jj)), align=8)
+                w = _splat(builder, a.scalar(3, jj))
+                terms = [builder.fmul(w, x)]
+                if with_q:
+                    terms.append(builder.fmul(_splat(builder, a.scalar(4, jj)), x))
+                if with_j:
+                    terms.append(builder.fmul(w, builder.fmul(x, x)))
+                for c, term in enumerate(terms):
+                    slot = acc[c][chain]
+                    builder.store(builder.fadd(builder.load(slot), term), slot)
+
+            with cgutils.for_range(builder, whole, intp=_I64) as loop:
+                base = builder.add(lo, builder.mul(loop.index, chains))
+                for chain in range(_CHAINS):
+                    update(builder.add(base, ir.Constant(_I64, chain)), chain)
+            rest = builder.add(lo, builder.mul(whole, chains))
+            with cgutils.for_range_slice(builder, rest, hi, ir.Constant(_I64, 1),
+                                         intp=_I64) as (jj, _):
+                update(jj, 0)
+            for c in range(n_out):
+                total = builder.load(acc[c][0])
+                for chain in range(1, _CHAINS):
+                    total = builder.fadd(total, builder.load(acc[c][chain]))
+                builder.store(total, a.row(0, ir.Constant(_I64, c)), align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dots
 
 
 @numba.njit(**_JIT)
@@ -91,56 +155,36 @@ def _load8(frames, r, p):  # pragma: no cover
             np.float64(frames[r[6], p]), np.float64(frames[r[7], p]))
 
 
-@numba.njit(**_JIT)
-def apply_weights(frames, touched, colptr, rowidx, wdata, scale, out):  # pragma: no cover
-    """``out[f, k] = scale[k] * sum_p w[k, p] * frames[f, p]``, pixel-major (few bins).
-
-    ``out`` may be any float dtype: it is written once, with no temporary.
-    """
-    n = frames.shape[0]
-    nbins = out.shape[1]
-    acc = np.empty((nbins, LANES))
-    for f0 in range(0, n, LANES):
-        r = _rows(f0, n)
-        acc[:] = 0.0
-        for j in range(touched.size):
-            x = _load8(frames, r, touched[j])
-            for jj in range(colptr[j], colptr[j + 1]):
-                _axpy8(acc, rowidx[jj], wdata[jj], x)
-        for i in range(min(LANES, n - f0)):
-            for k in range(nbins):
-                out[f0 + i, k] = acc[k, i] * scale[k]
-
-
 def _make_ring_moments(with_q, with_j, with_pm, with_psq):
     """Compile the FEM pass for one choice of flags (constants, so no branch remains)."""
+    dots = _make_dots(with_q, with_j)
+    n_out = 1 + with_q + with_j
 
     @numba.njit(**_JIT)
-    def kernel(frames, touched, colptr, rowidx, wdata, sdata, states, out, pixsum, pixsq):  # noqa: C901
-        n = frames.shape[0]
+    def kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out, pixsum,  # noqa: C901
+               pixsq):  # pragma: no cover
+        n = rows.size
         nbins = out.shape[2]
-        acc = np.empty((nbins, LANES))
-        acc_q = np.empty((nbins if with_q else 0, LANES))
-        acc_j = np.empty((nbins if with_j else 0, LANES))
+        xt = np.empty((touched.size, LANES))
+        res = np.empty((n_out, LANES))
         st = np.empty(LANES, np.int64)
         for f0 in range(0, n, LANES):
             nf = min(LANES, n - f0)
-            r = _rows(f0, n)
-            # Frames of one state (the usual case: states are runs of frames) add their
-            # eight values to the pixel sums at once; past the last frame: -1, left out.
+            step = _rows(f0, n)
+            r = (rows[step[0]], rows[step[1]], rows[step[2]], rows[step[3]],
+                 rows[step[4]], rows[step[5]], rows[step[6]], rows[step[7]])
+            # Eight frames of one state (the usual case: frames come sorted by state) add
+            # their values to the pixel sums at once. Past the last frame: -1, left out.
             same = nf == LANES
             for i in range(LANES):
                 st[i] = states[f0 + i] if i < nf else -1
                 same = same and st[i] == st[0]
             s0 = st[0]
             same = same and s0 >= 0
-            acc[:] = 0.0
-            if with_q:
-                acc_q[:] = 0.0
-            if with_j:
-                acc_j[:] = 0.0
             for j in range(touched.size):
                 x = _load8(frames, r, touched[j])
+                for i in range(LANES):
+                    xt[j, i] = x[i]
                 if with_pm:
                     if same:
                         pixsum[s0, j] += ((x[0] + x[1]) + (x[2] + x[3])) + (
@@ -155,25 +199,11 @@ def _make_ring_moments(with_q, with_j, with_pm, with_psq):
                                 pixsum[st[i], j] += x[i]
                                 if with_psq:
                                     pixsq[st[i], j] += x[i] * x[i]
-                if with_j:
-                    x2 = (x[0] * x[0], x[1] * x[1], x[2] * x[2], x[3] * x[3],
-                          x[4] * x[4], x[5] * x[5], x[6] * x[6], x[7] * x[7])
-                for jj in range(colptr[j], colptr[j + 1]):
-                    k = rowidx[jj]
-                    _axpy8(acc, k, wdata[jj], x)
-                    if with_q:
-                        _axpy8(acc_q, k, sdata[jj], x)
-                    if with_j:
-                        _axpy8(acc_j, k, wdata[jj], x2)
-            for i in range(nf):
-                for k in range(nbins):
-                    out[0, f0 + i, k] = acc[k, i]
-                    c = 1
-                    if with_q:
-                        out[c, f0 + i, k] = acc_q[k, i]
-                        c += 1
-                    if with_j:
-                        out[c, f0 + i, k] = acc_j[k, i]
+            for k in range(nbins):
+                dots(res, xt, cindex, wdata, sdata, indptr[k], indptr[k + 1])
+                for c in range(n_out):
+                    for i in range(nf):
+                        out[c, f0 + i, k] = res[c, i]
 
     return kernel
 
@@ -181,21 +211,27 @@ def _make_ring_moments(with_q, with_j, with_pm, with_psq):
 _RING_MOMENTS = {}
 
 
-def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates, sdata=None,
-                 with_j=False, pixel_means=False, pixel_squares=False):
+def ring_moments(frames, touched, indptr, cindex, wdata, states, nstates, rows=None,
+                 sdata=None, with_j=False, pixel_means=False, pixel_squares=False):
     """The FEM pass over a chunk, from one read of each frame.
 
     Parameters
     ----------
     frames : (n, P) ndarray
-    touched, colptr, rowidx, wdata : ndarray
-        Compressed-column weights ``W`` over the touched pixels.
-    nbins : int
+    touched : (P',) int ndarray
+        Pixels with a non-zero weight.
+    indptr, cindex, wdata : ndarray
+        CSR weights ``W`` (rows = bins) with column indices into ``touched``
+        (``AzimuthalWeights.bin_major``).
     states : (n,) int64 ndarray
-        State of every frame; -1 frames are left out of the pixel sums.
+        State of every frame in processing order; -1 frames are left out of the pixel
+        sums.
     nstates : int
+    rows : (n,) int64 ndarray or None
+        Frame processed at each position (None: in order). Frames of one state side by
+        side make the pixel sums cheaper.
     sdata : ndarray or None
-        Shot weights ``S`` with the sparsity (and order) of ``wdata``; None = no ``Q``.
+        Shot weights ``S`` with the sparsity and order of ``wdata``; None = no ``Q``.
     with_j : bool
         Also compute ``W D^2`` (for the ``r`` and ``re`` estimators).
     pixel_means, pixel_squares : bool
@@ -204,8 +240,8 @@ def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates,
     Returns
     -------
     out : (c, n, nbins) ndarray
-        Per frame ``I = W D``, then ``Q = S D`` if ``sdata`` is given, then ``J = W D^2``
-        if ``with_j``.
+        Per frame (in processing order) ``I = W D``, then ``Q = S D`` if ``sdata`` is
+        given, then ``J = W D^2`` if ``with_j``.
     pixsum, pixsq : (nstates, P') ndarray or None
         Per state, the sum of every touched pixel (and of its square) over the state's
         frames. Raw float64 sums suffice per pixel: its variance is at least the Poisson
@@ -218,21 +254,26 @@ def ring_moments(frames, touched, colptr, rowidx, wdata, nbins, states, nstates,
     kernel = _RING_MOMENTS.get(key)
     if kernel is None:
         kernel = _RING_MOMENTS[key] = _make_ring_moments(*key)
-    out = np.empty((1 + with_q + bool(with_j), frames.shape[0], nbins))
+    n = frames.shape[0]
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    out = np.empty((1 + with_q + bool(with_j), n, indptr.size - 1))
     pixsum = np.zeros((nstates, touched.size) if pixel_means else (0, 0))
     pixsq = np.zeros((nstates, touched.size) if pixel_squares else (0, 0))
-    if frames.shape[0]:
-        kernel(frames, touched, colptr, rowidx, wdata, wdata if sdata is None else sdata,
+    if n:
+        kernel(frames, rows, touched, indptr, cindex, wdata, wdata if sdata is None else sdata,
                states, out, pixsum, pixsq)
     return out, (pixsum if pixel_means else None), (pixsq if pixel_squares else None)
 
 
+def apply_few(frames, touched, indptr, cindex, wdata, scale, out):
+    """``out[f, k] = scale[k] * sum_p w[k, p] * frames[f, p]`` for few bins (a 1D
+    integral): :func:`ring_moments` without pixel sums, ``out`` of any float dtype."""
+    sums, _, _ = ring_moments(frames, touched, indptr, cindex, wdata,
+                              np.full(frames.shape[0], -1, np.int64), 0)
+    np.multiply(sums[0], scale, out=out, casting="unsafe")
+
+
 # ----------------------------------------------------------------------------- many bins
-# A polar transform (thousands of bins, a few non-zeros each): bin-major, the output written
-# once. Eight frames are gathered at the touched pixels into a pixel-major tile ``xt[j, :8]``
-# (in cache); every bin then sums its non-zeros in a vector register (:func:`_dot8`) and
-# writes its eight results. Per bin the pixels are summed in increasing pixel order, as a
-# pixel-major loop does: results are bit-identical to the straightforward sum.
 @intrinsic
 def _dot8(typingctx, xt, cindex, wdata, start, stop):  # pragma: no cover - compiled
     """``sum_{jj in [start, stop)} wdata[jj] * xt[cindex[jj], :8]`` as a tuple of 8 floats,
@@ -241,23 +282,13 @@ def _dot8(typingctx, xt, cindex, wdata, start, stop):  # pragma: no cover - comp
     sig = ret(xt, cindex, wdata, start, stop)
 
     def codegen(context, builder, signature, args):
-        xt_t, ci_t, w_t, s_t, e_t = signature.args
-        xa = context.make_array(xt_t)(context, builder, args[0])
-        ca = context.make_array(ci_t)(context, builder, args[1])
-        wa = context.make_array(w_t)(context, builder, args[2])
-        i64 = ir.IntType(64)
+        a = _Arrays(context, builder, signature.args[:3], args[:3])
         acc = cgutils.alloca_once_value(builder, ir.Constant(_VEC, [0.0] * LANES))
-        start = context.cast(builder, args[3], s_t, types.int64)
-        stop = context.cast(builder, args[4], e_t, types.int64)
-        step = ir.Constant(i64, 1)
-        with cgutils.for_range_slice(builder, start, stop, step, intp=i64) as (jj, _):
-            pc = cgutils.get_item_pointer(context, builder, ci_t, ca, [jj], wraparound=False)
-            j = context.cast(builder, builder.load(pc), ci_t.dtype, types.int64)
-            px = cgutils.get_item_pointer(context, builder, xt_t, xa, [j, ir.Constant(i64, 0)],
-                                          wraparound=False)
-            x = builder.load(builder.bitcast(px, _VEC.as_pointer()), align=8)
-            pw = cgutils.get_item_pointer(context, builder, w_t, wa, [jj], wraparound=False)
-            w = _splat(builder, context.cast(builder, builder.load(pw), w_t.dtype, types.float64))
+        lo = context.cast(builder, args[3], signature.args[3], types.int64)
+        hi = context.cast(builder, args[4], signature.args[4], types.int64)
+        with cgutils.for_range_slice(builder, lo, hi, ir.Constant(_I64, 1), intp=_I64) as (jj, _):
+            x = builder.load(a.row(0, a.scalar(1, jj)), align=8)
+            w = _splat(builder, a.scalar(2, jj))
             builder.store(builder.fadd(builder.load(acc), builder.fmul(w, x)), acc)
         total = builder.load(acc)
         lanes = [builder.extract_element(total, ir.Constant(ir.IntType(32), i))

@@ -47,7 +47,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _CACHE = OrderedDict()
 _CACHE_SIZE = 8
-# Above this many bins the tiled bin-major kernel is used (measured: _kernels, benchmarks/).
+# Above this many bins the polar kernel (one accumulator per bin, output written directly)
+# is used; below, the FEM-pass kernel (two accumulators per bin; see femlib._kernels).
 _BIN_MAJOR_ABOVE = 2048
 MIN_CHUNK_BYTES = 16 * 2**20
 TARGET_CHUNK_BYTES = 64 * 2**20
@@ -99,16 +100,26 @@ class AzimuthalWeights:
         return sp.csc_array((self.wdata**2, self.rowidx, self.colptr), shape=shape).tocsr()
 
     @functools.cached_property
-    def bin_major(self):
-        """The matrix for the tiled kernels: CSR rows (bins) over the touched pixels only.
+    def bin_major_order(self):
+        """The CSR structure of the matrix over the touched pixels (rows = bins), for the
+        bin-major kernels.
 
-        ``(indptr, cindex, data)``: int64 row pointers, int32 positions in ``touched``
-        (increasing within a row), float64 weights.
+        ``(indptr, cindex, order)``: int64 row pointers, int32 positions in ``touched``
+        (increasing within a row), and for every entry its position in ``wdata`` (so
+        ``wdata[order]`` are the weights in this order).
         """
         shape = (self.area.size, self.touched.size)
-        csr = sp.csc_array((self.wdata, self.rowidx, self.colptr), shape=shape).tocsr()
+        pos = np.arange(1, self.wdata.size + 1, dtype=np.float64)  # no explicit zero
+        csr = sp.csc_array((pos, self.rowidx, self.colptr), shape=shape).tocsr()
         csr.sort_indices()
-        return csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data
+        order = csr.data.astype(np.int64) - 1
+        return csr.indptr.astype(np.int64), csr.indices.astype(np.int32), order
+
+    @functools.cached_property
+    def bin_major(self):
+        """``(indptr, cindex, data)``: :attr:`bin_major_order` with the float64 weights."""
+        indptr, cindex, order = self.bin_major_order
+        return indptr, cindex, self.wdata[order]
 
     @property
     def npt(self):
@@ -567,15 +578,12 @@ def _apply(frames, weights, mean=False, dtype=np.float64, out=None):
     if out is None:
         out = np.empty((flat.shape[0], nbins), dtype=dtype)
     scale = _inverse_area(weights) if mean else np.ones(nbins)
+    indptr, cindex, data = weights.bin_major
     if nbins > _BIN_MAJOR_ABOVE:
         bad = np.zeros(flat.shape[0], dtype=bool)
-        indptr, cindex, data = weights.bin_major
         _kernels.apply_tiled(flat, weights.touched, indptr, cindex, data, scale, out, bad)
     else:
-        if flat.shape[0]:
-            _kernels.apply_weights(
-                flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, scale, out
-            )
+        _kernels.apply_few(flat, weights.touched, indptr, cindex, data, scale, out)
         bad = ~np.isfinite(out).all(axis=1)  # a few numbers per frame
     tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
     return out.reshape(nav + tail), bad

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 N_BLOCKS = 20
+Q_PER_FRAME = False
 #: Columns of :attr:`Moments.mean`, in order.
 COLUMNS = ("I", "Q", "J", "U", "V", "Y")
 _I, _Q, _J, _U, _V, _Y = range(6)
@@ -217,7 +218,7 @@ def _shot_data(weights, shot_weights):
         )
     coo = sp.coo_array(shot_weights)
     coo.sum_duplicates()
-    # Linear index (pixel-major, as the kernel walks the weights) of every entry.
+    # Linear index (pixel-major, the order of weights.wdata) of every entry.
     skey = coo.col.astype(np.int64) * k + coo.row
     cols = np.repeat(weights.touched.astype(np.int64), np.diff(weights.colptr))
     wkey = cols * k + weights.rowidx
@@ -288,18 +289,21 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
     nstates = plan.n_groups * plan.n_blocks
     k = weights.area.size
     shot = sdata is not None
-    # Q per frame only where a per-frame quantity needs it (Y = Q / I^2, for r). Otherwise
-    # its per-state mean is S times the per-state pixel sums: a sequential 8-byte add per
-    # touched pixel costs less than four more multiply-adds per non-zero weight (measured:
-    # 0.6x the time of the pass for Omega with a gain, benchmarks/README.md).
-    q_frame = shot and plan.ratio
-    q_pixels = shot and not plan.ratio
-    pixel_sums = plan.pixel_means or q_pixels
+    # Q per frame, from the loads that give I: one more vector multiply-add per non-zero
+    # weight costs less than per-state pixel sums (benchmarks/README.md).
+    pixel_sums = plan.pixel_means
+    # The kernel takes the frames in state order (eight frames of one state add to the pixel
+    # sums at once); everything below works in that order.
+    rows = np.argsort(states, kind="stable")
+    states = states[rows]
+    indptr, cindex, wdata = weights.bin_major
+    if shot:
+        sdata = sdata[weights.bin_major_order[2]]
 
     def run(st, ring=True):
         return _kernels.ring_moments(
-            flat, weights.touched, weights.colptr, weights.rowidx, weights.wdata, k, st,
-            nstates, sdata if ring and q_frame else None, plan.squares and ring, pixel_sums,
+            flat, weights.touched, indptr, cindex, wdata, st, nstates, rows,
+            sdata if ring else None, plan.squares and ring, pixel_sums,
             plan.pixel_squares,
         )
 
@@ -315,14 +319,14 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
     count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
     ring = sums[0]
     cols, per_frame = [_I], [ring]
-    if q_frame:
+    if shot:
         cols.append(_Q)
         per_frame.append(sums[1])
     if plan.squares or plan.ratio:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             inv = np.where(ring > 0, weights.area / ring, np.nan)  # A / I
             if plan.squares:
-                j = sums[2 if q_frame else 1]
+                j = sums[2 if shot else 1]
                 cols += [_J, _U, _V]
                 per_frame += [j, j * inv * inv / weights.area, inv]
             if plan.ratio:
@@ -346,13 +350,6 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
             if c == _I:
                 dev = x - np.repeat(mean[present, _I], sizes, axis=0)
                 m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
-    if q_pixels:
-        compact = sp.csc_array(
-            (sdata, weights.rowidx, weights.colptr), shape=(k, weights.touched.size)
-        ).tocsr()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean[:, _Q] = np.where(count[:, None] > 0, (compact @ pixsum.T).T / count[:, None],
-                                   0.0)
     pix_mean = pix_m2 = None
     if plan.pixel_means:
         safe = np.maximum(count, 1.0)[:, None]
