@@ -581,7 +581,12 @@ def _apply(frames, weights, mean=False, dtype=np.float64, out=None):
     indptr, cindex, data = weights.bin_major
     if nbins > _BIN_MAJOR_ABOVE:
         bad = np.zeros(flat.shape[0], dtype=bool)
-        _kernels.apply_tiled(flat, weights.touched, indptr, cindex, data, scale, out, bad)
+        # The kernel writes C-ordered float32 or float64 rows with vector stores.
+        direct = out.dtype in (np.float32, np.float64) and out.flags.c_contiguous
+        dest = out if direct else np.empty(out.shape)
+        _kernels.apply_tiled(flat, weights.touched, indptr, cindex, data, scale, dest, bad)
+        if not direct:
+            out[...] = dest
     else:
         _kernels.apply_few(flat, weights.touched, indptr, cindex, data, scale, out)
         bad = ~np.isfinite(out).all(axis=1)  # a few numbers per frame
