@@ -297,3 +297,14 @@ def test_moments_count_nonfinite_frames_and_leave_the_input_alone():
     # c = (1, 3, 1, 3): <I> = 2 A, centred sum of squares 4 A^2.
     total = merged.count @ merged.mean[:, 0] / merged.n_frames
     np.testing.assert_allclose(total, 2 * w.area, rtol=1e-12)
+
+
+def test_counting_shortcut_and_general_shot_weights_agree():
+    """W**2 itself takes a shortcut; an equal matrix goes through the general alignment."""
+    w = I.build_weights((16, 16), (7.3, 7.9), npt=5, radial_range=(1, 7))
+    frames = np.random.default_rng(4).poisson(6.0, (30, 16, 16)).astype(np.float32)
+    a = M.accumulate_moments(frames, w, shot_weights=w.squared, methods=("r",))
+    b = M.accumulate_moments(frames, w, shot_weights=w.squared.copy(), methods=("r",))
+    np.testing.assert_array_equal(a.mean, b.mean)
+    ref_q = (frames.reshape(30, -1).astype(float) @ w.squared.T).mean(0)
+    np.testing.assert_allclose(a.mean[:, 1].T @ a.count / a.count.sum(), ref_q, rtol=1e-12)

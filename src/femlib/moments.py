@@ -199,9 +199,12 @@ class _Plan:
 
 
 def _shot_data(weights, shot_weights):
-    """Shot weights as a data array aligned with ``weights.wdata`` (same non-zeros)."""
+    """Shot weights as a data array aligned with the kernels' weights,
+    ``weights.bin_major[2]`` (same non-zeros, same order)."""
     if shot_weights is None:
         return None
+    if shot_weights is weights.squared:  # the counting model: W**2, aligned by construction
+        return weights.bin_major[2] ** 2
     if not sp.issparse(shot_weights):
         dense = np.asarray(shot_weights)
         if dense.ndim != 2 or dense.dtype.kind not in "biuf":
@@ -234,7 +237,7 @@ def _shot_data(weights, shot_weights):
                          "must have the sparsity of the weights (W * (K * W))")
     if not np.all(np.isfinite(out)):
         raise ValueError("shot_weights must be finite")
-    return out
+    return out[weights.bin_major_order[2]]
 
 
 def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
@@ -297,8 +300,6 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
     rows = np.argsort(states, kind="stable")
     states = states[rows]
     indptr, cindex, wdata = weights.bin_major
-    if shot:
-        sdata = sdata[weights.bin_major_order[2]]
 
     def run(st, ring=True):
         return _kernels.ring_moments(
