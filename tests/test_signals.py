@@ -367,3 +367,18 @@ def test_installing_femlib_pulls_no_pyxem():
                 todo.append(dep)
     assert "hyperspy" in seen and "numpy" in seen
     assert "pyxem" not in seen
+
+
+def test_progress_bar_draws_and_its_thread_ends_with_the_computation():
+    import io
+
+    import dask.array as da
+
+    from femlib._progress import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(dt=30.0, out=out)  # dask's own bar would hold the exit for 30 s
+    with bar:
+        assert da.ones(6, chunks=2).sum().compute() == 6
+    assert "100% Completed" in out.getvalue()
+    assert bar._wake.is_set() and not bar._timer.is_alive()

@@ -230,7 +230,7 @@ class _Progress:
         """Run a step; ``done`` is the line printed when it has finished."""
         start = time.perf_counter()
         if self.bars:
-            from dask.diagnostics import ProgressBar
+            from femlib._progress import ProgressBar
 
             # dask's bar writes to stdout unless told otherwise; stdout is the summary's.
             bar = ProgressBar(minimum=1.0, out=sys.stderr)

@@ -848,7 +848,8 @@ def _compute(work, show_progressbar, scheduler=None):
     import contextlib
 
     import dask
-    from dask.diagnostics import ProgressBar
+
+    from femlib._progress import ProgressBar
 
     if show_progressbar is None:
         show_progressbar = preferences.General.show_progressbar
