@@ -106,3 +106,29 @@ def test_polar_kernel_writes_any_output_array(layout):
         I.integrate(frames, w, out=out)
         np.testing.assert_array_equal(out, ref)
         assert not big[:, 1::2].any()
+
+
+def test_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
+    """The compiled kernels are cached on disk: a second process loads them (a kernel that
+    keeps a fresh intrinsic in a closure would be compiled again by every process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from femlib import _kernels as K, integration as I\n"
+        "w = I.build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))\n"
+        "f = np.ones((9, 256), np.float32)\n"
+        "i, c, d = w.bin_major\n"
+        "K.ring_moments(f, w.touched, i, c, d, np.zeros(9, np.int64), 1, sdata=d, with_j=True,\n"
+        "               pixel_means=True, pixel_squares=True)\n"
+        "w2 = I.build_weights((16, 16), (7.5, 7.5), npt=20, npt_azim=120)\n"
+        "I.integrate(f.reshape(9, 16, 16), w2)\n"
+        "print(len(K._ring_kernel.stats.cache_hits), len(K.apply_tiled.stats.cache_hits))\n"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == ["0", "0"]  # compiled, into the empty cache
+    assert runs[1] == ["1", "1"]  # loaded

@@ -157,60 +157,70 @@ def _load8(frames, r, p):  # pragma: no cover
             np.float64(frames[r[6], p]), np.float64(frames[r[7], p]))
 
 
-def _make_ring_moments(with_q, with_j, with_pm, with_psq):
-    """Compile the FEM pass for one choice of flags (constants, so no branch remains)."""
-    dots = _make_dots(with_q, with_j)
-    n_out = 1 + with_q + with_j
+# The four variants of the bin sums, as module globals: a kernel that reads them from its
+# globals is cached on disk by numba (one holding a fresh intrinsic in a closure is not).
+_dots_i = _make_dots(False, False)
+_dots_q = _make_dots(True, False)
+_dots_j = _make_dots(False, True)
+_dots_qj = _make_dots(True, True)
 
-    @numba.njit(**_JIT)
-    def kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out, pixsum,  # noqa: C901
-               pixsq):  # pragma: no cover
-        n = rows.size
-        nbins = out.shape[2]
-        xt = np.empty((touched.size, LANES))
-        res = np.empty((n_out, LANES))
-        st = np.empty(LANES, np.int64)
-        for f0 in range(0, n, LANES):
-            nf = min(LANES, n - f0)
-            step = _rows(f0, n)
-            r = (rows[step[0]], rows[step[1]], rows[step[2]], rows[step[3]],
-                 rows[step[4]], rows[step[5]], rows[step[6]], rows[step[7]])
-            # Eight frames of one state (the usual case: frames come sorted by state) add
-            # their values to the pixel sums at once. Past the last frame: -1, left out.
-            same = nf == LANES
+
+@numba.njit(**_JIT)
+def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,  # noqa: C901
+                 pixsum, pixsq, with_q, with_j):  # pragma: no cover
+    """The FEM pass (:func:`ring_moments`); pixel sums where ``pixsum`` (and squares where
+    ``pixsq``) has columns."""
+    n = rows.size
+    nbins = out.shape[2]
+    n_out = out.shape[0]
+    with_pm = pixsum.shape[1] > 0
+    with_psq = pixsq.shape[1] > 0
+    xt = np.empty((touched.size, LANES))
+    res = np.empty((3, LANES))
+    st = np.empty(LANES, np.int64)
+    for f0 in range(0, n, LANES):
+        nf = min(LANES, n - f0)
+        step = _rows(f0, n)
+        r = (rows[step[0]], rows[step[1]], rows[step[2]], rows[step[3]],
+             rows[step[4]], rows[step[5]], rows[step[6]], rows[step[7]])
+        # Eight frames of one state (the usual case: frames come sorted by state) add their
+        # values to the pixel sums at once. Past the last frame: -1, left out.
+        same = nf == LANES
+        for i in range(LANES):
+            st[i] = states[f0 + i] if i < nf else -1
+            same = same and st[i] == st[0]
+        s0 = st[0]
+        same = same and s0 >= 0
+        for j in range(touched.size):
+            x = _load8(frames, r, touched[j])
             for i in range(LANES):
-                st[i] = states[f0 + i] if i < nf else -1
-                same = same and st[i] == st[0]
-            s0 = st[0]
-            same = same and s0 >= 0
-            for j in range(touched.size):
-                x = _load8(frames, r, touched[j])
+                xt[j, i] = x[i]
+            if not with_pm:
+                continue
+            if same:
+                pixsum[s0, j] += ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
+                if with_psq:
+                    pixsq[s0, j] += ((x[0] * x[0] + x[1] * x[1]) + (x[2] * x[2] + x[3] * x[3])) + (
+                        (x[4] * x[4] + x[5] * x[5]) + (x[6] * x[6] + x[7] * x[7]))
+            else:
                 for i in range(LANES):
-                    xt[j, i] = x[i]
-                if with_pm:
-                    if same:
-                        pixsum[s0, j] += ((x[0] + x[1]) + (x[2] + x[3])) + (
-                            (x[4] + x[5]) + (x[6] + x[7]))
+                    if st[i] >= 0:
+                        pixsum[st[i], j] += x[i]
                         if with_psq:
-                            pixsq[s0, j] += ((x[0] * x[0] + x[1] * x[1])
-                                             + (x[2] * x[2] + x[3] * x[3])) + (
-                                (x[4] * x[4] + x[5] * x[5]) + (x[6] * x[6] + x[7] * x[7]))
-                    else:
-                        for i in range(LANES):
-                            if st[i] >= 0:
-                                pixsum[st[i], j] += x[i]
-                                if with_psq:
-                                    pixsq[st[i], j] += x[i] * x[i]
-            for k in range(nbins):
-                dots(res, xt, cindex, wdata, sdata, indptr[k], indptr[k + 1])
-                for c in range(n_out):
-                    for i in range(nf):
-                        out[c, f0 + i, k] = res[c, i]
-
-    return kernel
-
-
-_RING_MOMENTS = {}
+                            pixsq[st[i], j] += x[i] * x[i]
+        for k in range(nbins):
+            lo, hi = indptr[k], indptr[k + 1]
+            if with_q and with_j:
+                _dots_qj(res, xt, cindex, wdata, sdata, lo, hi)
+            elif with_q:
+                _dots_q(res, xt, cindex, wdata, sdata, lo, hi)
+            elif with_j:
+                _dots_j(res, xt, cindex, wdata, sdata, lo, hi)
+            else:
+                _dots_i(res, xt, cindex, wdata, sdata, lo, hi)
+            for c in range(n_out):
+                for i in range(nf):
+                    out[c, f0 + i, k] = res[c, i]
 
 
 def ring_moments(frames, touched, indptr, cindex, wdata, states, nstates, rows=None,
@@ -252,18 +262,15 @@ def ring_moments(frames, touched, indptr, cindex, wdata, states, nstates, rows=N
     """
     with_q = sdata is not None
     pixel_means = bool(pixel_means or pixel_squares)
-    key = (with_q, bool(with_j), pixel_means, bool(pixel_squares))
-    kernel = _RING_MOMENTS.get(key)
-    if kernel is None:
-        kernel = _RING_MOMENTS[key] = _make_ring_moments(*key)
     n = frames.shape[0]
     rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
     out = np.empty((1 + with_q + bool(with_j), n, indptr.size - 1))
     pixsum = np.zeros((nstates, touched.size) if pixel_means else (0, 0))
     pixsq = np.zeros((nstates, touched.size) if pixel_squares else (0, 0))
     if n:
-        kernel(frames, rows, touched, indptr, cindex, wdata, wdata if sdata is None else sdata,
-               states, out, pixsum, pixsq)
+        _ring_kernel(frames, rows, touched, indptr, cindex, wdata,
+                     wdata if sdata is None else sdata, states, out, pixsum, pixsq, with_q,
+                     bool(with_j))
     return out, (pixsum if pixel_means else None), (pixsq if pixel_squares else None)
 
 
