@@ -379,3 +379,31 @@ def test_grid_helpers():
     g = _kinematic.default_gpts((128, 128), 0.125, 0.8)
     assert _kinematic.detector_limit(g, 0.125) >= _kinematic.detector_reach((128, 128),
                                                                               0.125, 0.8)
+
+
+def test_periodic_cell_path_equals_the_tiled_grid_path():
+    """A cell of whole pixels is simulated on one period; the general path tiles images."""
+    from femlib.simulate import _potentials
+    from femlib.simulate._nanodiffraction import _with_images
+
+    model = femlib.simulate.random_packing(box=(4, 4, 1), seed=2)
+    s = femlib.simulate.nanodiffraction(
+        model, semiangle=4.0, scan_step=1.0, detector_shape=(32, 32), scale=0.25
+    )
+    sim = s.metadata.Simulation
+    scan = sim.positions.reshape(-1, 2)[:, ::-1]
+    dx = sim.sampling
+    xyz = model.positions / 10
+    symbols = np.array(model.get_chemical_symbols())
+    allpos, allsym, _ = _with_images(
+        xyz, symbols, np.zeros(len(symbols)), np.array([4.0, 4.0, 1.0]),
+        np.array([True, True, True]), scan.min(0) - 4, scan.max(0) + 4,
+    )
+    grid = _kinematic.KinematicModel(
+        allpos[:, :2], allsym, scan, sim.gpts, dx, _potentials.interaction_constant(200.0)
+    )
+    assert not grid.periodic
+    spectrum = _kinematic.probe_spectrum(sim.gpts, dx, sim.wavelength, 4.0, 0.0)
+    tiled = _kinematic.patterns(grid.transmission, grid.origin, dx, spectrum, scan, (32, 32))
+    data = s.data.reshape(-1, 32, 32)
+    np.testing.assert_allclose(tiled, data, rtol=2e-3, atol=1e-4 * data.max())

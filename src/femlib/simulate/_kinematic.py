@@ -133,21 +133,27 @@ def probe_diameter(spectrum, dx, fraction=PROBE_FRACTION):
 @numba.njit(cache=True, nogil=True)
 def _spread(fine, ys, xs, sigma, half):  # pragma: no cover - compiled
     ny, nx = fine.shape
-    wy = np.empty(2 * half + 1)
-    wx = np.empty(2 * half + 1)
+    n = 2 * half + 1
+    wy = np.empty(n, dtype=fine.dtype)
+    wx = np.empty(n, dtype=fine.dtype)
     c = 1.0 / (2.0 * sigma * sigma)
     for j in range(ys.size):
-        iy = int(np.floor(ys[j]))
-        ix = int(np.floor(xs[j]))
-        for a in range(2 * half + 1):
-            d = iy + a - half - ys[j]
+        iy = int(np.floor(ys[j])) - half
+        ix = int(np.floor(xs[j])) - half
+        for a in range(n):
+            d = iy + a - ys[j]
             wy[a] = np.exp(-d * d * c)
-            d = ix + a - half - xs[j]
+            d = ix + a - xs[j]
             wx[a] = np.exp(-d * d * c)
-        for a in range(2 * half + 1):
-            row = (iy + a - half) % ny
-            for b in range(2 * half + 1):
-                fine[row, (ix + b - half) % nx] += wy[a] * wx[b]
+        if iy >= 0 and ix >= 0 and iy + n <= ny and ix + n <= nx:
+            for a in range(n):
+                for b in range(n):
+                    fine[iy + a, ix + b] += wy[a] * wx[b]
+        else:  # periodic wrap at the grid edge
+            for a in range(n):
+                row = (iy + a) % ny
+                for b in range(n):
+                    fine[row, (ix + b) % nx] += wy[a] * wx[b]
 
 
 def projected_potential(positions, symbols, shape, dx):
@@ -173,8 +179,8 @@ def projected_potential(positions, symbols, shape, dx):
     kernel = 2 * np.pi * s**2 * np.exp(-2 * np.pi**2 * s**2 * q**2)  # Gaussian's transform
     # Coarse frequencies inside the fine (2x) spectrum.
     rows = np.r_[0 : gy // 2, 2 * gy - gy // 2 : 2 * gy]
-    total = np.zeros((gy, gx // 2 + 1), dtype=complex)
-    fine = np.zeros((2 * gy, 2 * gx))
+    total = np.zeros((gy, gx // 2 + 1), dtype=np.complex64)
+    fine = np.zeros((2 * gy, 2 * gx), dtype=np.float32)  # the patterns are float32 too
     for symbol in np.unique(symbols):
         pick = symbols == symbol
         fine[:] = 0.0
@@ -186,18 +192,19 @@ def projected_potential(positions, symbols, shape, dx):
             _GRID_HALF,
         )
         spectrum = sfft.rfft2(fine)[rows, : gx // 2 + 1]  # sum_m f_m exp(-2 pi i q x_m)
-        structure = spectrum * (h * h) / kernel
-        total += _potentials.projected_scattering_factor(str(symbol), q) * structure
+        weight = _potentials.projected_scattering_factor(str(symbol), q) * (h * h) / kernel
+        total += spectrum * weight.astype(np.float32)
     return sfft.irfft2(total, s=(gy, gx)) / (dx * dx)
 
 
 def transmission(v_z, dx, sigma, weak_phase=False):
     """Band-limited transmission function (complex64) of the projected potential ``v_z``."""
-    phase = sigma * v_z
-    t = 1.0 + 1j * phase if weak_phase else np.exp(1j * phase)
+    phase = (sigma * v_z).astype(np.float32)
+    t = (1.0 + 1j * phase if weak_phase else np.exp(1j * phase)).astype(np.complex64)
     gy, gx = t.shape
     q = np.hypot(sfft.fftfreq(gy, dx)[:, None], sfft.fftfreq(gx, dx)[None, :])
-    return sfft.ifft2(sfft.fft2(t) * antialias_aperture(q, dx)).astype(np.complex64)
+    band = antialias_aperture(q, dx).astype(np.float32)
+    return sfft.ifft2(sfft.fft2(t, overwrite_x=True) * band, overwrite_x=True).astype(np.complex64)
 
 
 class KinematicModel:
@@ -219,16 +226,31 @@ class KinematicModel:
         Interaction constant in rad / (V nm).
     weak_phase : bool
         ``t = 1 + i sigma v_z`` instead of ``exp(i sigma v_z)``.
+    cell : (float, float) or None
+        In-plane cell lengths ``(Ly, Lx)`` (nm) of a model periodic in x and y whose
+        lengths are whole numbers of pixels: the potential is then computed on the periodic
+        cell itself (``positions`` without images) and windows wrap around it; None = one
+        grid over the scanned region plus a margin.
     """
 
-    def __init__(self, positions, symbols, scan, gpts, dx, sigma, weak_phase=False):
+    def __init__(
+        self, positions, symbols, scan, gpts, dx, sigma, weak_phase=False, cell=None
+    ):
+        self.gpts = gpts
+        self.dx = dx
+        self.periodic = cell is not None
+        if self.periodic:
+            shape = tuple(int(round(length / dx)) for length in cell)
+            self.origin = np.zeros(2)
+            rel = np.mod(positions, np.array(shape) * dx)
+            v_z = projected_potential(rel, symbols, shape, dx)
+            self.transmission = transmission(v_z, dx, sigma, weak_phase)
+            return
         margin = int(math.ceil(_TAIL / dx)) + _GRID_HALF
         low = scan.min(axis=0)
         span = np.ceil((scan.max(axis=0) - low) / dx).astype(int)
         shape = tuple(smooth_even(s + gpts + 2 * margin + 2) for s in span)
         self.origin = low - (gpts // 2 + margin + 1) * dx
-        self.gpts = gpts
-        self.dx = dx
         rel = positions - self.origin
         extent = np.array(shape) * dx
         keep = np.all((rel >= 0) & (rel < extent), axis=1)
@@ -236,16 +258,18 @@ class KinematicModel:
         self.transmission = transmission(v_z, dx, sigma, weak_phase)
 
 
-def patterns(trans, origin, dx, spectrum, scan, detector_shape):
+def patterns(trans, origin, dx, spectrum, scan, detector_shape, periodic=False):
     """Diffraction patterns ``(m, ny, nx)`` (float32) of probes at ``scan`` (``(m, 2)``, nm).
 
     Each pattern is ``|FFT(P t_window)|^2``, fftshifted so that ``k = 0`` is at pixel
-    ``(ny // 2, nx // 2)``, cropped to the detector.
+    ``(ny // 2, nx // 2)``, cropped to the detector. ``periodic``: ``trans`` is one period
+    of the sample and windows wrap around it.
     """
     gpts = spectrum.shape[0]
     ny, nx = detector_shape
-    r0 = gpts // 2 - ny // 2
-    c0 = gpts // 2 - nx // 2
+    # Detector pixel (i, j) is the frequency (i - ny // 2, j - nx // 2): its unshifted index.
+    rows = (np.arange(ny) - ny // 2) % gpts
+    cols = (np.arange(nx) - nx // 2) % gpts
     out = np.empty((len(scan), ny, nx), dtype=np.float32)
     probes = {}
     for n, pos in enumerate(scan):
@@ -260,11 +284,15 @@ def patterns(trans, origin, dx, spectrum, scan, detector_shape):
             probe = probes[key] = probe_at(
                 spectrum, dx, gpts // 2 + key[0], gpts // 2 + key[1]
             )
-        window = trans[
-            i0[0] - gpts // 2 : i0[0] + gpts - gpts // 2,
-            i0[1] - gpts // 2 : i0[1] + gpts - gpts // 2,
-        ]
-        wave = sfft.fft2(probe * window, overwrite_x=True)
-        wave = sfft.fftshift(wave)[r0 : r0 + ny, c0 : c0 + nx]
+        if periodic:
+            wy = (np.arange(gpts) + i0[0] - gpts // 2) % trans.shape[0]
+            wx = (np.arange(gpts) + i0[1] - gpts // 2) % trans.shape[1]
+            window = trans[wy][:, wx]
+        else:
+            window = trans[
+                i0[0] - gpts // 2 : i0[0] + gpts - gpts // 2,
+                i0[1] - gpts // 2 : i0[1] + gpts - gpts // 2,
+            ]
+        wave = sfft.fft2(probe * window, overwrite_x=True)[rows][:, cols]
         out[n] = wave.real**2 + wave.imag**2
     return out

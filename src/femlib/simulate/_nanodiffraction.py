@@ -163,7 +163,7 @@ class _Simulator:
         if self.method == "kinematic":
             out = _kinematic.patterns(
                 self.transmission, self.origin, self.dx, self.spectrum, flat,
-                self.detector_shape,
+                self.detector_shape, self.periodic,
             )
         elif self.direct:
             full = _multislice.run_abtem(
@@ -363,12 +363,20 @@ def nanodiffraction(
     cell_z = lengths[2] if lengths[2] > 0 else float(xyz[:, 2].max()) + 0.1
     thickness = lengths[2] if lengths[2] > 0 else float(np.ptp(xyz[:, 2]))
     if method == "kinematic":
-        model = _kinematic.KinematicModel(
-            allpos[:, :2], allsym, flat, gpts, dx, sigma, weak_phase
-        )
+        pixels = lengths[:2] / dx
+        if pbc[0] and pbc[1] and np.all(np.abs(pixels - np.round(pixels)) < 1e-6):
+            # A cell of whole pixels: one period of the potential serves every window.
+            model = _kinematic.KinematicModel(
+                xyz[:, [1, 0]], symbols, flat, gpts, dx, sigma, weak_phase,
+                cell=(lengths[1], lengths[0]),
+            )
+        else:
+            model = _kinematic.KinematicModel(
+                allpos[:, :2], allsym, flat, gpts, dx, sigma, weak_phase
+            )
         sim = _Simulator(
             method, detector_shape, transmission=model.transmission, origin=model.origin,
-            dx=dx, spectrum=spectrum.astype(np.complex128),
+            dx=dx, spectrum=spectrum.astype(np.complex128), periodic=model.periodic,
         )
     else:
         direct = bool(
