@@ -68,13 +68,23 @@ def run_abtem(atoms, scan_xy, energy, semiangle, defocus, gpts, slice_thickness)
         return np.asarray(dp.compute(scheduler="synchronous").array)
 
 
-def window_atoms(atoms_module, positions, numbers, cell_z, centre, fov):
-    """Atoms of the ``fov`` x ``fov`` nm window centred on ``centre`` (``(y, x)`` nm), moved so
-    that the centre is the middle of a periodic cell of that size (ase.Atoms, Å)."""
-    rel = positions[:, :2] - centre + fov / 2
+def window_atoms(atoms_module, positions, numbers, cell_z, centre, fov, dx):
+    """The atoms of the ``fov`` x ``fov`` nm window around ``centre`` (``(y, x)`` nm) as a
+    periodic cell (ase.Atoms, Å), and the probe position in it (``(x, y)`` Å).
+
+    The window starts on a whole pixel of the model's grid (pixel ``dx``, origin 0), so the
+    atoms keep their sub-pixel positions relative to abTEM's grid and the probe carries the
+    sub-pixel remainder, as in the kinematic route: on a periodic model this is the one-cell
+    simulation exactly (abTEM's deposit of atoms on the grid is not translation invariant).
+    """
+    gpts = int(round(fov / dx))
+    start = (np.floor(centre / dx) - gpts // 2) * dx
+    rel = positions[:, :2] - start
     keep = np.all((rel >= 0) & (rel < fov), axis=1)
     xyz = np.column_stack([rel[keep, 1], rel[keep, 0], positions[keep, 2]]) * 10.0
-    return atoms_module.Atoms(
+    atoms = atoms_module.Atoms(
         numbers=numbers[keep], positions=xyz, cell=[fov * 10.0, fov * 10.0, cell_z * 10.0],
         pbc=True,
     )
+    probe = (centre - start)[::-1] * 10.0
+    return atoms, probe

@@ -175,11 +175,12 @@ class _Simulator:
             ase = _multislice.require("ase")
             out = np.empty((len(flat),) + self.detector_shape, dtype=np.float32)
             for n, centre in enumerate(flat):
-                window = _multislice.window_atoms(
-                    ase, self.positions, self.numbers, self.cell_z, centre, self.fov
+                window, probe = _multislice.window_atoms(
+                    ase, self.positions, self.numbers, self.cell_z, centre, self.fov,
+                    self.fov / self.gpts,
                 )
                 full = _multislice.run_abtem(
-                    window, [[self.fov * 5.0, self.fov * 5.0]], self.energy,
+                    window, [probe], self.energy,
                     self.semiangle, self.defocus, self.gpts, self.slice_thickness,
                 )
                 out[n] = _multislice.crop(full[0], self.detector_shape)
