@@ -160,6 +160,7 @@ _API_MODULES = (
     "femlib.ellipse",
     "femlib.signals",
     "femlib.data",
+    "femlib.simulate",
 )
 
 

@@ -35,3 +35,6 @@ def test_docs_build_without_warnings(tmp_path):
     html = tmp_path / "html"
     assert (html / "auto_examples" / "amorphous_characterization" / "fem.html").exists()
     assert (html / "auto_examples" / "processing" / "azimuthal_integration.html").exists()
+    assert (
+        html / "auto_examples" / "amorphous_characterization" / "structural_model.html"
+    ).exists()

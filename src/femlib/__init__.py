@@ -2,7 +2,8 @@
 
 The numerical modules (:mod:`femlib.integration`, :mod:`femlib.variance`,
 :mod:`femlib.ellipse`, :mod:`femlib.thickness`) work on plain arrays; :mod:`femlib.signals`
-wraps them as HyperSpy signals; :mod:`femlib.data` provides synthetic and real datasets.
+wraps them as HyperSpy signals; :mod:`femlib.data` provides synthetic and real datasets;
+:mod:`femlib.simulate` simulates scans of atomic models (ASE and abTEM optional).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +19,7 @@ from femlib import (  # noqa: E402
     ellipse,
     integration,
     signals,
+    simulate,
     thickness,
     variance,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "ellipse",
     "integration",
     "signals",
+    "simulate",
     "thickness",
     "variance",
 ]
