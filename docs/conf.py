@@ -52,7 +52,15 @@ extensions = [
 templates_path = ["_templates"]
 # Only .rst files are sources. The gallery pages sphinx-gallery writes into auto_examples/
 # are sources (never exclude them); the .py, .ipynb and .zip files beside them are not.
-exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+exclude_patterns = [
+    "_build",
+    "_templates",
+    "**.ipynb_checkpoints",
+    "Thumbs.db",
+    ".DS_Store",
+    "sg_execution_times.rst",
+    "**/sg_execution_times.rst",
+]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
 language = "en"
@@ -171,6 +179,9 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "show_memory": False,
     "plot_gallery": "True",
+    # The execution-times pages load jQuery and DataTables from CDNs: not written (and
+    # stale copies from older builds excluded below), so the site needs no network.
+    "write_computation_times": False,
 }
 
 # Examples run inside the build: keep their output free of progress bars.

@@ -54,6 +54,7 @@ for ax, p, title in zip(axes, (wobbly, straight), ("no affine", "true affine"), 
     ax.set_title(title)
     ax.set_xlabel(f"azimuth ({a.units})")
 axes[0].set_ylabel(f"k ({r.units})")
+fig.tight_layout()
 plt.show()
 
 # %%
