@@ -5,12 +5,16 @@ Build (offline, warnings are errors)::
     python -m sphinx -W -b html docs docs/_build/html
 
 Nothing here needs the network: there are no intersphinx inventories, the gallery examples
-must run on local data, and MathJax is only fetched by the reader's browser.
+must run on local data, and MathJax is served with the pages (the JavaScript and fonts of
+the ``sphinx-mathjax-offline`` package are copied into ``_static/mathjax``), so the formulas
+render with no network access when the pages are read too.
 """
 
 import importlib
+import importlib.util
 import os
 import re
+import shutil
 from pathlib import Path
 
 # Plots are rendered to files: never open a window, whatever the caller's environment.
@@ -48,7 +52,15 @@ extensions = [
 templates_path = ["_templates"]
 # Only .rst files are sources. The gallery pages sphinx-gallery writes into auto_examples/
 # are sources (never exclude them); the .py, .ipynb and .zip files beside them are not.
-exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+exclude_patterns = [
+    "_build",
+    "_templates",
+    "**.ipynb_checkpoints",
+    "Thumbs.db",
+    ".DS_Store",
+    "sg_execution_times.rst",
+    "**/sg_execution_times.rst",
+]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
 language = "en"
@@ -56,6 +68,52 @@ default_role = "literal"  # `x` renders as code, never as an unresolved cross-re
 pygments_style = "sphinx"
 add_module_names = False
 nitpicky = False
+
+# -- MathJax, served with the pages -------------------------------------------------------
+# The MathJax 3 files come from the sphinx-mathjax-offline package (a docs extra); only the
+# parts the pages load are copied (see _copy_mathjax). MathJax's combined components
+# (tex-chtml.js ...) and its menu bundle the speech-rule engine, which fetches its data
+# from a CDN: they are left out, so the built site holds no CDN address at all. The page
+# loads the loader (startup.js) and the TeX input and HTML output components with it; the
+# fonts are found beside the script, whatever the depth of the page.
+mathjax_path = "mathjax/startup.js"
+mathjax3_config = {
+    "loader": {"load": ["input/tex", "output/chtml", "a11y/assistive-mml"]},
+}
+# What startup.js loads, relative to the package's static/mathjax folder.
+_MATHJAX_PARTS = (
+    "startup.js",
+    "core.js",
+    "input/tex.js",
+    "input/tex",  # the TeX extensions the autoloader fetches on demand
+    "output/chtml.js",
+    "output/chtml",  # its font data and woff-v2 fonts
+    "a11y/assistive-mml.js",
+)
+
+
+def _mathjax_source():
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")  # the package's import name
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the documentation serves MathJax from the sphinx-mathjax-offline package: "
+            'install the docs extra (python -m pip install -e ".[docs]")'
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "static" / "mathjax"
+
+
+def _copy_mathjax(app, exc):
+    if exc is not None or app.builder.format != "html":
+        return
+    src = _mathjax_source()
+    dest = Path(app.outdir) / "_static" / "mathjax"
+    for part in _MATHJAX_PARTS:
+        if (src / part).is_dir():
+            shutil.copytree(src / part, dest / part, dirs_exist_ok=True)
+        else:
+            (dest / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / part, dest / part)
+
 
 # -- autodoc / autosummary -----------------------------------------------------------------
 autosummary_generate = True  # stubs go to docs/api/generated (the :toctree: of api.rst)
@@ -121,6 +179,9 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "show_memory": False,
     "plot_gallery": "True",
+    # The execution-times pages load jQuery and DataTables from CDNs: not written (and
+    # stale copies from older builds excluded below), so the site needs no network.
+    "write_computation_times": False,
 }
 
 # Examples run inside the build: keep their output free of progress bars.
@@ -210,4 +271,6 @@ def _local_xrefs_only(app, config):
 def setup(app):
     app.connect("config-inited", _local_xrefs_only, priority=900)  # after numpydoc's own
     app.connect("builder-inited", _check_api_coverage)
+    _mathjax_source()  # fail at the start of the build, not after it, when it is missing
+    app.connect("build-finished", _copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

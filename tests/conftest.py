@@ -6,6 +6,16 @@ import pytest
 matplotlib.use("Agg")
 
 
+@pytest.fixture(scope="session")
+def synthetic_default():
+    """``femlib.data.synthetic_fem()`` with its defaults (1600 patterns of 128 x 128, a few
+    seconds to make), made once per test process and shared by the modules that need the
+    default dataset itself. Read it, never change it: ``.deepcopy()`` it first."""
+    import femlib
+
+    return femlib.data.synthetic_fem()
+
+
 @pytest.fixture
 def keep_small_chunks(monkeypatch):
     """Let lazy tests run with many tiny chunks (normally merged for speed)."""

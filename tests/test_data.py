@@ -22,8 +22,14 @@ SMALL = {"navigation_shape": (6, 5), "detector_shape": (32, 40), "scale": 0.45}
 
 
 @pytest.fixture(scope="module")
-def default():
-    return synthetic_fem()
+def default(synthetic_default):
+    return synthetic_default  # synthetic_fem(), made once per session (tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def no_gradient():
+    """The default dataset without its thickness ramp: read (never changed) by four tests."""
+    return synthetic_fem(thickness_gradient=False)
 
 
 def _ring_sums(s, k_lo, k_hi):
@@ -111,14 +117,14 @@ def test_haadf_linear_in_thickness(default):
 
 
 @pytest.mark.parametrize("k0", [3.7, 4.6, 7.0])
-def test_stored_truth_is_the_variance_of_the_data(default, k0):
+def test_stored_truth_is_the_variance_of_the_data(default, no_gradient, k0):
     """The stored V_true(k) at each modulation peak equals the measured variance of thin-ring
     sums (hard bins, true geometry, shot term G/<S>) within 4 standard errors, the standard
     error from the per-frame values (delta method)."""
     sim = default.metadata.Simulation
     assert np.all(np.diff(sim.k) > 0) and sim.k[0] == 0 and sim.k[-1] >= 12.9
     v_true = np.interp(k0, sim.k, sim.variance)
-    s = synthetic_fem(thickness_gradient=False)
+    s = no_gradient
     x = _ring_sums(s, k0 - 0.05, k0 + 0.05)
     mean = x.mean()
     omega = np.mean(x**2) / mean**2 - 1 - sim.gain / mean
@@ -213,9 +219,10 @@ def test_pure_poisson_variance_equals_gain_times_mean():
 
 
 @pytest.mark.parametrize("modulation", [True, False])
-def test_ring_variance_recovers_true_variance(modulation):
+def test_ring_variance_recovers_true_variance(modulation, request):
     """Omega with the hard-bin shot-noise term G/<S> at the V peak (4.6 nm^-1)."""
-    s = synthetic_fem(modulation=modulation, thickness_gradient=False)
+    s = (request.getfixturevalue("no_gradient") if modulation
+         else synthetic_fem(modulation=False, thickness_gradient=False))
     sums = _ring_sums(s, 4.55, 4.65)
     gain = s.metadata.Simulation.gain
     omega = np.mean(sums**2) / np.mean(sums) ** 2 - 1 - gain / np.mean(sums)

@@ -187,3 +187,18 @@ def test_lazy_azimuthal_integral_on_a_cluster_equals_eager(client, keep_small_ch
         data = lazy.data.compute()
     assert [dask.utils.key_split(t["key"]) for t in stream.data].count("integrate_block") == 6
     np.testing.assert_array_equal(data, eager.data)
+
+
+def test_eager_signals_run_on_local_threads_even_with_a_client(client):
+    """docs/user_guide/scaling.rst: eager data are not shipped to the cluster; the eager
+    methods send no task to an active client (and give the numbers of the lazy path)."""
+    s, thickness = make_signal(seed=3)
+    with distributed.get_task_stream(client) as stream:
+        eager = s.get_variance(thickness=thickness, **VARIANCE_KWARGS)
+        s.get_azimuthal_integral1d(npt=8, show_progressbar=False)
+        s.get_azimuthal_integral2d(npt=8, npt_azim=8, show_progressbar=False)
+    assert stream.data == []
+    with distributed.get_task_stream(client) as stream:  # the same client takes lazy work
+        lazy = s.as_lazy().get_variance(thickness=thickness, **VARIANCE_KWARGS)
+    assert "accumulate_block" in {dask.utils.key_split(t["key"]) for t in stream.data}
+    assert_same_variance(lazy, eager)

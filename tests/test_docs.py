@@ -1,6 +1,7 @@
 """The documentation builds with no warning, executing the gallery examples (offline)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,21 @@ def test_docs_build_without_warnings(tmp_path):
     assert (
         html / "auto_examples" / "amorphous_characterization" / "structural_model.html"
     ).exists()
+    # The formulas render offline: MathJax is served from _static, and no built file
+    # (page, script or style) refers to a CDN.
+    assert (html / "_static" / "mathjax" / "startup.js").is_file()
+    fonts = html / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2"
+    assert any(fonts.glob("MathJax_Main-Regular.woff"))
+    estimators = (html / "user_guide" / "estimators.html").read_text(encoding="utf-8")
+    assert 'src="../_static/mathjax/startup.js"' in estimators and "\\frac" in estimators
+    cdn = re.compile(r"cdn\.jsdelivr|cdnjs|mathjax@|unpkg\.com")
+    offenders = [
+        str(f.relative_to(html))
+        for f in html.rglob("*")
+        if f.suffix in (".html", ".js", ".css") and cdn.search(f.read_text("utf-8", "replace"))
+    ]
+    assert offenders == []
+    # No stray reprs in the gallery's outputs (a cell ending in ax.legend(), plot_spectra).
+    stray = re.compile(r"&lt;Axes|&lt;matplotlib\.|\bText\(\d")
+    pages = sorted((html / "auto_examples").rglob("*.html"))
+    assert [str(f.relative_to(html)) for f in pages if stray.search(f.read_text("utf-8"))] == []

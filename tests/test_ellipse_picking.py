@@ -35,8 +35,8 @@ def corrected_radius(pos, center_rc, affine):
 
 
 @pytest.fixture(scope="module")
-def synthetic():
-    s = femlib.data.synthetic_fem()
+def synthetic(synthetic_default):
+    s = synthetic_default  # femlib.data.synthetic_fem(), shared and never changed
     summed = s.sum()
     return s, summed, summed < 10000
 

@@ -142,8 +142,8 @@ def test_refine_normalize(normalize, factor, render_ring):
     assert np.mean(radius) == pytest.approx(31.0 * factor, abs=0.03)
 
 
-def test_synthetic_fem_ring_is_circular_after_refinement():
-    s = femlib.data.synthetic_fem()
+def test_synthetic_fem_ring_is_circular_after_refinement(synthetic_default):
+    s = synthetic_default  # femlib.data.synthetic_fem(), read only
     summed = s.sum()
     mask = summed < 10000
     sim = s.metadata.Simulation

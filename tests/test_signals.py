@@ -382,3 +382,39 @@ def test_progress_bar_draws_and_its_thread_ends_with_the_computation():
         assert da.ones(6, chunks=2).sum().compute() == 6
     assert "100% Completed" in out.getvalue()
     assert bar._wake.is_set() and not bar._timer.is_alive()
+
+
+# ------------------------------------------------------------------ plots
+def test_polar_plot_labels_k_and_draws_uncovered_bins_grey():
+    """FEMPolar2D.plot: the axes named as femlib names them, and exactly the bins no
+    unmasked pixel reaches (coverage 0) covered by a grey layer above the data."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    rng = np.random.default_rng(0)
+    s = FEMDiffraction2D(rng.poisson(20.0, NAV + (ROWS, COLS)).astype(np.float32))
+    s.axes_manager.signal_axes[0].units = s.axes_manager.signal_axes[1].units = "nm^-1"
+    s.calibration.center = (11.3, 9.6)
+    mask = np.zeros((ROWS, COLS), bool)
+    mask[:10, 11:] = True  # a quadrant: whole azimuthal bins behind it
+    polar = s.get_azimuthal_integral2d(npt=6, npt_azim=8, radial_range=(1.0, 7.0),
+                                       mask=mask, mean=True, show_progressbar=False)
+    uncovered = np.asarray(polar.metadata.FEM.coverage) == 0
+    assert 0 < uncovered.sum() < uncovered.size
+    image = polar.sum()
+    try:
+        image.plot(cmap="magma")
+        ax = image._plot.signal_plot.ax
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("azimuth (rad)", "k (nm^-1)")
+        assert ax.get_title() == image.metadata.General.title
+        data, grey = ax.images
+        np.testing.assert_array_equal(np.ma.getmaskarray(grey.get_array()), ~uncovered)
+        assert grey.get_extent() == data.get_extent()
+        assert grey.get_zorder() > data.get_zorder()
+        np.testing.assert_allclose(grey.cmap(1.0), to_rgba("0.6"))
+        # Cropped with isig, the coverage no longer matches the bins shown: no grey layer.
+        cropped = image.isig[:, 2.0:6.0]
+        cropped.plot()
+        assert len(cropped._plot.signal_plot.ax.images) == 1
+    finally:
+        plt.close("all")

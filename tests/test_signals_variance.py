@@ -116,7 +116,21 @@ def test_split_parts_are_v_of_k_for_hyperspy(results):
     ax = hs.plot.plot_spectra(parts, legend=per_bin.curve_labels(), legend_loc="best")
     legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
     assert legend == sorted(per_bin.curve_labels())
-    assert "nm^-1" in ax.get_xlabel()
+    assert ax.get_xlabel() == "k (nm^-1)"  # the V(k) axis is named k for HyperSpy too
+
+
+def test_plot_and_plot_curves_label_and_title_alike(results):
+    """One label for the k axis in every V(k) figure, and a title saying what is shown."""
+    single, per_bin = results
+    assert single.metadata.General.title == "V(k), Omega: Synthetic FEM (seed 10)"
+    for v in (single, per_bin):
+        v.plot()
+        ax = v._plot.signal_plot.ax
+        curves = v.plot_curves()
+        assert ax.get_xlabel() == curves.get_xlabel() == "k (nm^-1)"
+        assert ax.get_ylabel() == curves.get_ylabel() == "V(k)"
+        assert ax.get_title() == curves.get_title() == v.metadata.General.title
+        assert v.axes_manager.signal_axes[0].name == "k"
 
 
 def test_uncalibrated_axis_is_labelled_in_pixels():

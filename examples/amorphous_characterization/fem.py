@@ -69,14 +69,17 @@ summed.add_marker(in_points, plot_marker=True)
 
 # %%
 # The same check as a labelled figure: the ellipse, the fitted points and the centre on
-# the summed pattern, in nm^-1.
+# the summed pattern, in nm^-1. The masked pixels (beam stop) are grey: they are no
+# measurement, so every image of this gallery draws them in grey, not as a dark value.
 from matplotlib.patches import Ellipse  # noqa: E402
 
 ax_x, ax_y = summed.axes_manager.signal_axes
 extent = [ax_x.axis[0] - ax_x.scale / 2, ax_x.axis[-1] + ax_x.scale / 2,
           ax_y.axis[-1] + ax_y.scale / 2, ax_y.axis[0] - ax_y.scale / 2]
+masked_grey = plt.get_cmap("magma").with_extremes(bad="0.6")
 fig, ax = plt.subplots(figsize=(5.5, 5))
-ax.imshow(summed.data, norm="log", cmap="gray", extent=extent)
+ax.imshow(np.ma.masked_array(summed.data, mask.data), norm="log", cmap=masked_grey,
+          extent=extent)
 ax.plot(ax_x.offset + pos[:, 1] * ax_x.scale, ax_y.offset + pos[:, 0] * ax_y.scale, ".",
         ms=2, color="C1", label=f"{len(pos)} fitted points")
 ax.add_patch(Ellipse((ax_x.offset + params[1] * ax_x.scale, ax_y.offset + params[0] * ax_y.scale),
@@ -94,10 +97,12 @@ plt.show()
 # Calibrate and look at the polar transform
 # -----------------------------------------
 # ``calibration.center`` takes ``(x, y)`` pixels, hence ``center[::-1]``. In the polar
-# transform of the corrected patterns the rings are straight lines.
+# transform of the corrected patterns the rings are straight lines. With the mask and
+# ``mean=True`` (each bin divided by its unmasked area) the beam stop leaves no dark
+# stripe: the bins it hides completely are grey.
 s.calibration.center = center[::-1]
 s.calibration.affine = affine
-az = s.get_azimuthal_integral2d(npt=100).sum().isig[:, 2.0:8.0]
+az = s.get_azimuthal_integral2d(npt=100, radial_range=(2.0, 8.0), mask=mask, mean=True).sum()
 az.plot(cmap="magma")
 
 # %%
@@ -121,7 +126,7 @@ variance.plot()
 # %%
 # The four estimators of Daulton et al. come from the same pass:
 report = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75), mask=mask, method="all")
-report.plot_curves()  # all four on one axes; report.plot() browses them
+ax = report.plot_curves()  # all four on one axes; report.plot() browses them
 
 # %%
 # Thickness
@@ -139,7 +144,9 @@ hs.signals.Signal2D(thickness).plot(cmap="viridis")  # a numpy array, as stored
 per_bin = s.get_variance(
     npt=50, gain=4.2, radial_range=(3.0, 5.7), mask=mask, thickness=thickness, bins=2
 )
-hs.plot.plot_spectra(per_bin.split(), legend=per_bin.curve_labels())
+ax = hs.plot.plot_spectra(per_bin.split(), legend=per_bin.curve_labels())
+ax.set_ylabel("V(k)")  # HyperSpy says "Intensity"; per_bin.plot_curves() labels it itself
+plt.show()
 
 # %%
 # With more bins the remaining thickness variance inside a bin shrinks. The combined
@@ -159,7 +166,7 @@ if not real:
     truth = s.metadata.Simulation
     ax.plot(truth.k, truth.variance, "k--", label="true V(k)")
 ax.set_xlim(3.0, 5.75)
-ax.set_xlabel("k (nm$^{-1}$)")
+ax.set_xlabel(f"k ({variance.axes_manager.signal_axes[0].units})")  # as femlib's plots
 ax.set_ylabel("V(k)")
 ax.legend()
 plt.show()

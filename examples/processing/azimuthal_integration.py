@@ -32,7 +32,8 @@ print(s.calibration)
 # azimuthal bins. Azimuth 0 points along +x and positive angles turn toward -y, i.e.
 # counter-clockwise on screen (detector rows grow downward), as in pyxem. ``mean=True``
 # divides by the covered (unmasked, on-detector) weight of each bin, so the beam-stop arm
-# leaves a gap instead of a dark stripe.
+# leaves no dark stripe; the bins it hides completely hold no measurement and are drawn
+# grey (``metadata.FEM.coverage`` is 0 there).
 polar = s.get_azimuthal_integral2d(npt=100, npt_azim=180, radial_range=(1.5, 8.5), mean=True)
 polar.sum().plot(cmap="magma")
 
@@ -43,14 +44,18 @@ s.calibration.affine = None
 wobbly = s.get_azimuthal_integral2d(npt=100, npt_azim=180, radial_range=(3.5, 5.2), mean=True)
 s.calibration.affine = truth.affine
 straight = s.get_azimuthal_integral2d(npt=100, npt_azim=180, radial_range=(3.5, 5.2), mean=True)
+masked_grey = plt.get_cmap("magma").with_extremes(bad="0.6")  # masked bins: grey
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
 for ax, p, title in zip(axes, (wobbly, straight), ("no affine", "true affine"), strict=True):
     a, r = p.axes_manager.signal_axes
-    ax.imshow(p.sum().data, aspect="auto", cmap="magma",
+    hidden = np.asarray(p.metadata.FEM.coverage) == 0
+    ax.imshow(np.ma.masked_array(p.sum().data, hidden), aspect="auto", cmap=masked_grey,
               extent=[a.axis[0], a.axis[-1], r.axis[-1], r.axis[0]])
     ax.set_title(title)
-    ax.set_xlabel("azimuth (rad)")
-axes[0].set_ylabel("k (nm$^{-1}$)")
+    ax.set_xlabel(f"azimuth ({a.units})")
+axes[0].set_ylabel(f"k ({r.units})")
+fig.tight_layout()
+plt.show()
 
 # %%
 # 1D azimuthal integral
@@ -63,8 +68,9 @@ fig, ax = plt.subplots()
 ax.plot(k, profile.mean().data, label="mean profile")
 ax.plot(k, np.asarray(profile.metadata.FEM.coverage) * profile.mean().data.max(), ":",
         label="covered fraction (scaled)")
-ax.set_xlabel("k (nm$^{-1}$)")
+ax.set_xlabel(f"k ({profile.axes_manager.signal_axes[0].units})")
 ax.legend()
+plt.show()
 
 # %%
 # Lazy data streams

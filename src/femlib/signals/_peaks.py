@@ -107,7 +107,7 @@ def guess_peaks(k, v, se, n_peaks=None, min_significance=3.0):
     Parameters
     ----------
     k, v, se : (K,) ndarray
-        Radius, V(k) and its standard error.
+        k (the radius), V(k) and its standard error.
     n_peaks : int or None
         Keep the ``n_peaks`` most prominent maxima (all significant ones when None).
     min_significance : float
@@ -178,7 +178,7 @@ def fit_peaks(signal_axis, v, se, guesses, background_order=1, k_range=None, rep
     Parameters
     ----------
     signal_axis : dict
-        HyperSpy axis dictionary of the ``Radius`` axis.
+        HyperSpy axis dictionary of the ``k`` (radius) axis.
     v, se : (K,) ndarray
         The curve and its standard errors.
     guesses : list of (position, height, fwhm)

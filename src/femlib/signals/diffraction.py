@@ -437,9 +437,10 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         Returns
         -------
         FEMVariance1D
-            Signal axis ``Radius``. Navigation axes, in array order: with ``tiles`` two
-            axes named and calibrated like the scan's (rows, columns; values at the tile
-            centres, non-uniform when the edge tiles are smaller); ``Group`` (the
+            Signal axis ``k`` (the radius, bin centres in the detector's calibrated
+            units: plots label it ``k (nm^-1)``). Navigation axes, in array order: with
+            ``tiles`` two axes named and calibrated like the scan's (rows, columns; values
+            at the tile centres, non-uniform when the edge tiles are smaller); ``Group`` (the
             labels) with ``groups``; ``Thickness`` (bin centres, nm) when binned;
             ``Method`` when several methods are asked for. With ``groups`` or bins,
             ``metadata.FEM`` has ``counts`` per group and ``combined`` (with ``tiles``: per
@@ -659,11 +660,12 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
 
     def _wrap_variance(self, v, se, axes, w, fem):
         """A FEMVariance1D of ``v`` with its standard error, the navigation ``axes`` (in
-        array order, as HyperSpy wants them) and the Radius signal axis."""
+        array order, as HyperSpy wants them) and the ``k`` signal axis (the radius)."""
         radius = self._radius_axis(w)
-        radius["navigate"] = False
+        radius.update(name="k", navigate=False)  # plots read "k (nm^-1)"
+        what, source = "V(k), " + ", ".join(fem["methods"]), self.metadata.General.title
         md = {
-            "General": {"title": _title("V(k)", self)},
+            "General": {"title": f"{what}: {source}" if source else what},
             "Signal": {"signal_type": "fem_variance", "quantity": "V(k)"},
             "FEM": fem,
         }

@@ -21,7 +21,7 @@ def _radial_label(axis):
 
 
 class FEMVariance1D(Signal1D):
-    """Normalized variance ``V(k)`` over the ``Radius`` axis, with its standard error.
+    """Normalized variance ``V(k)`` over the ``k`` (radius) axis, with its standard error.
 
     ``metadata.FEM`` holds the method, gain, npt, radial range, number of patterns and
     ``standard_error`` (same shape as the data). The squared standard error is also kept as
@@ -155,9 +155,10 @@ class FEMVariance1D(Signal1D):
         This is :meth:`hyperspy.signal.BaseSignal.plot`: every HyperSpy argument works
         (``navigator="slider"``, ``navigator=None``, ``axes_manager=...``, ``color`` ...).
         With navigation axes (thickness bins, methods, scan tiles) the navigator browses
-        the curves and the band follows the curve shown. The band is drawn with the same
-        step style as the line (``steps-mid``: flat across each radial bin). To draw all
-        curves on one axes with a legend, use :meth:`plot_curves`.
+        the curves and the band follows the curve shown. The axes are labelled as by
+        :meth:`plot_curves` (``k (nm^-1)``, ``V(k)``), under the signal's title. The band
+        is drawn with the same step style as the line (``steps-mid``: flat across each
+        radial bin). To draw all curves on one axes with a legend, use :meth:`plot_curves`.
 
         Parameters
         ----------
@@ -185,6 +186,9 @@ class FEMVariance1D(Signal1D):
         super().plot(*args, **kwargs)
         signal_plot = self._plot.signal_plot
         ax = signal_plot.ax
+        # HyperSpy would say "k axis (nm^-1)" under "<title> Signal".
+        ax.set_xlabel(_radial_label(self.axes_manager.signal_axes[0]))
+        ax.set_title(self.metadata.General.title)
         if not self.metadata.has_item("Signal.quantity"):
             ax.set_ylabel(self._quantity())  # HyperSpy would say "Intensity"
         se = self._se_or_none() if error_band else None
