@@ -414,3 +414,137 @@ def apply_tiled(frames, touched, indptr, cindex, wdata, scale, out, bad):  # pra
                 z[i] += a[i] * 0.0
         for i in range(nf):
             bad[f0 + i] = z[i] != 0.0
+
+
+# ----------------------------------------------------------------------------- descan
+@numba.njit(**_JIT)
+def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off,  # noqa: C901
+                   vrow, vcol, i_off, indptr, c_off, cindex, wdata, sdata, out, with_q,
+                   with_j):  # pragma: no cover
+    """:func:`descan_moments` (frames at positions ``rows``, grouped by table)."""
+    n = rows.size
+    nbins = out.shape[2]
+    n_out = out.shape[0]
+    res = np.empty((3, LANES))
+    resa = np.empty((3, LANES))
+    ddy = np.empty(LANES, np.int64)
+    ddx = np.empty(LANES, np.int64)
+    rr = np.empty(LANES, np.int64)
+    g0 = 0
+    while g0 < n:
+        t = table[rows[g0]]
+        g1 = g0 + 1
+        while g1 < n and table[rows[g1]] == t:
+            g1 += 1
+        vr = vrow[t_off[t]:t_off[t + 1]]
+        vc = vcol[t_off[t]:t_off[t + 1]]
+        ip = indptr[i_off[t]:i_off[t + 1]]
+        ci = cindex[c_off[t]:c_off[t + 1]]
+        wd = wdata[c_off[t]:c_off[t + 1]]
+        sd = sdata[c_off[t]:c_off[t + 1]]
+        nt = vr.size
+        xt = np.empty((nt, LANES))
+        vt = np.empty((nt, LANES))
+        for f0 in range(g0, g1, LANES):
+            nf = min(LANES, g1 - f0)
+            for i in range(LANES):
+                f = rows[f0 + min(i, nf - 1)]
+                rr[i] = f
+                ddy[i] = dy[f]
+                ddx[i] = dx[f]
+            same = True
+            for i in range(1, LANES):
+                same = same and ddy[i] == ddy[0] and ddx[i] == ddx[0]
+            for j in range(nt):
+                if same:
+                    r = vr[j] + ddy[0]
+                    c = vc[j] + ddx[0]
+                    ok = r >= 0 and r < ny and c >= 0 and c < nx
+                    p = r * nx + c
+                    if ok and valid[p]:
+                        for i in range(LANES):
+                            xt[j, i] = frames[rr[i], p]
+                            vt[j, i] = 1.0
+                    else:
+                        for i in range(LANES):
+                            xt[j, i] = 0.0
+                            vt[j, i] = 0.0
+                    continue
+                for i in range(LANES):
+                    r = vr[j] + ddy[i]
+                    c = vc[j] + ddx[i]
+                    p = r * nx + c
+                    if r >= 0 and r < ny and c >= 0 and c < nx and valid[p]:
+                        xt[j, i] = frames[rr[i], p]
+                        vt[j, i] = 1.0
+                    else:
+                        xt[j, i] = 0.0
+                        vt[j, i] = 0.0
+            for k in range(nbins):
+                lo, hi = ip[k], ip[k + 1]
+                if with_q and with_j:
+                    _dots_qj(res, xt, ci, wd, sd, lo, hi)
+                elif with_q:
+                    _dots_q(res, xt, ci, wd, sd, lo, hi)
+                elif with_j:
+                    _dots_j(res, xt, ci, wd, sd, lo, hi)
+                else:
+                    _dots_i(res, xt, ci, wd, sd, lo, hi)
+                _dots_i(resa, vt, ci, wd, sd, lo, hi)
+                for c in range(n_out - 1):
+                    for i in range(nf):
+                        out[c, f0 + i, k] = res[c, i]
+                for i in range(nf):
+                    out[n_out - 1, f0 + i, k] = resa[0, i]
+        g0 = g1
+
+
+def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, sdata=None,
+                   with_j=False):
+    """Ring sums of frames that each have their own geometry (descan), one read per frame.
+
+    Every frame uses one of a few *tables*: unmasked pixel-splitting weights on a virtual
+    detector, one per sub-pixel fraction of the centre. The frame's integer shift moves the
+    table's pixel indices onto the detector; entries that leave the detector or fall on an
+    invalid (masked) pixel are dropped. Frames of one table are processed eight at a time.
+
+    Parameters
+    ----------
+    frames : (n, P) ndarray
+    rows : (n,) int64 ndarray
+        Processing order: the frames of one table side by side.
+    table : (n,) int64 ndarray
+        Table of every frame.
+    dy, dx : (n,) int64 ndarray
+        Detector row (column) = table row (column) + ``dy`` (``dx``).
+    detector_shape : (int, int)
+    valid : (P,) uint8 ndarray
+        1 for a usable (unmasked) detector pixel.
+    tables : tuple of ndarray
+        ``(t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata)``: the tables packed end
+        to end (table ``t``'s touched pixels ``vrow/vcol[t_off[t]:t_off[t+1]]``, its CSR
+        row pointers ``indptr[i_off[t]:i_off[t+1]]`` into its entries
+        ``cindex/wdata[c_off[t]:c_off[t+1]]``).
+    sdata : ndarray or None
+        Shot weights aligned with ``wdata``; None = no ``Q``.
+    with_j : bool
+        Also compute ``W D^2``.
+
+    Returns
+    -------
+    (c, n, nbins) ndarray
+        Per frame (in processing order) ``I = W D``, then ``Q`` if ``sdata``, then ``J`` if
+        ``with_j``, and last the frame's own bin areas ``A = sum_p w`` over its valid
+        pixels.
+    """
+    t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata = tables
+    with_q = sdata is not None
+    n = frames.shape[0]
+    nbins = int(i_off[1] - i_off[0] - 1)
+    out = np.empty((2 + with_q + bool(with_j), rows.size, nbins))
+    if n and rows.size:
+        _descan_kernel(frames, np.asarray(rows, np.int64), table, dy, dx,
+                       int(detector_shape[0]), int(detector_shape[1]), valid, t_off, vrow, vcol,
+                       i_off, indptr, c_off, cindex, wdata, wdata if sdata is None else sdata,
+                       out, with_q, bool(with_j))
+    return out
