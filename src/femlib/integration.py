@@ -723,6 +723,7 @@ def _integrate_block(block, weights, mean, dtype):
 DESCAN_SUBPIXEL = 10
 _TABLES = OrderedDict()
 _TABLES_SIZE = 512
+_DESCAN = OrderedDict()  # the last few per-scan descan geometries
 
 
 @dataclass(frozen=True, eq=False)
@@ -755,6 +756,10 @@ class DescanWeights:
         The rounded centres (x, y) in pixels actually used.
     subpixel : int
     detector_shape : tuple of int
+    split : tuple of ndarray
+        Per table, its pixels that land on an unmasked detector pixel for every frame of
+        the table (read without checks) and the others (checked frame by frame; their
+        weights leave the frame's bin areas): ``(f_off, fast, s_off, slow)``.
     """
 
     reference: AzimuthalWeights
@@ -765,6 +770,7 @@ class DescanWeights:
     centers: np.ndarray = field(repr=False)
     subpixel: int = DESCAN_SUBPIXEL
     detector_shape: tuple = ()
+    split: tuple = field(default=None, repr=False)
 
     def __getattr__(self, name):
         # Bins and report values are the reference geometry's (npt, radial_edges, ...).
@@ -772,6 +778,10 @@ class DescanWeights:
                     "azimuth_centers", "coverage", "area"):
             return getattr(self.reference, name)
         raise AttributeError(name)
+
+    def __dask_tokenize__(self):
+        # The build key (centres, geometry): dask neither hashes nor traverses the tables.
+        return ("femlib.DescanWeights", self.__dict__.get("_key", id(self)))
 
     @property
     def n_frames(self):
@@ -796,7 +806,10 @@ class DescanWeights:
     @property
     def squared(self):
         """The counting model's shot weights ``W**2``, packed like the weights."""
-        return self.packed[7] ** 2
+        sq = self.__dict__.get("_squared")
+        if sq is None:
+            sq = self.__dict__["_squared"] = self.packed[7] ** 2
+        return sq
 
 
 def _lin(affine, scale):
@@ -844,7 +857,7 @@ def build_descan_weights(
     radial_range=None,
     azimuth_range=None,
     mask=None,
-    subpixel=DESCAN_SUBPIXEL,
+    subpixel=None,
 ):
     """Exact pixel-splitting weights for per-frame centres (descan), without interpolation.
 
@@ -864,9 +877,9 @@ def build_descan_weights(
     radial_range : (2,) array_like or None
         As :func:`build_weights`; it must stay on the detector around *every* centre.
         Default: 0 to the smallest, over the frames, of the farthest corner radius.
-    subpixel : int
-        Rounding of the centres: ``1 / subpixel`` pixel per axis (default
-        :data:`DESCAN_SUBPIXEL`): at most ``0.5 / subpixel`` px per axis, ``0.29 /
+    subpixel : int or None
+        Rounding of the centres: ``1 / subpixel`` pixel per axis (None:
+        :data:`DESCAN_SUBPIXEL`, read at the call): at most ``0.5 / subpixel`` px per axis, ``0.29 /
         subpixel`` px rms per axis for centres spread over many pixels.
 
     Returns
@@ -905,6 +918,7 @@ def build_descan_weights(
         raise ValueError(f"scale must be finite and non-zero, got {tuple(sc.tolist())}")
     npt = _check_npt(npt, "npt")
     npt_azim = _check_npt(npt_azim, "npt_azim")
+    subpixel = DESCAN_SUBPIXEL if subpixel is None else subpixel
     if isinstance(subpixel, bool) or not isinstance(subpixel, (int, np.integer)) or subpixel < 1:
         raise ValueError(f"subpixel must be a positive integer, got {subpixel!r}")
     subpixel = int(subpixel)
@@ -935,6 +949,14 @@ def build_descan_weights(
         (-np.pi, np.pi) if azimuth_range is None else _check_azimuth_range(azimuth_range)
     )
     mask = check_mask(mask, shape)
+    mask_key = None if mask is None else hashlib.sha1(np.packbits(mask).tobytes()).hexdigest()
+    key = (shape, hashlib.sha1(c.tobytes()).hexdigest(), c.shape,
+           None if affine is None else affine.tobytes(), tuple(sc), npt, npt_azim,
+           radial_range, azimuth_range, mask_key, subpixel)
+    hit = _DESCAN.get(key)
+    if hit is not None:
+        _DESCAN.move_to_end(key)
+        return hit
     mean_center = c.mean(axis=0)
     # The reference geometry (mean centre, with the mask): the bins and the reported
     # coverage. Its radial range may exceed the mean centre's corners only by rounding.
@@ -964,29 +986,68 @@ def build_descan_weights(
     geo[:, 2] = whole[:, 0] - half
     valid = np.ones(shape[0] * shape[1], np.uint8) if mask is None else (
         ~mask.ravel()).astype(np.uint8)
-    out = DescanWeights(reference, tables, packed, geo, valid, used, subpixel, shape)
+    out = DescanWeights(reference, tables, packed, geo, valid, used, subpixel, shape,
+                        _split_pixels(tables, geo, valid, shape))
     err = np.hypot(*(used - c).T)
     out.__dict__["_rounding"] = (float(err.max()), float(np.sqrt(np.mean(err**2))))
+    out.__dict__["_key"] = hashlib.sha1(repr(key).encode()).hexdigest()
+    _DESCAN[key] = out
+    if len(_DESCAN) > 4:
+        _DESCAN.popitem(last=False)
     return out
 
 
+def _split_pixels(tables, geometry, valid, shape):
+    """Per table, its pixels that every frame using it finds on an unmasked detector pixel
+    (``fast``) and the others (``slow``), as ``(f_off, fast, s_off, slow)``."""
+    ny, nx = shape
+    ok_pixel = valid.astype(bool)
+    fast, slow, f_off, s_off = [], [], [0], [0]
+    for t, w in enumerate(tables):
+        r, c = np.divmod(w.touched, w.detector_shape[1])
+        shifts = np.unique(geometry[geometry[:, 0] == t, 1:], axis=0)
+        rr = r[None, :] + shifts[:, :1]
+        cc = c[None, :] + shifts[:, 1:]
+        on = (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
+        good = on.copy()
+        good[on] = ok_pixel[(rr * nx + cc)[on]]
+        always = good.all(axis=0) if shifts.size else np.ones(r.size, bool)
+        fast.append(np.flatnonzero(always))
+        slow.append(np.flatnonzero(~always))
+        f_off.append(f_off[-1] + fast[-1].size)
+        s_off.append(s_off[-1] + slow[-1].size)
+    i64 = np.int64
+    return (np.asarray(f_off, i64), np.concatenate(fast).astype(i64), np.asarray(s_off, i64),
+            np.concatenate(slow).astype(i64))
+
+
 def _pack(tables):
-    t_off, vrow, vcol, i_off, ind, c_off, cidx, wd = [0], [], [], [0], [], [0], [], []
+    parts = {name: [] for name in ("vrow", "vcol", "ind", "cidx", "wd", "cp", "ri", "wc",
+                                   "area")}
+    t_off, i_off, c_off, p_off = [0], [0], [0], [0]
     for w in tables:
         indptr, cindex, data = w.bin_major
         r, col = np.divmod(w.touched, w.detector_shape[1])
-        vrow.append(r)
-        vcol.append(col)
-        ind.append(indptr)
-        cidx.append(cindex)
-        wd.append(data)
+        parts["vrow"].append(r)
+        parts["vcol"].append(col)
+        parts["ind"].append(indptr)
+        parts["cidx"].append(cindex)
+        parts["wd"].append(data)
+        parts["cp"].append(w.colptr)
+        parts["ri"].append(w.rowidx)
+        parts["wc"].append(w.wdata)
+        parts["area"].append(w.area)
         t_off.append(t_off[-1] + r.size)
         i_off.append(i_off[-1] + indptr.size)
         c_off.append(c_off[-1] + data.size)
-    cat = np.concatenate
-    return (np.asarray(t_off, np.int64), cat(vrow).astype(np.int64), cat(vcol).astype(np.int64),
-            np.asarray(i_off, np.int64), cat(ind).astype(np.int64), np.asarray(c_off, np.int64),
-            cat(cidx).astype(np.int32), cat(wd).astype(np.float64))
+        p_off.append(p_off[-1] + w.colptr.size)
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    i64 = np.int64
+    return (np.asarray(t_off, i64), cat["vrow"].astype(i64), cat["vcol"].astype(i64),
+            np.asarray(i_off, i64), cat["ind"].astype(i64), np.asarray(c_off, i64),
+            cat["cidx"].astype(np.int32), cat["wd"].astype(np.float64), np.asarray(p_off, i64),
+            cat["cp"].astype(i64), cat["ri"].astype(i64), cat["wc"].astype(np.float64),
+            cat["area"].astype(np.float64))
 
 
 def _descan_sums(flat, dweights, geometry, sdata=None, with_j=False, rows=None):
@@ -998,7 +1059,7 @@ def _descan_sums(flat, dweights, geometry, sdata=None, with_j=False, rows=None):
     return _kernels.descan_moments(
         flat, rows, table, np.ascontiguousarray(geometry[:, 1]),
         np.ascontiguousarray(geometry[:, 2]), dweights.detector_shape, dweights.valid,
-        dweights.packed, sdata, with_j,
+        dweights.packed, dweights.split, sdata, with_j,
     ), rows
 
 
@@ -1096,7 +1157,7 @@ def integrate_descan_dask(darr, dweights, mean=False, dtype=np.float64):
                 else {nav: dweights.npt})
     out_ind = tuple(range(nav)) + ((nav, nav + 1) if two_d else (nav,))
     in_ind = tuple(range(nav)) + (nav + 10, nav + 11)
-    shared = dask.delayed(dweights, pure=True)
+    shared = dask.delayed(dweights, pure=True, traverse=False)
     return da.blockwise(
         _descan_block, out_ind, darr, in_ind, geo, tuple(range(nav)) + (nav + 12,),
         shared, None, mean, None, dtype, None,

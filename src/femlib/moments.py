@@ -246,6 +246,27 @@ def _shot_data(weights, shot_weights):
     return out[weights.bin_major_order[2]]
 
 
+def _table_tasks(table, n_tasks):
+    """Frames split into ``n_tasks`` sets of about equal size, cut between tables where
+    possible: frame indices sorted by table, one array per task."""
+    order = np.argsort(table, kind="stable")
+    n = order.size
+    if n_tasks <= 1 or n == 0:
+        return [order]
+    sorted_t = table[order]
+    cuts = [0]
+    for i in range(1, n_tasks):
+        at = int(round(i * n / n_tasks))
+        # Move the cut to the nearest table boundary within half a task.
+        lo = np.searchsorted(sorted_t, sorted_t[min(at, n - 1)], side="left")
+        hi = np.searchsorted(sorted_t, sorted_t[min(at, n - 1)], side="right")
+        best = lo if at - lo <= hi - at else hi
+        cuts.append(best if abs(best - at) <= n / (2 * n_tasks) else at)
+    cuts.append(n)
+    cuts = sorted(set(cuts))
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 def _descan_shot_data(dweights, shot_weights):
     """Shot weights for descan weights: None, or one value per packed weight (e.g.
     ``dweights.squared``, or ``dweights.pack_shot(...)`` of a noise model)."""
@@ -390,9 +411,13 @@ def _state_means(states, count, cols, per_frame, nstates, k):
     return mean, m2
 
 
-def _accumulate_descan_chunk(frames, states, geometry, dweights, sdata, plan):
+def _accumulate_descan_chunk(frames, states, geometry, dweights, sdata, plan, rows=None):
     """:func:`_accumulate_chunk` for frames with their own centres (descan): the columns
-    are per-frame ring means with each frame's own bin areas (module docstring)."""
+    are per-frame ring means with each frame's own bin areas (module docstring).
+
+    ``rows``: the frames to take (default all); eager data passes the whole array and,
+    per task, the frames of a few tables, so that each table serves many frames.
+    """
     from femlib.integration import _descan_sums
 
     flat = as_native_frames(frames, dweights.detector_shape)
@@ -404,12 +429,12 @@ def _accumulate_descan_chunk(frames, states, geometry, dweights, sdata, plan):
     nstates = plan.n_groups * plan.n_blocks
     k = dweights.npt
     shot = sdata is not None
-    # Only the frames that count: the kernel takes them grouped by table.
-    keep = np.flatnonzero(states >= 0)
-    rows = keep[np.argsort(geometry[keep, 0], kind="stable")]
-    sums, _ = _descan_sums(flat, dweights, geometry, sdata, plan.squares, rows=rows)
-    order = np.argsort(rows, kind="stable")  # back to frame order among the kept frames
-    sums = sums[:, order]
+    # Only the frames that count, grouped by table for the kernel; the state means do not
+    # depend on the order.
+    rows = np.arange(flat.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    keep = rows[states[rows] >= 0]
+    keep = keep[np.argsort(geometry[keep, 0], kind="stable")]
+    sums, _ = _descan_sums(flat, dweights, geometry, sdata, plan.squares, rows=keep)
     kept_states = states[keep]
     area = sums[-1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -490,23 +515,27 @@ def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
 
 
 # ----------------------------------------------------------------------------- the pass
-def _accumulate_block(frames, states, weights, sdata, plan, geometry=None):
+def _accumulate_block(frames, states, weights, sdata, plan, geometry=None, rows=None):
     if geometry is not None:
-        return _accumulate_descan_chunk(frames, states, geometry, weights, sdata, plan)
+        return _accumulate_descan_chunk(frames, states, geometry, weights, sdata, plan, rows)
     return _accumulate_chunk(frames, states, weights, sdata, plan)
 
 
-def _accumulate_tree(frames, states, weights, sdata, plan, geometry=None):
+def _accumulate_tree(frames, states, weights, sdata, plan, geometry=None, rows=None):
     """One dask task per block of frames, their moments merged pairwise as a tree
-    (``geometry``: per block, the frames' descan geometry rows)."""
+    (``geometry``: per block, the frames' descan geometry rows; ``rows``: per block, the
+    frames of the block to take)."""
     import dask
 
-    shared = dask.delayed(weights, pure=True)
-    shot = None if sdata is None else dask.delayed(sdata, pure=True)
+    shared = dask.delayed(weights, pure=True, traverse=False)
+    # Not hashed (pure=False): descan shot weights run to megabytes, and the graph is new on
+    # every call anyway.
+    shot = None if sdata is None else dask.delayed(sdata, pure=False, traverse=False)
     part = dask.delayed(_accumulate_block, pure=False)
     geometry = [None] * len(frames) if geometry is None else geometry
-    parts = [part(f, s, shared, shot, plan, g)
-             for f, s, g in zip(frames, states, geometry, strict=True)]
+    rows = [None] * len(frames) if rows is None else rows
+    parts = [part(f, s, shared, shot, plan, g, r)
+             for f, s, g, r in zip(frames, states, geometry, rows, strict=True)]
     combine = dask.delayed(merge, pure=True)
     while len(parts) > 1:
         nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
@@ -650,12 +679,20 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
     else:
         bounds = np.cumsum((0,) + nav_chunks[0])
         sblocks = [states[i:j] for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
-        if descan:
-            gblocks = [weights.frame_geometry[i:j]
-                       for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
+    rblocks = None
+    if descan and not lazy:
+        # Eager descan: as many tasks as blocks, but each takes the frames of a few tables
+        # from the whole array (no copy), so that each table's weights serve many frames.
+        # One (N, rows, columns) view when possible (a single copy otherwise).
+        whole = as_native_frames(frames, weights.detector_shape).reshape(
+            (-1,) + tuple(weights.detector_shape))
+        rblocks = _table_tasks(weights.frame_geometry[:, 0], len(blocks))
+        blocks = [whole] * len(rblocks)
+        sblocks = [states] * len(rblocks)
+        gblocks = [weights.frame_geometry] * len(rblocks)
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
                  need["pixel_squares"])
-    work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan, gblocks)
+    work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan, gblocks, rblocks)
     if not compute:
         return work
     (result,) = dask.compute(work, scheduler=None if lazy else "threads")
