@@ -473,7 +473,7 @@ class Calibration:
         data = getattr(value, "data", value)
         if hasattr(data, "compute"):
             data = data.compute()
-        if np.ndim(data) > 1 or (np.ndim(data) == 1 and np.size(data) != 2):
+        if np.ndim(data) > 1:
             per = check_centers(data, self._navigation_shape, self.detector_shape)
             flat = per.reshape(-1, 2)
             if flat.shape[0] and np.all(flat == flat[0]):
