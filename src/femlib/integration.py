@@ -779,6 +779,14 @@ class DescanWeights:
             return getattr(self.reference, name)
         raise AttributeError(name)
 
+    def __reduce__(self):
+        # Shipped to workers without the per-table AzimuthalWeights (the kernels read the
+        # packed copy): half the bytes of the graph.
+        state = {k: v for k, v in self.__dict__.items() if k in ("_rounding", "_key")}
+        args = (self.reference, (), self.packed, self.frame_geometry, self.valid, self.centers,
+                self.subpixel, self.detector_shape, self.split)
+        return (_rebuild_descan, (args, state))
+
     def __dask_tokenize__(self):
         # The build key (centres, geometry): dask neither hashes nor traverses the tables.
         return ("femlib.DescanWeights", self.__dict__.get("_key", id(self)))
@@ -810,6 +818,12 @@ class DescanWeights:
         if sq is None:
             sq = self.__dict__["_squared"] = self.packed[7] ** 2
         return sq
+
+
+def _rebuild_descan(args, state):
+    out = DescanWeights(*args)
+    out.__dict__.update(state)
+    return out
 
 
 def _lin(affine, scale):
