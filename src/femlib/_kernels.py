@@ -85,12 +85,13 @@ class _Arrays:
         return self.builder.bitcast(self.ptr(a, i, ir.Constant(_I64, 0)), _VEC.as_pointer())
 
 
-def _make_dots(with_q, with_j):
+def _make_dots(with_q, with_j, q_square=False):
     """Intrinsic ``dots(res, xt, cindex, wdata, sdata, start, stop)``: over the non-zeros
     ``[start, stop)`` of one bin, ``res[0] = sum w x``, then ``res[1] = sum s x`` if
     ``with_q``, then ``sum w x^2`` if ``with_j`` (rows of 8 lanes; ``x = xt[cindex[jj]]``).
     Non-zero ``jj`` goes to accumulator ``(jj - start) % _CHAINS``; they are added at the
-    end. No fused multiply-add."""
+    end. No fused multiply-add. ``q_square``: the shot weights are ``w * w``, formed in
+    registers (``sdata`` is not read)."""
     n_out = 1 + with_q + with_j
 
     @intrinsic
@@ -111,7 +112,9 @@ def _make_dots(with_q, with_j):
                 x = builder.load(a.row(1, a.scalar(2, jj)), align=8)
                 w = _splat(builder, a.scalar(3, jj))
                 terms = [builder.fmul(w, x)]
-                if with_q:
+                if with_q and q_square:
+                    terms.append(builder.fmul(builder.fmul(w, w), x))
+                elif with_q:
                     terms.append(builder.fmul(_splat(builder, a.scalar(4, jj)), x))
                 if with_j:
                     terms.append(builder.fmul(w, builder.fmul(x, x)))
@@ -163,6 +166,8 @@ _dots_i = _make_dots(False, False)
 _dots_q = _make_dots(True, False)
 _dots_j = _make_dots(False, True)
 _dots_qj = _make_dots(True, True)
+_dots_q2 = _make_dots(True, False, q_square=True)
+_dots_q2j = _make_dots(True, True, q_square=True)
 
 
 @numba.njit(**_JIT)
@@ -439,7 +444,7 @@ def _fill_shifted(frames, r, o, vp, fast, xt):  # pragma: no cover
 def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # noqa: C901
                    vcol, i_off, indptr, c_off, cindex, wdata, sdata, p_off, colptr, rowidx,
                    wcol, area, f_off, fast, s_off, slow, out, with_q,
-                   with_j):  # pragma: no cover
+                   with_j, q_square):  # pragma: no cover
     """:func:`descan_moments` (frames at positions ``rows``, grouped by table)."""
     n = rows.size
     nbins = out.shape[2]
@@ -505,7 +510,11 @@ def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # n
                             lost[i, ri[e]] += wc[e]
             for k in range(nbins):
                 lo, hi = ip[k], ip[k + 1]
-                if with_q and with_j:
+                if with_q and q_square and with_j:
+                    _dots_q2j(res, xt, ci, wd, sd, lo, hi)
+                elif with_q and q_square:
+                    _dots_q2(res, xt, ci, wd, sd, lo, hi)
+                elif with_q and with_j:
                     _dots_qj(res, xt, ci, wd, sd, lo, hi)
                 elif with_q:
                     _dots_q(res, xt, ci, wd, sd, lo, hi)
@@ -524,7 +533,7 @@ def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # n
 
 
 def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, split,
-                   sdata=None, with_j=False):
+                   sdata=None, with_j=False, q_square=False):
     """Ring sums of frames that each have their own geometry (descan), one read per frame.
 
     Every frame uses one of a few *tables*: unmasked pixel-splitting weights on a virtual
@@ -557,6 +566,9 @@ def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, s
         Shot weights aligned with ``wdata``; None = no ``Q``.
     with_j : bool
         Also compute ``W D^2``.
+    q_square : bool
+        The shot weights are ``wdata**2`` (the counting model per unit gain): formed in
+        registers instead of read from ``sdata`` (less memory traffic per table).
     split : tuple of ndarray
         ``(f_off, fast, s_off, slow)``: per table, its pixels (local indices) that are on
         an unmasked detector pixel for every frame of the table (``fast[f_off[t]:
@@ -581,5 +593,6 @@ def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, s
                        int(detector_shape[0]), int(detector_shape[1]), valid, t_off, vrow,
                        vcol, i_off, indptr, c_off, cindex, wdata,
                        wdata if sdata is None else sdata, p_off, colptr, rowidx, wcol, area,
-                       f_off, fast, s_off, slow, out, with_q, bool(with_j))
+                       f_off, fast, s_off, slow, out, with_q, bool(with_j),
+                       bool(q_square and with_q))
     return out

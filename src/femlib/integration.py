@@ -1073,7 +1073,9 @@ def _descan_sums(flat, dweights, geometry, sdata=None, with_j=False, rows=None):
     return _kernels.descan_moments(
         flat, rows, table, np.ascontiguousarray(geometry[:, 1]),
         np.ascontiguousarray(geometry[:, 2]), dweights.detector_shape, dweights.valid,
-        dweights.packed, dweights.split, sdata, with_j,
+        dweights.packed, dweights.split,
+        dweights.packed[7] if isinstance(sdata, str) else sdata, with_j,
+        q_square=isinstance(sdata, str),  # "W**2": the counting model, w^2 in registers
     ), rows
 
 

@@ -272,6 +272,8 @@ def _descan_shot_data(dweights, shot_weights):
     ``dweights.squared``, or ``dweights.pack_shot(...)`` of a noise model)."""
     if shot_weights is None:
         return None
+    if shot_weights is dweights.squared:
+        return "W**2"  # formed in the kernel's registers: nothing to ship or read
     s = np.asarray(shot_weights, dtype=np.float64)
     if s.shape != dweights.packed[7].shape:
         raise ValueError(
