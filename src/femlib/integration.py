@@ -20,6 +20,12 @@ Geometry conventions
   annular sector (clipped by the two azimuth half-planes, then intersected with the disks
   analytically) divided by its own area. The weights of one unmasked pixel sum to the
   fraction of its area inside the radial and azimuthal ranges.
+
+Descan (one centre per frame): :func:`build_descan_weights` builds the exact unmasked
+weights once per sub-pixel fraction of the centres and gives every frame its fraction's
+weights shifted by the integer part of its centre, less what falls off the detector or on
+masked pixels (:class:`DescanWeights`, :func:`integrate_descan`). The counts are never
+interpolated; see the geometry page of the user guide.
 """
 
 import functools
@@ -44,6 +50,7 @@ __all__ = [
     "integrate",
     "integrate_dask",
     "integrate_descan",
+    "integrate_descan_dask",
     "as_native_frames",
     "prepare_chunks",
 ]
@@ -760,6 +767,15 @@ class DescanWeights:
         Per table, its pixels that land on an unmasked detector pixel for every frame of
         the table (read without checks) and the others (checked frame by frame; their
         weights leave the frame's bin areas): ``(f_off, fast, s_off, slow)``.
+
+    Examples
+    --------
+    Three frames, two of them a whole pixel apart (same sub-pixel fraction, one table):
+
+    >>> dw = build_descan_weights((32, 32), [(15.5, 15.5), (16.5, 15.5), (15.8, 16.2)],
+    ...                           npt=3, radial_range=(2, 8))
+    >>> len(dw.tables), dw.frame_geometry[:, 0].tolist()
+    (2, [0, 0, 1])
     """
 
     reference: AzimuthalWeights
@@ -1104,6 +1120,13 @@ def integrate_descan(frames, dweights, geometry=None, mean=False, dtype=np.float
     Returns
     -------
     ndarray, shape (..., npt) or (..., npt, npt_azim); and the areas with ``return_area``
+
+    Examples
+    --------
+    >>> dw = build_descan_weights((32, 32), [(15.5, 15.5), (17.0, 14.0)], npt=2,
+    ...                           radial_range=(3, 9))
+    >>> integrate_descan(np.ones((2, 32, 32)), dw, mean=True).round(12).tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
     """
     return _apply_descan(frames, dweights, geometry, mean, dtype, out, return_area)[0]
 
@@ -1159,6 +1182,15 @@ def integrate_descan_dask(darr, dweights, mean=False, dtype=np.float64):
     Returns
     -------
     dask.array.Array, shape (..., npt) or (..., npt, npt_azim)
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> dw = build_descan_weights((16, 16), [(7.5, 7.5), (8.0, 7.0)] * 3, npt=2,
+    ...                           radial_range=(1, 6))
+    >>> out = integrate_descan_dask(da.ones((6, 16, 16), chunks=(2, 16, 16)), dw, mean=True)
+    >>> out.shape, out.compute().round(12)[3].tolist()
+    ((6, 2), [1.0, 1.0])
     """
     import dask
     import dask.array as da
