@@ -857,24 +857,36 @@ def _max_radii(shape, centers, affine, scale):
     return np.hypot(u, v).max(axis=1)
 
 
-def _table(half, fraction, subpixel, affine, scale, npt, npt_azim, radial_range,
-           azimuth_range):
-    """The unmasked weights of one sub-pixel fraction on the virtual (2 half + 1)^2 grid."""
+def _tables(half, fractions, subpixel, affine, scale, npt, npt_azim, radial_range,
+            azimuth_range):
+    """The unmasked weights of each sub-pixel fraction on the virtual (2 half + 1)^2 grid:
+    from the cache, the missing ones built in parallel (dask's threads; the pixel
+    splitting releases the GIL)."""
+    import dask
+
     shape = (2 * half + 1, 2 * half + 1)
-    center = (half + fraction[0] / subpixel, half + fraction[1] / subpixel)
-    key = (half, tuple(int(f) for f in fraction), subpixel,
-           None if affine is None else affine.tobytes(), tuple(scale), npt, npt_azim,
-           radial_range, azimuth_range)
-    hit = _TABLES.get(key)
-    if hit is not None:
-        _TABLES.move_to_end(key)
-        return hit
-    w = _build(shape, center, affine, np.asarray(scale), npt, npt_azim, radial_range,
-               azimuth_range, None)
-    _TABLES[key] = w
-    if len(_TABLES) > _TABLES_SIZE:
+    common = (half, subpixel, None if affine is None else affine.tobytes(), tuple(scale), npt,
+              npt_azim, radial_range, azimuth_range)
+    keys = [(tuple(int(f) for f in fr),) + common for fr in fractions]
+    missing = [i for i, k in enumerate(keys) if k not in _TABLES]
+    build = dask.delayed(_build, pure=True)
+    todo = [build(shape, (half + fractions[i][0] / subpixel, half + fractions[i][1] / subpixel),
+                  affine, np.asarray(scale), npt, npt_azim, radial_range, azimuth_range, None)
+            for i in missing]
+    built = dask.compute(*todo, scheduler="threads") if todo else ()
+    out = []
+    new = dict(zip((keys[i] for i in missing), built, strict=True))
+    for k in keys:
+        w = new.get(k)
+        if w is None:
+            w = _TABLES[k]
+            _TABLES.move_to_end(k)
+        else:
+            _TABLES[k] = w
+        out.append(w)
+    while len(_TABLES) > _TABLES_SIZE:
         _TABLES.popitem(last=False)
-    return w
+    return tuple(out)
 
 
 def build_descan_weights(
@@ -1004,11 +1016,8 @@ def build_descan_weights(
     trans = 0.0 if affine is None else float(np.hypot(*(np.diag(sc) @ affine[:2, 2])))
     half = int(np.ceil((radial_range[1] + trans) / smin + 1.0)) + 2
     keys, table_of = np.unique(frac[:, 0] * subpixel + frac[:, 1], return_inverse=True)
-    tables = tuple(
-        _table(half, (int(k // subpixel), int(k % subpixel)), subpixel, affine, sc, npt,
-               npt_azim, radial_range, azimuth_range)
-        for k in keys
-    )
+    tables = _tables(half, [(int(k // subpixel), int(k % subpixel)) for k in keys], subpixel,
+                     affine, sc, npt, npt_azim, radial_range, azimuth_range)
     packed = _pack(tables)
     geo = np.empty((c.shape[0], 3), np.int64)
     geo[:, 0] = table_of.ravel()
