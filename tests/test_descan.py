@@ -407,3 +407,11 @@ def test_a_ring_wholly_masked_for_some_positions_names_center(poisson_scan):
                                          r"pixel .*own centre \(s.calibration.center"):
         s.get_variance(npt=1, gain=GAIN, radial_range=(16.0, 19.0), mask=mask,
                        show_progressbar=False)
+
+
+def test_centres_follow_a_swap_of_the_navigation_axes():
+    s = make()
+    c = centre_map()
+    s.calibration.center = c
+    swapped = s.swap_axes(0, 1)  # the two navigation axes
+    np.testing.assert_array_equal(swapped.calibration.center, np.swapaxes(c, 0, 1))

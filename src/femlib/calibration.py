@@ -408,6 +408,16 @@ class Calibration:
     <Calibration center=(9.500, 7.500) px, scale=1 <undefined>, affine=set, mask=set>
     >>> s.isig[2:, 1:15].calibration.mask.shape     # the mask follows the crop
     (14, 18)
+
+    One centre per probe position (descan), navigation shape + (2,):
+
+    >>> centres = np.zeros((2, 3, 2)) + (9.5, 7.5)
+    >>> centres[1, :, 0] += 0.6                     # the second scan row moved right
+    >>> s.calibration.center = centres
+    >>> s.calibration.center.shape, s.inav[2, 1].calibration.center.tolist()
+    ((2, 3, 2), [10.1, 7.5])
+    >>> s.calibration.geometry()["center"]          # the axes hold the mean centre
+    array([9.8, 7.5])
     """
 
     def __init__(self, signal):
