@@ -278,6 +278,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         ValueError
             For ``npt < 1``, reversed or out-of-detector ranges, a mask of the wrong shape.
 
+        Notes
+        -----
+        With per-position centres (descan) every pattern is transformed around its own
+        centre (exact pixel splitting, the mask fixed on the detector);
+        ``metadata.FEM.coverage`` is then that of the mean centre, and
+        ``metadata.FEM.Integration.descan`` records the rounding of the centres.
+
         Examples
         --------
         >>> s = femlib.data.synthetic_fem(navigation_shape=(4, 4))
@@ -514,7 +521,18 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         ValueError
             Unknown method, ``gain <= 0``, both ``gain`` and ``noise``, a mask or thickness
             of the wrong shape, a ring with no unmasked pixel, fewer than two usable
-            patterns.
+            patterns. With per-position centres (descan): ``VImage`` or
+            ``subtract_nonuniformity``, a radial range that leaves the detector around some
+            position's centre, a ring with no unmasked pixel around some position's centre.
+
+        Notes
+        -----
+        With per-position centres (``s.calibration.center`` of shape navigation shape +
+        ``(2,)``) every pattern is integrated around its own centre with the same exact
+        pixel splitting, the mask fixed on the detector, and the estimators use each
+        pattern's own ring areas; ``metadata.FEM.Calibration.descan`` records the rounding
+        of the centres (see the geometry page of the user guide). ``VImage`` and the ring
+        non-uniformity are then not available.
 
         References
         ----------
