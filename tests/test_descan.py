@@ -415,3 +415,15 @@ def test_centres_follow_a_swap_of_the_navigation_axes():
     s.calibration.center = c
     swapped = s.swap_axes(0, 1)  # the two navigation axes
     np.testing.assert_array_equal(swapped.calibration.center, np.swapaxes(c, 0, 1))
+
+
+def test_default_range_with_centres_spread_around_the_middle():
+    """From the mean centre (the middle) the far corner is nearer than from any centre: the
+    default radial range reaches the nearest far corner of the centres."""
+    frames = np.random.default_rng(0).poisson(5.0, (2, 64, 64)).astype(np.float32)
+    dw = I.build_descan_weights((64, 64), [(10.0, 10.0), (53.0, 53.0)], npt=8)
+    assert dw.radial_edges[-1] == pytest.approx(np.hypot(53.5, 53.5))
+    got = I.integrate_descan(frames, dw)
+    for n, c in enumerate([(10.0, 10.0), (53.0, 53.0)]):
+        w = I.build_weights((64, 64), c, npt=8, radial_range=(0, np.hypot(53.5, 53.5)))
+        np.testing.assert_allclose(got[n], I.integrate(frames[n], w), rtol=1e-12)

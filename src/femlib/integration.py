@@ -1001,15 +1001,15 @@ def build_descan_weights(
         return hit
     mean_center = c.mean(axis=0)
     # The reference geometry (mean centre, with the mask): the bins and the reported
-    # coverage. Its radial range may exceed the mean centre's corners only by rounding.
-    ref_range = (radial_range[0], min(radial_range[1],
-                                      _max_radius(shape, mean_center, affine, sc)))
+    # coverage. The radial range may pass the mean centre's farthest corner (centres spread
+    # around the middle): it is then built directly, without the single-centre range check.
     _check_size(shape, mean_center, affine, sc, npt, npt_azim, radial_range, azimuth_range)
-    reference = build_weights(shape, mean_center, affine, sc, npt, npt_azim, ref_range,
-                              azimuth_range, mask)
-    if ref_range[1] < radial_range[1]:  # not reached in practice: same edges as the tables
+    if radial_range[1] <= _max_radius(shape, mean_center, affine, sc):
         reference = build_weights(shape, mean_center, affine, sc, npt, npt_azim,
                                   radial_range, azimuth_range, mask)
+    else:
+        reference = _build(shape, mean_center, affine, sc, npt, npt_azim, radial_range,
+                           azimuth_range, mask)
     # Virtual grid: every pixel within the outer radius of a centre in [0, 1)^2, plus margin.
     lin = _lin(affine, sc)
     smin = float(np.linalg.svd(lin, compute_uv=False).min())
