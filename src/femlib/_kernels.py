@@ -442,9 +442,9 @@ def _fill_shifted(frames, r, o, vp, fast, xt):  # pragma: no cover
 
 @numba.njit(**_JIT)
 def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # noqa: C901
-                   vcol, i_off, indptr, c_off, cindex, wdata, sdata, p_off, colptr, rowidx,
-                   wcol, area, f_off, fast, s_off, slow, out, with_q,
-                   with_j, q_square):  # pragma: no cover
+                   vcol, i_off, indptr, c_off, cindex, wdata, sdata, area, f_off, fast,
+                   s_off, slow, s_ptr, s_bin, s_w, out, with_q, with_j,
+                   q_square):  # pragma: no cover
     """:func:`descan_moments` (frames at positions ``rows``, grouped by table)."""
     n = rows.size
     nbins = out.shape[2]
@@ -472,9 +472,6 @@ def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # n
         ci = cindex[c_off[t]:c_off[t + 1]]
         wd = wdata[c_off[t]:c_off[t + 1]]
         sd = sdata[c_off[t]:c_off[t + 1]]
-        cp = colptr[p_off[t]:p_off[t + 1]]
-        ri = rowidx[c_off[t]:c_off[t + 1]]
-        wc = wcol[c_off[t]:c_off[t + 1]]
         fj = fast[f_off[t]:f_off[t + 1]]
         sj = slow[s_off[t]:s_off[t + 1]]
         full = area[t * nbins:(t + 1) * nbins]
@@ -499,6 +496,7 @@ def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # n
             lost[:, :] = 0.0
             for jj in range(sj.size):
                 j = sj[jj]
+                g = s_off[t] + jj
                 for i in range(LANES):
                     rr = vrow[t0 + j] + ddy[i]
                     cc = vcol[t0 + j] + ddx[i]
@@ -506,8 +504,8 @@ def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # n
                         xt[j, i] = frames[r[i], rr * nx + cc]
                     else:
                         xt[j, i] = 0.0
-                        for e in range(cp[j], cp[j + 1]):
-                            lost[i, ri[e]] += wc[e]
+                        for e in range(s_ptr[g], s_ptr[g + 1]):
+                            lost[i, s_bin[e]] += s_w[e]
             for k in range(nbins):
                 lo, hi = ip[k], ip[k + 1]
                 if with_q and q_square and with_j:
@@ -554,14 +552,12 @@ def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, s
     valid : (P,) uint8 ndarray
         1 for a usable (unmasked) detector pixel.
     tables : tuple of ndarray
-        ``(t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata, p_off, colptr, rowidx,
-        wcol, area)``: the tables packed end to end (table ``t``'s touched pixels
-        ``vrow/vcol[t_off[t]:t_off[t+1]]``, its CSR row pointers
-        ``indptr[i_off[t]:i_off[t+1]]`` into its entries ``cindex/wdata[c_off[t]:
-        c_off[t+1]]``; the same entries pixel-major, ``colptr[p_off[t]:p_off[t+1]]`` into
-        ``rowidx/wcol``; its unmasked bin areas ``area[t K:(t+1) K]``). A frame's bin areas
-        are the table's less the weights of its pixels that are off the detector or
-        masked (few: no pass over all the weights).
+        ``(t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata, area)``: the tables
+        packed end to end (table ``t``'s touched pixels ``vrow/vcol[t_off[t]:t_off[t+1]]``,
+        its CSR row pointers ``indptr[i_off[t]:i_off[t+1]]`` into its entries
+        ``cindex/wdata[c_off[t]:c_off[t+1]]``, its unmasked bin areas ``area[t K:(t+1)
+        K]``). A frame's bin areas are the table's less the weights of its pixels that are
+        off the detector or masked (few: no pass over all the weights).
     sdata : ndarray or None
         Shot weights aligned with ``wdata``; None = no ``Q``.
     with_j : bool
@@ -570,9 +566,11 @@ def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, s
         The shot weights are ``wdata**2`` (the counting model per unit gain): formed in
         registers instead of read from ``sdata`` (less memory traffic per table).
     split : tuple of ndarray
-        ``(f_off, fast, s_off, slow)``: per table, its pixels (local indices) that are on
-        an unmasked detector pixel for every frame of the table (``fast[f_off[t]:
-        f_off[t+1]]``, read without checks) and the others (``slow``, checked one by one).
+        ``(f_off, fast, s_off, slow, s_ptr, s_bin, s_w)``: per table, its pixels (local
+        indices) that are on an unmasked detector pixel for every frame of the table
+        (``fast[f_off[t]:f_off[t+1]]``, read without checks) and the others (``slow``,
+        checked one by one), with the bins and weights of slow pixel ``g`` (global index
+        ``s_off[t] + jj``) in ``s_bin/s_w[s_ptr[g]:s_ptr[g+1]]``.
 
     Returns
     -------
@@ -581,18 +579,17 @@ def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, s
         ``with_j``, and last the frame's own bin areas ``A = sum_p w`` over its valid
         pixels.
     """
-    t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata, p_off, colptr, rowidx, wcol, \
-        area = tables
+    t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata, area = tables
     with_q = sdata is not None
     n = frames.shape[0]
     nbins = int(i_off[1] - i_off[0] - 1)
     out = np.empty((2 + with_q + bool(with_j), rows.size, nbins))
     if n and rows.size:
-        f_off, fast, s_off, slow = split
+        f_off, fast, s_off, slow, s_ptr, s_bin, s_w = split
         _descan_kernel(frames, np.asarray(rows, np.int64), table, dy, dx,
                        int(detector_shape[0]), int(detector_shape[1]), valid, t_off, vrow,
                        vcol, i_off, indptr, c_off, cindex, wdata,
-                       wdata if sdata is None else sdata, p_off, colptr, rowidx, wcol, area,
-                       f_off, fast, s_off, slow, out, with_q, bool(with_j),
+                       wdata if sdata is None else sdata, area, f_off, fast, s_off, slow,
+                       s_ptr, s_bin, s_w, out, with_q, bool(with_j),
                        bool(q_square and with_q))
     return out

@@ -766,7 +766,8 @@ class DescanWeights:
     split : tuple of ndarray
         Per table, its pixels that land on an unmasked detector pixel for every frame of
         the table (read without checks) and the others (checked frame by frame; their
-        weights leave the frame's bin areas): ``(f_off, fast, s_off, slow)``.
+        weights leave the frame's bin areas): ``(f_off, fast, s_off, slow, s_ptr, s_bin,
+        s_w)``.
 
     Examples
     --------
@@ -1038,10 +1039,14 @@ def build_descan_weights(
 
 def _split_pixels(tables, geometry, valid, shape):
     """Per table, its pixels that every frame using it finds on an unmasked detector pixel
-    (``fast``) and the others (``slow``), as ``(f_off, fast, s_off, slow)``."""
+    (``fast``) and the others (``slow``, with their weights per bin, which a frame that
+    loses the pixel takes out of its areas): ``(f_off, fast, s_off, slow, s_ptr, s_bin,
+    s_w)``."""
     ny, nx = shape
     ok_pixel = valid.astype(bool)
     fast, slow, f_off, s_off = [], [], [0], [0]
+    s_ptr, s_bin, s_w = [np.zeros(1, np.int64)], [], []
+    n_entries = 0
     for t, w in enumerate(tables):
         r, c = np.divmod(w.touched, w.detector_shape[1])
         shifts = np.unique(geometry[geometry[:, 0] == t, 1:], axis=0)
@@ -1051,19 +1056,28 @@ def _split_pixels(tables, geometry, valid, shape):
         good = on.copy()
         good[on] = ok_pixel[(rr * nx + cc)[on]]
         always = good.all(axis=0) if shifts.size else np.ones(r.size, bool)
+        sj = np.flatnonzero(~always)
         fast.append(np.flatnonzero(always))
-        slow.append(np.flatnonzero(~always))
+        slow.append(sj)
         f_off.append(f_off[-1] + fast[-1].size)
-        s_off.append(s_off[-1] + slow[-1].size)
+        s_off.append(s_off[-1] + sj.size)
+        # The slow pixels' entries (pixel-major): a frame that loses one subtracts them.
+        lo, hi = w.colptr[sj], w.colptr[sj + 1]
+        counts = hi - lo
+        idx = np.repeat(lo - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(counts.sum())
+        s_bin.append(w.rowidx[idx])
+        s_w.append(w.wdata[idx])
+        s_ptr.append(n_entries + np.cumsum(counts))
+        n_entries += int(counts.sum())
     i64 = np.int64
     return (np.asarray(f_off, i64), np.concatenate(fast).astype(i64), np.asarray(s_off, i64),
-            np.concatenate(slow).astype(i64))
+            np.concatenate(slow).astype(i64), np.concatenate(s_ptr).astype(i64),
+            np.concatenate(s_bin).astype(np.int32), np.concatenate(s_w).astype(np.float64))
 
 
 def _pack(tables):
-    parts = {name: [] for name in ("vrow", "vcol", "ind", "cidx", "wd", "cp", "ri", "wc",
-                                   "area")}
-    t_off, i_off, c_off, p_off = [0], [0], [0], [0]
+    parts = {name: [] for name in ("vrow", "vcol", "ind", "cidx", "wd", "area")}
+    t_off, i_off, c_off = [0], [0], [0]
     for w in tables:
         indptr, cindex, data = w.bin_major
         r, col = np.divmod(w.touched, w.detector_shape[1])
@@ -1072,20 +1086,15 @@ def _pack(tables):
         parts["ind"].append(indptr)
         parts["cidx"].append(cindex)
         parts["wd"].append(data)
-        parts["cp"].append(w.colptr)
-        parts["ri"].append(w.rowidx)
-        parts["wc"].append(w.wdata)
         parts["area"].append(w.area)
         t_off.append(t_off[-1] + r.size)
         i_off.append(i_off[-1] + indptr.size)
         c_off.append(c_off[-1] + data.size)
-        p_off.append(p_off[-1] + w.colptr.size)
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     i64 = np.int64
-    return (np.asarray(t_off, i64), cat["vrow"].astype(i64), cat["vcol"].astype(i64),
+    return (np.asarray(t_off, i64), cat["vrow"].astype(np.int32), cat["vcol"].astype(np.int32),
             np.asarray(i_off, i64), cat["ind"].astype(i64), np.asarray(c_off, i64),
-            cat["cidx"].astype(np.int32), cat["wd"].astype(np.float64), np.asarray(p_off, i64),
-            cat["cp"].astype(i64), cat["ri"].astype(i64), cat["wc"].astype(np.float64),
+            cat["cidx"].astype(np.int32), cat["wd"].astype(np.float64),
             cat["area"].astype(np.float64))
 
 
