@@ -202,3 +202,49 @@ def test_eager_signals_run_on_local_threads_even_with_a_client(client):
         lazy = s.as_lazy().get_variance(thickness=thickness, **VARIANCE_KWARGS)
     assert "accumulate_block" in {dask.utils.key_split(t["key"]) for t in stream.data}
     assert_same_variance(lazy, eager)
+
+
+# ------------------------------------------------------------------ descan
+def descan_signal(seed=3):
+    """make_signal with one centre per probe position (a plane descan of ~2 px)."""
+    s, thickness = make_signal(seed)
+    ii, jj = np.mgrid[0 : NAV[0], 0 : NAV[1]]
+    s.calibration.center = np.stack([CENTER[0] + 0.3 * jj, CENTER[1] + 0.25 * ii], -1)
+    return s, thickness
+
+
+DESCAN_KWARGS = dict(VARIANCE_KWARGS, method=["Omega", "r", "re"])
+
+
+def test_descan_weights_embedded_once_in_accumulate_graph(keep_small_chunks):
+    s, _ = descan_signal()
+    w = s._weights(10, radial_range=(2.0, 12.0))
+    assert isinstance(w, I.DescanWeights)
+    darr = da.from_array(s.data, chunks=CHUNKS)
+    delayed = M.accumulate_moments(darr, w, shot_weights=w.squared, methods=["Omega", "r"],
+                                   compute=False)
+    (optimised,) = dask.optimize(delayed)
+    for obj in (delayed, optimised):
+        graph = dict(obj.__dask_graph__())
+        assert len([k for k, v in graph.items() if _embeds(v, I.DescanWeights)]) == 1
+
+
+def test_lazy_descan_variance_on_a_cluster_equals_eager(client, keep_small_chunks):
+    s, thickness = descan_signal()
+    eager = s.get_variance(thickness=thickness, **DESCAN_KWARGS)
+    assert "descan" in eager.metadata.FEM.Calibration
+    with distributed.get_task_stream(client) as stream:
+        lazy = lazy_chunked(s).get_variance(thickness=thickness, **DESCAN_KWARGS)
+    ran = [dask.utils.key_split(t["key"]) for t in stream.data]
+    assert ran.count("accumulate_block") == 6
+    assert_same_variance(lazy, eager)
+
+
+def test_lazy_descan_integral_on_a_cluster_equals_eager(client, keep_small_chunks):
+    s, _ = descan_signal(seed=4)
+    eager = s.get_azimuthal_integral2d(npt=10, npt_azim=16, show_progressbar=False)
+    lazy = lazy_chunked(s).get_azimuthal_integral2d(npt=10, npt_azim=16, show_progressbar=False)
+    with distributed.get_task_stream(client) as stream:
+        data = lazy.data.compute()
+    assert [dask.utils.key_split(t["key"]) for t in stream.data].count("descan_block") == 6
+    np.testing.assert_array_equal(data, eager.data)

@@ -85,12 +85,13 @@ class _Arrays:
         return self.builder.bitcast(self.ptr(a, i, ir.Constant(_I64, 0)), _VEC.as_pointer())
 
 
-def _make_dots(with_q, with_j):
+def _make_dots(with_q, with_j, q_square=False):
     """Intrinsic ``dots(res, xt, cindex, wdata, sdata, start, stop)``: over the non-zeros
     ``[start, stop)`` of one bin, ``res[0] = sum w x``, then ``res[1] = sum s x`` if
     ``with_q``, then ``sum w x^2`` if ``with_j`` (rows of 8 lanes; ``x = xt[cindex[jj]]``).
     Non-zero ``jj`` goes to accumulator ``(jj - start) % _CHAINS``; they are added at the
-    end. No fused multiply-add."""
+    end. No fused multiply-add. ``q_square``: the shot weights are ``w * w``, formed in
+    registers (``sdata`` is not read)."""
     n_out = 1 + with_q + with_j
 
     @intrinsic
@@ -111,7 +112,9 @@ def _make_dots(with_q, with_j):
                 x = builder.load(a.row(1, a.scalar(2, jj)), align=8)
                 w = _splat(builder, a.scalar(3, jj))
                 terms = [builder.fmul(w, x)]
-                if with_q:
+                if with_q and q_square:
+                    terms.append(builder.fmul(builder.fmul(w, w), x))
+                elif with_q:
                     terms.append(builder.fmul(_splat(builder, a.scalar(4, jj)), x))
                 if with_j:
                     terms.append(builder.fmul(w, builder.fmul(x, x)))
@@ -163,6 +166,8 @@ _dots_i = _make_dots(False, False)
 _dots_q = _make_dots(True, False)
 _dots_j = _make_dots(False, True)
 _dots_qj = _make_dots(True, True)
+_dots_q2 = _make_dots(True, False, q_square=True)
+_dots_q2j = _make_dots(True, True, q_square=True)
 
 
 @numba.njit(**_JIT)
@@ -414,3 +419,177 @@ def apply_tiled(frames, touched, indptr, cindex, wdata, scale, out, bad):  # pra
                 z[i] += a[i] * 0.0
         for i in range(nf):
             bad[f0 + i] = z[i] != 0.0
+
+
+# ----------------------------------------------------------------------------- descan
+@numba.njit(**_JIT)
+def _fill_shifted(frames, r, o, vp, fast, xt):  # pragma: no cover
+    """Tile of eight frames ``r`` at the table pixels ``fast`` (each on an unmasked
+    detector pixel for every frame of the table), shifted by ``o``:
+    ``xt[j, i] = frames[r[i], vp[j] + o[i]]``."""
+    for jj in range(fast.size):
+        j = fast[jj]
+        b = vp[j]
+        xt[j, 0] = np.float64(frames[r[0], b + o[0]])
+        xt[j, 1] = np.float64(frames[r[1], b + o[1]])
+        xt[j, 2] = np.float64(frames[r[2], b + o[2]])
+        xt[j, 3] = np.float64(frames[r[3], b + o[3]])
+        xt[j, 4] = np.float64(frames[r[4], b + o[4]])
+        xt[j, 5] = np.float64(frames[r[5], b + o[5]])
+        xt[j, 6] = np.float64(frames[r[6], b + o[6]])
+        xt[j, 7] = np.float64(frames[r[7], b + o[7]])
+
+
+@numba.njit(**_JIT)
+def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # noqa: C901
+                   vcol, i_off, indptr, c_off, cindex, wdata, sdata, area, f_off, fast,
+                   s_off, slow, s_ptr, s_bin, s_w, out, with_q, with_j,
+                   q_square):  # pragma: no cover
+    """:func:`descan_moments` (frames at positions ``rows``, grouped by table)."""
+    n = rows.size
+    nbins = out.shape[2]
+    n_out = out.shape[0]
+    res = np.empty((3, LANES))
+    ddy = np.empty(LANES, np.int64)
+    ddx = np.empty(LANES, np.int64)
+    lost = np.zeros((LANES, nbins))
+    # One tile and index buffer for every table (a fresh large buffer per table costs its
+    # page faults every time).
+    nt_max = 0
+    for t in range(t_off.size - 1):
+        nt_max = max(nt_max, t_off[t + 1] - t_off[t])
+    xt_all = np.empty((nt_max, LANES))
+    vp_all = np.empty(nt_max, np.int64)
+    g0 = 0
+    while g0 < n:
+        t = table[rows[g0]]
+        g1 = g0 + 1
+        while g1 < n and table[rows[g1]] == t:
+            g1 += 1
+        t0, t1 = t_off[t], t_off[t + 1]
+        nt = t1 - t0
+        ip = indptr[i_off[t]:i_off[t + 1]]
+        ci = cindex[c_off[t]:c_off[t + 1]]
+        wd = wdata[c_off[t]:c_off[t + 1]]
+        sd = sdata[c_off[t]:c_off[t + 1]]
+        fj = fast[f_off[t]:f_off[t + 1]]
+        sj = slow[s_off[t]:s_off[t + 1]]
+        full = area[t * nbins:(t + 1) * nbins]
+        vp = vp_all[:nt]
+        for j in range(nt):
+            vp[j] = vrow[t0 + j] * nx + vcol[t0 + j]
+        xt = xt_all[:nt]
+        for f0 in range(g0, g1, LANES):
+            nf = min(LANES, g1 - f0)
+            step = _rows(f0, g1)
+            r = (rows[step[0]], rows[step[1]], rows[step[2]], rows[step[3]],
+                 rows[step[4]], rows[step[5]], rows[step[6]], rows[step[7]])
+            for i in range(LANES):
+                ddy[i] = dy[r[i]]
+                ddx[i] = dx[r[i]]
+            o = (ddy[0] * nx + ddx[0], ddy[1] * nx + ddx[1], ddy[2] * nx + ddx[2],
+                 ddy[3] * nx + ddx[3], ddy[4] * nx + ddx[4], ddy[5] * nx + ddx[5],
+                 ddy[6] * nx + ddx[6], ddy[7] * nx + ddx[7])
+            _fill_shifted(frames, r, o, vp, fj, xt)
+            # The few pixels that some frame of the table finds masked or off the detector:
+            # checked one by one; their weights leave that frame's bin areas.
+            lost[:, :] = 0.0
+            for jj in range(sj.size):
+                j = sj[jj]
+                g = s_off[t] + jj
+                for i in range(LANES):
+                    rr = vrow[t0 + j] + ddy[i]
+                    cc = vcol[t0 + j] + ddx[i]
+                    if rr >= 0 and rr < ny and cc >= 0 and cc < nx and valid[rr * nx + cc]:
+                        xt[j, i] = frames[r[i], rr * nx + cc]
+                    else:
+                        xt[j, i] = 0.0
+                        for e in range(s_ptr[g], s_ptr[g + 1]):
+                            lost[i, s_bin[e]] += s_w[e]
+            for k in range(nbins):
+                lo, hi = ip[k], ip[k + 1]
+                if with_q and q_square and with_j:
+                    _dots_q2j(res, xt, ci, wd, sd, lo, hi)
+                elif with_q and q_square:
+                    _dots_q2(res, xt, ci, wd, sd, lo, hi)
+                elif with_q and with_j:
+                    _dots_qj(res, xt, ci, wd, sd, lo, hi)
+                elif with_q:
+                    _dots_q(res, xt, ci, wd, sd, lo, hi)
+                elif with_j:
+                    _dots_j(res, xt, ci, wd, sd, lo, hi)
+                else:
+                    _dots_i(res, xt, ci, wd, sd, lo, hi)
+                for c in range(n_out - 1):
+                    for i in range(nf):
+                        out[c, f0 + i, k] = res[c, i]
+                for i in range(nf):
+                    a = full[k] - lost[i, k]
+                    # What is left of a wholly lost bin is rounding: exactly 0.
+                    out[n_out - 1, f0 + i, k] = a if a > 1e-9 * full[k] else 0.0
+        g0 = g1
+
+
+def descan_moments(frames, rows, table, dy, dx, detector_shape, valid, tables, split,
+                   sdata=None, with_j=False, q_square=False):
+    """Ring sums of frames that each have their own geometry (descan), one read per frame.
+
+    Every frame uses one of a few *tables*: unmasked pixel-splitting weights on a virtual
+    detector, one per sub-pixel fraction of the centre. The frame's integer shift moves the
+    table's pixel indices onto the detector; entries that leave the detector or fall on an
+    invalid (masked) pixel are dropped. Frames of one table are processed eight at a time.
+
+    Parameters
+    ----------
+    frames : (n, P) ndarray
+    rows : (n,) int64 ndarray
+        Processing order: the frames of one table side by side.
+    table : (n,) int64 ndarray
+        Table of every frame.
+    dy, dx : (n,) int64 ndarray
+        Detector row (column) = table row (column) + ``dy`` (``dx``).
+    detector_shape : (int, int)
+    valid : (P,) uint8 ndarray
+        1 for a usable (unmasked) detector pixel.
+    tables : tuple of ndarray
+        ``(t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata, area)``: the tables
+        packed end to end (table ``t``'s touched pixels ``vrow/vcol[t_off[t]:t_off[t+1]]``,
+        its CSR row pointers ``indptr[i_off[t]:i_off[t+1]]`` into its entries
+        ``cindex/wdata[c_off[t]:c_off[t+1]]``, its unmasked bin areas ``area[t K:(t+1)
+        K]``). A frame's bin areas are the table's less the weights of its pixels that are
+        off the detector or masked (few: no pass over all the weights).
+    sdata : ndarray or None
+        Shot weights aligned with ``wdata``; None = no ``Q``.
+    with_j : bool
+        Also compute ``W D^2``.
+    q_square : bool
+        The shot weights are ``wdata**2`` (the counting model per unit gain): formed in
+        registers instead of read from ``sdata`` (less memory traffic per table).
+    split : tuple of ndarray
+        ``(f_off, fast, s_off, slow, s_ptr, s_bin, s_w)``: per table, its pixels (local
+        indices) that are on an unmasked detector pixel for every frame of the table
+        (``fast[f_off[t]:f_off[t+1]]``, read without checks) and the others (``slow``,
+        checked one by one), with the bins and weights of slow pixel ``g`` (global index
+        ``s_off[t] + jj``) in ``s_bin/s_w[s_ptr[g]:s_ptr[g+1]]``.
+
+    Returns
+    -------
+    (c, n, nbins) ndarray
+        Per frame (in processing order) ``I = W D``, then ``Q`` if ``sdata``, then ``J`` if
+        ``with_j``, and last the frame's own bin areas ``A = sum_p w`` over its valid
+        pixels.
+    """
+    t_off, vrow, vcol, i_off, indptr, c_off, cindex, wdata, area = tables
+    with_q = sdata is not None
+    n = frames.shape[0]
+    nbins = int(i_off[1] - i_off[0] - 1)
+    out = np.empty((2 + with_q + bool(with_j), rows.size, nbins))
+    if n and rows.size:
+        f_off, fast, s_off, slow, s_ptr, s_bin, s_w = split
+        _descan_kernel(frames, np.asarray(rows, np.int64), table, dy, dx,
+                       int(detector_shape[0]), int(detector_shape[1]), valid, t_off, vrow,
+                       vcol, i_off, indptr, c_off, cindex, wdata,
+                       wdata if sdata is None else sdata, area, f_off, fast, s_off, slow,
+                       s_ptr, s_bin, s_w, out, with_q, bool(with_j),
+                       bool(q_square and with_q))
+    return out

@@ -6,6 +6,11 @@ axes and metadata, so copies, slices, ``sum()`` and save/load keep the calibrati
 * ``center`` (x, y) in pixels is stored as the signal axes' offsets
   (``offset = -center * scale``): the calibrated coordinate of a pixel is then its distance
   from the centre, and the axes stay the single source of truth.
+* per-position centres (descan: one (x, y) per probe position, an array of shape
+  navigation shape + ``(2,)``) are stored in ``metadata.Descan.center``, beside the HAADF
+  image's ``metadata.HAADF.intensity``, and follow ``inav``, ``rebin`` (averaged),
+  ``split``, ``transpose`` and save/load like it. The axes' offsets then hold the mean
+  centre, so a reader that knows one centre only (pyxem) sees the scan's mean geometry.
 * ``affine`` (3x3) is stored in ``metadata.General.affine_transformation`` in pyxem's
   form (see :func:`affine_to_stored`), so that pyxem and femlib read the same geometry
   from the same file.
@@ -30,12 +35,15 @@ __all__ = [
     "azimuth_fraction_on_detector",
     "check_affine",
     "check_center",
+    "check_centers",
     "check_mask",
 ]
 
 _AFFINE_KEY = "General.affine_transformation"
 _MASK_KEY = "General.mask"  # pyxem's key
 _LEGACY_MASK_KEY = "General.detector_mask"  # femlib 0.1
+#: Where per-position centres (descan) are stored: navigation shape + (2,), pixels, (x, y).
+DESCAN_KEY = "Descan.center"
 
 
 def check_center(center):
@@ -71,6 +79,76 @@ def check_center(center):
         )
     if not np.all(np.isfinite(c)):
         raise ValueError(f"center must be finite, got {tuple(c.tolist())}")
+    return c
+
+
+def check_centers(centers, navigation_shape, detector_shape):
+    """Validate per-position centres (descan): one (x, y) in pixels per probe position.
+
+    Parameters
+    ----------
+    centers : array_like or HyperSpy signal
+        Shape ``navigation_shape + (2,)`` (array order of the navigation, then x and y in
+        pixels); a signal is read through its ``.data``.
+    navigation_shape : tuple of int
+        The scan's navigation shape in array order (rows, columns of the scan).
+    detector_shape : tuple of 2 ints
+        ``(rows, columns)`` of the detector.
+
+    Returns
+    -------
+    ndarray of float64, shape ``navigation_shape + (2,)``
+
+    Raises
+    ------
+    ValueError
+        If the shape is not ``navigation_shape + (2,)``, a value is not finite, or a centre
+        lies outside the detector (a descan larger than the detector allows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from femlib.calibration import check_centers
+    >>> c = np.zeros((2, 3, 2)) + (31.5, 30.0)
+    >>> check_centers(c, (2, 3), (64, 64)).shape
+    (2, 3, 2)
+    """
+    data = getattr(centers, "data", centers)
+    if hasattr(data, "compute"):
+        data = data.compute()
+    nav = tuple(int(n) for n in navigation_shape)
+    want = nav + (2,)
+    try:
+        c = np.array(data, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"center must be one (x, y) in pixels, or an array of shape {want} (navigation "
+            f"shape + (2,)) with one (x, y) per probe position; got {centers!r}"
+        ) from None
+    if c.shape != want:
+        raise ValueError(
+            f"center must be one (x, y) in pixels, or an array of shape {want} (navigation "
+            f"shape + (2,)) with one (x, y) per probe position; got shape {c.shape}"
+        )
+    bad = ~np.isfinite(c).all(axis=-1)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"center must be finite: {int(bad.sum())} probe position(s) have a NaN or "
+            f"infinite centre, e.g. position {where}"
+        )
+    rows, cols = (int(n) for n in detector_shape)
+    off = (c[..., 0] < -0.5) | (c[..., 0] > cols - 0.5) | (c[..., 1] < -0.5) | (
+        c[..., 1] > rows - 0.5
+    )
+    if off.any():
+        where = tuple(int(i) for i in np.argwhere(off)[0])
+        x, y = c[where]
+        raise ValueError(
+            f"center of position {where} is ({x:.4g}, {y:.4g}) px, outside the detector "
+            f"(x in [-0.5, {cols - 0.5}], y in [-0.5, {rows - 0.5}]): a descan larger than "
+            "the detector allows"
+        )
     return c
 
 
@@ -330,6 +408,16 @@ class Calibration:
     <Calibration center=(9.500, 7.500) px, scale=1 <undefined>, affine=set, mask=set>
     >>> s.isig[2:, 1:15].calibration.mask.shape     # the mask follows the crop
     (14, 18)
+
+    One centre per probe position (descan), navigation shape + (2,):
+
+    >>> centres = np.zeros((2, 3, 2)) + (9.5, 7.5)
+    >>> centres[1, :, 0] += 0.6                     # the second scan row moved right
+    >>> s.calibration.center = centres
+    >>> s.calibration.center.shape, s.inav[2, 1].calibration.center.tolist()
+    ((2, 3, 2), [10.1, 7.5])
+    >>> s.calibration.geometry()["center"]          # the axes hold the mean centre
+    array([9.8, 7.5])
     """
 
     def __init__(self, signal):
@@ -346,12 +434,44 @@ class Calibration:
         return (y.size, x.size)
 
     @property
-    def center(self):
-        """Centre (x, y) in pixels; None sets the detector middle.
+    def _navigation_shape(self):
+        return tuple(self._signal.axes_manager._navigation_shape_in_array)
 
-        Stored as the signal axes' offsets, so the calibrated coordinate of a pixel is its
-        distance from the centre.
+    @property
+    def centers(self):
+        """Per-position centres, navigation shape + ``(2,)`` (x, y pixels), or None.
+
+        None when one centre serves every position (no descan), including when the stored
+        array no longer matches the navigation shape (e.g. after ``s.sum()``, whose
+        single pattern keeps the mean centre in its axes).
         """
+        value = self._signal.metadata.get_item(DESCAN_KEY)
+        if value is None:
+            return None
+        data = getattr(value, "data", value)
+        if hasattr(data, "compute"):
+            data = data.compute()
+        c = np.asarray(data, dtype=float)
+        if c.shape != self._navigation_shape + (2,):
+            return None
+        return c.copy()
+
+    @property
+    def center(self):
+        """Centre (x, y) in pixels, or one per probe position (descan); None sets the
+        detector middle.
+
+        One centre is stored as the signal axes' offsets, so the calibrated coordinate of a
+        pixel is its distance from the centre. Per-position centres (an array of shape
+        navigation shape + ``(2,)``, or a signal holding one, e.g. from ``find_centers``)
+        are stored in ``metadata.Descan.center`` and follow ``inav``/``rebin``/save/load
+        like the HAADF image; the axes' offsets then hold their mean. Reading returns what
+        was set: the (2,) centre, or the per-position array. Setting per-position centres
+        that are all equal stores the single centre (exactly today's geometry).
+        """
+        c = self.centers
+        if c is not None:
+            return c
         x, y = self._axes
         return np.array([-x.offset / x.scale, -y.offset / y.scale])
 
@@ -360,9 +480,29 @@ class Calibration:
         if value is None:
             ny, nx = self.detector_shape
             value = ((nx - 1) / 2, (ny - 1) / 2)
-        c = check_center(value)
+        data = getattr(value, "data", value)
+        if hasattr(data, "compute"):
+            data = data.compute()
+        if np.ndim(data) > 1:
+            per = check_centers(data, self._navigation_shape, self.detector_shape)
+            flat = per.reshape(-1, 2)
+            if flat.shape[0] and np.all(flat == flat[0]):
+                c = flat[0].copy()  # one centre for all: the single-centre path
+                per = None
+            else:
+                c = flat.mean(axis=0)
+        else:
+            c = check_center(data)
+            per = None
+        md = self._signal.metadata
+        if md.has_item(DESCAN_KEY):
+            md.Descan.__delattr__("center")
+            if not md.Descan.keys():
+                md.__delattr__("Descan")
         for axis, ci in zip(self._axes, c, strict=True):
             axis.offset = -ci * axis.scale
+        if per is not None:
+            md.set_item(DESCAN_KEY, per)
 
     @property
     def affine(self):
@@ -453,10 +593,15 @@ class Calibration:
             raise ValueError(f"scale must be a positive finite number, got {value!r}") from None
         if not np.isfinite(value) or value <= 0:
             raise ValueError(f"scale must be a positive finite number, got {value}")
-        center = self.center
+        center = self._mean_center()
         for axis in self._axes:
             axis.scale = value
-        self.center = center
+        for axis, ci in zip(self._axes, center, strict=True):
+            axis.offset = -ci * axis.scale
+
+    def _mean_center(self):
+        x, y = self._axes
+        return np.array([-x.offset / x.scale, -y.offset / y.scale])
 
     @property
     def units(self):
@@ -480,8 +625,10 @@ class Calibration:
         Returns
         -------
         dict
-            ``detector_shape``, ``center`` (x, y pixels), ``affine`` (3x3 or None),
-            ``scale`` (x, y), ``mask`` (bool array or None).
+            ``detector_shape``, ``center`` (x, y pixels: the one centre, or the mean of the
+            per-position centres), ``centers`` (``(N, 2)`` per-position centres in flat
+            navigation order, or None when one centre serves every position), ``affine``
+            (3x3 or None), ``scale`` (x, y), ``mask`` (bool array or None).
 
         Raises
         ------
@@ -493,18 +640,23 @@ class Calibration:
         scale = (float(x.scale), float(y.scale))
         if not all(np.isfinite(scale)) or 0 in scale:
             raise ValueError(f"signal axes scale must be finite and non-zero, got {scale}")
+        centers = self.centers
+        if centers is not None:
+            centers = check_centers(centers, self._navigation_shape, self.detector_shape)
         return {
             "detector_shape": self.detector_shape,
-            "center": check_center(self.center),
+            "center": check_center(self._mean_center()),
+            "centers": None if centers is None else centers.reshape(-1, 2),
             "affine": self.affine,
             "scale": scale,
             "mask": self.mask if mask is None else check_mask(mask, self.detector_shape),
         }
 
     def __repr__(self):
-        c = self.center
+        c = self._mean_center()
+        per = " (mean of per-position centres)" if self.centers is not None else ""
         return (
-            f"<Calibration center=({c[0]:.3f}, {c[1]:.3f}) px, scale={self.scale:g} "
+            f"<Calibration center=({c[0]:.3f}, {c[1]:.3f}) px{per}, scale={self.scale:g} "
             f"{self.units}, affine={'set' if self.affine is not None else 'identity'}, "
             f"mask={'set' if self.mask is not None else 'none'}>"
         )

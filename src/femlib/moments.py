@@ -102,6 +102,12 @@ class Moments:
     squares: bool = True
     shot: bool = False
     ratio: bool = False
+    #: Frames left out because a bin had no unmasked pixel around their own centre
+    #: (descan only).
+    n_uncovered: int = 0
+    #: Whether the columns are per-frame ring *means* (descan: ``I/A_n``, ``Q/A_n^2``,
+    #: ``J/A_n`` with each frame's own areas); the estimators then take ``A = 1``.
+    per_frame_area: bool = False
 
     @property
     def n_frames(self):
@@ -240,6 +246,46 @@ def _shot_data(weights, shot_weights):
     return out[weights.bin_major_order[2]]
 
 
+def _table_tasks(table, n_tasks):
+    """Frames split into ``n_tasks`` sets of about equal size, cut between tables where
+    possible: frame indices sorted by table, one array per task."""
+    order = np.argsort(table, kind="stable")
+    n = order.size
+    if n_tasks <= 1 or n == 0:
+        return [order]
+    sorted_t = table[order]
+    cuts = [0]
+    for i in range(1, n_tasks):
+        at = int(round(i * n / n_tasks))
+        # Move the cut to the nearest table boundary within half a task.
+        lo = np.searchsorted(sorted_t, sorted_t[min(at, n - 1)], side="left")
+        hi = np.searchsorted(sorted_t, sorted_t[min(at, n - 1)], side="right")
+        best = lo if at - lo <= hi - at else hi
+        cuts.append(best if abs(best - at) <= n / (2 * n_tasks) else at)
+    cuts.append(n)
+    cuts = sorted(set(cuts))
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def _descan_shot_data(dweights, shot_weights):
+    """Shot weights for descan weights: None, or one value per packed weight (e.g.
+    ``dweights.squared``, or ``dweights.pack_shot(...)`` of a noise model)."""
+    if shot_weights is None:
+        return None
+    if shot_weights is dweights.squared:
+        return "W**2"  # formed in the kernel's registers: nothing to ship or read
+    s = np.asarray(shot_weights, dtype=np.float64)
+    if s.shape != dweights.packed[7].shape:
+        raise ValueError(
+            "shot_weights for descan weights must hold one value per packed weight "
+            f"(shape {dweights.packed[7].shape}: dweights.squared or dweights.pack_shot), "
+            f"got shape {s.shape}"
+        )
+    if not np.all(np.isfinite(s)):
+        raise ValueError("shot_weights must be finite")
+    return s
+
+
 def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
                squares=True, *, shot_weights=None, ratio=False, pixel_means=None):
     """Moments of one chunk of frames (one read of the chunk).
@@ -333,6 +379,19 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
             if plan.ratio:
                 cols.append(_Y)
                 per_frame.append(sums[1] * inv * inv / weights.area**2)
+    mean, m2 = _state_means(states, count, cols, per_frame, nstates, k)
+    pix_mean = pix_m2 = None
+    if plan.pixel_means:
+        safe = np.maximum(count, 1.0)[:, None]
+        pix_mean = pixsum / safe
+        if plan.pixel_squares:
+            pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
+    return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
+                   n_nonfinite, plan.squares, shot, plan.ratio)
+
+
+def _state_means(states, count, cols, per_frame, nstates, k):
+    """Per-state means of the per-frame columns and the centred sum of squares of ``I``."""
     mean = np.zeros((nstates, len(COLUMNS), k))
     m2 = np.zeros((nstates, k))
     # Per-state sums over frames sorted by state (reduceat: no Python loop over states, and
@@ -351,14 +410,60 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
             if c == _I:
                 dev = x - np.repeat(mean[present, _I], sizes, axis=0)
                 m2[present] = np.add.reduceat(dev * dev, starts, axis=0)
-    pix_mean = pix_m2 = None
-    if plan.pixel_means:
-        safe = np.maximum(count, 1.0)[:, None]
-        pix_mean = pixsum / safe
-        if plan.pixel_squares:
-            pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
-    return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
-                   n_nonfinite, plan.squares, shot, plan.ratio)
+    return mean, m2
+
+
+def _accumulate_descan_chunk(frames, states, geometry, dweights, sdata, plan, rows=None):
+    """:func:`_accumulate_chunk` for frames with their own centres (descan): the columns
+    are per-frame ring means with each frame's own bin areas (module docstring).
+
+    ``rows``: the frames to take (default all); eager data passes the whole array and,
+    per task, the frames of a few tables, so that each table serves many frames.
+    """
+    from femlib.integration import _descan_sums
+
+    flat = as_native_frames(frames, dweights.detector_shape)
+    states = np.asarray(states, dtype=np.int64).ravel()
+    geometry = np.asarray(geometry, np.int64).reshape(-1, 3)
+    if states.size != flat.shape[0] or geometry.shape[0] != flat.shape[0]:
+        raise ValueError(f"states/geometry have {states.size}/{geometry.shape[0]} entries "
+                         f"for {flat.shape[0]} frames")
+    nstates = plan.n_groups * plan.n_blocks
+    k = dweights.npt
+    shot = sdata is not None
+    # Only the frames that count, grouped by table for the kernel; the state means do not
+    # depend on the order.
+    rows = np.arange(flat.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    keep = rows[states[rows] >= 0]
+    keep = keep[np.argsort(geometry[keep, 0], kind="stable")]
+    sums, _ = _descan_sums(flat, dweights, geometry, sdata, plan.squares, rows=keep)
+    kept_states = states[keep]
+    area = sums[-1]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        nonfinite = ~np.isfinite(sums[:-1]).all(axis=(0, 2))
+        uncovered = ~(area > 0).all(axis=1) & ~nonfinite
+        kept_states = np.where(nonfinite | uncovered, -1, kept_states)
+        ring = sums[0]
+        inv_a = 1.0 / area
+        cols, per_frame = [_I], [ring * inv_a]
+        if shot:
+            cols.append(_Q)
+            per_frame.append(sums[1] * inv_a * inv_a)
+        if plan.squares or plan.ratio:
+            inv = np.where(ring > 0, area / ring, np.nan)  # A_n / I
+            if plan.squares:
+                j = sums[2 if shot else 1]
+                cols += [_J, _U, _V]
+                per_frame += [j * inv_a, j * inv * inv * inv_a, inv]
+            if plan.ratio:
+                cols.append(_Y)
+                per_frame.append(sums[1] * inv * inv * inv_a * inv_a)
+    good = kept_states >= 0
+    count = np.bincount(kept_states[good], minlength=nstates).astype(float)
+    mean, m2 = _state_means(kept_states, count, cols, per_frame, nstates, k)
+    return Moments(count, mean, m2, None, None, plan.n_groups, plan.n_blocks,
+                   int(nonfinite.sum()), plan.squares, shot, plan.ratio,
+                   int(uncovered.sum()), True)
 
 
 # ----------------------------------------------------------------------------- merging
@@ -394,6 +499,7 @@ def merge(a, b):
     return Moments(
         n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
         a.squares and b.squares, a.shot and b.shot, a.ratio and b.ratio,
+        a.n_uncovered + b.n_uncovered, a.per_frame_area and b.per_frame_area,
     )
 
 
@@ -411,18 +517,27 @@ def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
 
 
 # ----------------------------------------------------------------------------- the pass
-def _accumulate_block(frames, states, weights, sdata, plan):
+def _accumulate_block(frames, states, weights, sdata, plan, geometry=None, rows=None):
+    if geometry is not None:
+        return _accumulate_descan_chunk(frames, states, geometry, weights, sdata, plan, rows)
     return _accumulate_chunk(frames, states, weights, sdata, plan)
 
 
-def _accumulate_tree(frames, states, weights, sdata, plan):
-    """One dask task per block of frames, their moments merged pairwise as a tree."""
+def _accumulate_tree(frames, states, weights, sdata, plan, geometry=None, rows=None):
+    """One dask task per block of frames, their moments merged pairwise as a tree
+    (``geometry``: per block, the frames' descan geometry rows; ``rows``: per block, the
+    frames of the block to take)."""
     import dask
 
-    shared = dask.delayed(weights, pure=True)
-    shot = None if sdata is None else dask.delayed(sdata, pure=True)
+    shared = dask.delayed(weights, pure=True, traverse=False)
+    # Not hashed (pure=False): descan shot weights run to megabytes, and the graph is new on
+    # every call anyway.
+    shot = None if sdata is None else dask.delayed(sdata, pure=False, traverse=False)
     part = dask.delayed(_accumulate_block, pure=False)
-    parts = [part(f, s, shared, shot, plan) for f, s in zip(frames, states, strict=True)]
+    geometry = [None] * len(frames) if geometry is None else geometry
+    rows = [None] * len(frames) if rows is None else rows
+    parts = [part(f, s, shared, shot, plan, g, r)
+             for f, s, g, r in zip(frames, states, geometry, rows, strict=True)]
     combine = dask.delayed(merge, pure=True)
     while len(parts) > 1:
         nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
@@ -469,8 +584,10 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
     ----------
     frames : ndarray or dask.array.Array, shape (..., rows, columns)
         Any real dtype and byte order.
-    weights : femlib.integration.AzimuthalWeights
-        Radial weights ``W`` (K bins).
+    weights : femlib.integration.AzimuthalWeights or DescanWeights
+        Radial weights ``W`` (K bins), or per-frame weights of a descan
+        (:func:`femlib.integration.build_descan_weights`; then only ``Omega``, ``r``,
+        ``re``, and ``shot_weights`` packed as ``weights.squared``).
     labels : int array_like of shape ``frames.shape[:-2]`` (or flat) or None
         Group label per frame, ``-1`` = left out (e.g. thickness bins, navigation mask,
         scan tiles). None: every frame in group 0.
@@ -518,8 +635,21 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
     """
     import dask
 
+    from femlib.integration import DescanWeights
+
+    descan = isinstance(weights, DescanWeights)
     need = needs(methods, shot_weights is not None)
-    sdata = _shot_data(weights, shot_weights)
+    if descan:
+        if need["pixel_squares"]:
+            raise ValueError(
+                "method VImage needs per-pixel sums over the frames, which per-frame "
+                "centres (descan) do not keep (the pixels move with the centre): use Omega, "
+                "r or re"
+            )
+        need["pixel_means"] = False  # no ring non-uniformity of r and re with descan
+        sdata = _descan_shot_data(weights, shot_weights)
+    else:
+        sdata = _shot_data(weights, shot_weights)
     nav = tuple(np.shape(frames)[:-2])
     blocks, nav_chunks, lazy = _blocks(frames, block_bytes)
     n_frames = int(np.prod(nav))
@@ -537,16 +667,34 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
     if n_groups is None:
         n_groups = max(int(flat_labels.max(initial=-1)) + 1, 1)
     states = frame_states(n_frames, flat_labels, n_groups, n_blocks)
+    gblocks = None
+    if descan and weights.n_frames != n_frames:
+        raise ValueError(f"the descan weights have {weights.n_frames} frame geometries for "
+                         f"{n_frames} frames")
     if lazy:
         import dask.array as da
 
         sblocks = da.from_array(states.reshape(nav), chunks=nav_chunks).to_delayed().ravel()
+        if descan:
+            gblocks = list(da.from_array(weights.frame_geometry.reshape(nav + (3,)),
+                                         chunks=nav_chunks + ((3,),)).to_delayed().ravel())
     else:
         bounds = np.cumsum((0,) + nav_chunks[0])
         sblocks = [states[i:j] for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
+    rblocks = None
+    if descan and not lazy:
+        # Eager descan: as many tasks as blocks, but each takes the frames of a few tables
+        # from the whole array (no copy), so that each table's weights serve many frames.
+        # One (N, rows, columns) view when possible (a single copy otherwise).
+        whole = as_native_frames(frames, weights.detector_shape).reshape(
+            (-1,) + tuple(weights.detector_shape))
+        rblocks = _table_tasks(weights.frame_geometry[:, 0], len(blocks))
+        blocks = [whole] * len(rblocks)
+        sblocks = [states] * len(rblocks)
+        gblocks = [weights.frame_geometry] * len(rblocks)
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
                  need["pixel_squares"])
-    work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan)
+    work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan, gblocks, rblocks)
     if not compute:
         return work
     (result,) = dask.compute(work, scheduler=None if lazy else "threads")

@@ -7,7 +7,9 @@ Two kinds of metadata are tied to the shape of a :class:`FEMDiffraction2D`:
 * **navigation-shaped items**: any numpy array, or HyperSpy signal, stored under
   ``metadata`` (outside ``General``, ``Signal``, ``_HyperSpy`` and ``Markers``) whose
   shape is the navigation shape, e.g. ``metadata.HAADF.intensity``: one value per probe
-  position.
+  position; or the navigation shape + ``(2,)``, e.g. the per-position centres of a descan
+  (``metadata.Descan.center``): one (x, y) per probe position, each component carried
+  like a navigation-shaped item.
 
 HyperSpy deep-copies the metadata into the result of ``isig``/``inav``, ``split``,
 ``crop``, ``rebin``, ``transpose``, ``swap_axes`` and ``rollaxis`` but does not reshape
@@ -130,7 +132,7 @@ class _State:
             for path, value in _walk(md[top], top + "."):
                 data = value.data if isinstance(value, BaseSignal) else value
                 if isinstance(data, np.ndarray) or hasattr(data, "dask"):
-                    if tuple(data.shape) == self.nav_shape:
+                    if tuple(data.shape) in (self.nav_shape, self.nav_shape + (2,)):
                         self.items.append((path, value))
 
     def carry(self, result, plan, stacklevel=3):
@@ -149,7 +151,7 @@ class _State:
                 dropped.append(path)
         for path, value in self.items:
             data = _values(value)
-            new, dims = _remap(data, self.nav_dims, plan, "any" if data.dtype == bool else "mean")
+            new, dims = _remap_item(data, self.nav_dims, self.nav_shape, plan)
             if dims is None or dims != new_nav:
                 _delete(md, (path,))
                 dropped.append(path)
@@ -162,6 +164,18 @@ class _State:
                 UserWarning,
                 stacklevel=stacklevel + 1,
             )
+
+
+def _remap_item(data, nav_dims, nav_shape, plan):
+    """:func:`_remap` of a navigation item; an item of shape nav + (2,) (per-position
+    (x, y) pairs) component by component."""
+    how = "any" if data.dtype == bool else "mean"
+    if data.shape == tuple(nav_shape):
+        return _remap(data, nav_dims, plan, how)
+    parts = [_remap(data[..., i], nav_dims, plan, how) for i in range(data.shape[-1])]
+    if parts[0][1] is None:
+        return None, None
+    return np.stack([p[0] for p in parts], axis=-1), parts[0][1]
 
 
 def _delete(md, paths):
@@ -182,6 +196,8 @@ def _like(original, data, result):
         for ax in result.axes_manager._axes
         if ax.navigate
     ]
+    if axes and np.ndim(data) != len(axes):  # e.g. (x, y) pairs: kept as an array
+        return data
     kwargs = {"axes": axes} if axes else {}
     new = BaseSignal(
         np.atleast_1d(data) if not axes else data,
@@ -206,8 +222,11 @@ def take_positions(source, result, positions):
     positions : 1D array of int
     """
     state = _State(source)
+    n = int(np.prod(state.nav_shape))
     for path, value in state.items:
-        data = _values(value).reshape(-1)[np.asarray(positions, dtype=np.int64)]
+        data = _values(value)
+        data = data.reshape((n,) + data.shape[len(state.nav_shape):])
+        data = data[np.asarray(positions, dtype=np.int64)]
         result.metadata.set_item(path, _like(value, data, result))
 
 

@@ -1,6 +1,7 @@
 """``FEMDiffraction2D``: a stack of nanobeam diffraction patterns (4D-STEM)."""
 
 import copy
+import types
 import warnings
 
 import numpy as np
@@ -30,6 +31,29 @@ _BLOCK_BYTES = 64 * 2**20
 def _integrate_rows(frames, weights, mean, dtype, out):
     """Integrate a block into its rows of ``out``; the number of non-finite frames."""
     return int(integration._apply(frames, weights, mean=mean, dtype=dtype, out=out)[1].sum())
+
+
+def _integrate_descan_rows(frames, weights, geometry, mean, dtype, out):
+    """:func:`_integrate_rows` with every frame at its own centre (descan)."""
+    _, bad = integration._apply_descan(frames, weights, geometry, mean=mean, dtype=dtype,
+                                       out=out)
+    return int(bad.sum())
+
+
+def _descan_metadata(w):
+    """What a result records of the per-position centres it was computed with."""
+    c = w.centers
+    mean = c.mean(axis=0)
+    err_max, err_rms = w.rounding_error
+    return {
+        "per_position_centres": True,
+        "mean_center": mean,
+        "max_displacement": float(np.hypot(*(c - mean).T).max()),
+        "subpixel": int(w.subpixel),
+        "rounding_error_max": err_max,
+        "rounding_error_rms": err_rms,
+        "n_tables": len(w.tables),
+    }
 
 
 def _frame_blocks(n_frames, frame_bytes):
@@ -68,6 +92,21 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         less than half of the azimuths of the radial range lie on the detector.
         """
         geo = self.calibration.geometry(mask=mask)
+        if geo["centers"] is not None:
+            # Descan: every pattern at its own centre, the mask fixed on the detector.
+            weights = integration.build_descan_weights(
+                geo["detector_shape"],
+                geo["centers"],
+                affine=geo["affine"],
+                scale=geo["scale"],
+                npt=npt,
+                npt_azim=npt_azim,
+                radial_range=radial_range,
+                azimuth_range=azimuth_range,
+                mask=geo["mask"],
+            )
+            _warn_off_detector(geo, weights.reference)
+            return weights
         weights = integration.build_weights(
             geo["detector_shape"],
             geo["center"],
@@ -107,7 +146,11 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
     def _integrate(self, weights, mean, dtype, show_progressbar):
         """Weighted sums (or means) of every frame: lazy for lazy data; for eager data one
         dask task per block on the threaded scheduler, each writing its rows of the output."""
+        descan = isinstance(weights, integration.DescanWeights)
         if self._lazy:
+            if descan:
+                return integration.integrate_descan_dask(self.data, weights, mean=mean,
+                                                         dtype=dtype)
             return integration.integrate_dask(self.data, weights, mean=mean, dtype=dtype)
         import dask
 
@@ -115,11 +158,15 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         frames = self.data.reshape((-1,) + self.data.shape[-2:])
         tail = (weights.npt,) if weights.npt_azim == 1 else (weights.npt, weights.npt_azim)
         out = np.empty((frames.shape[0], int(np.prod(tail))), dtype=dtype)
-        task = dask.delayed(_integrate_rows, pure=False)
-        tasks = [
-            task(frames[b], weights, mean, dtype, out[b])
-            for b in _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
-        ]
+        blocks = _frame_blocks(frames.shape[0], frames[0].nbytes if len(frames) else 1)
+        if descan:
+            task = dask.delayed(_integrate_descan_rows, pure=False)
+            shared = dask.delayed(weights, pure=True, traverse=False)
+            tasks = [task(frames[b], shared, weights.frame_geometry[b], mean, dtype, out[b])
+                     for b in blocks]
+        else:
+            task = dask.delayed(_integrate_rows, pure=False)
+            tasks = [task(frames[b], weights, mean, dtype, out[b]) for b in blocks]
         n_bad = sum(_compute(tasks, show_progressbar, scheduler="threads"))
         if n_bad:
             warnings.warn(
@@ -158,6 +205,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             },
             "coverage": w.coverage.reshape(w.npt, w.npt_azim) if polar else w.coverage.copy(),
         }
+        if isinstance(w, integration.DescanWeights):
+            fem["Integration"]["descan"] = _descan_metadata(w)
         if polar:
             axes.append(
                 {
@@ -228,6 +277,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         ------
         ValueError
             For ``npt < 1``, reversed or out-of-detector ranges, a mask of the wrong shape.
+
+        Notes
+        -----
+        With per-position centres (descan) every pattern is transformed around its own
+        centre (exact pixel splitting, the mask fixed on the detector);
+        ``metadata.FEM.coverage`` is then that of the mean centre, and
+        ``metadata.FEM.Integration.descan`` records the rounding of the centres.
 
         Examples
         --------
@@ -466,7 +522,18 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         ValueError
             Unknown method, ``gain <= 0``, both ``gain`` and ``noise``, a mask or thickness
             of the wrong shape, a ring with no unmasked pixel, fewer than two usable
-            patterns.
+            patterns. With per-position centres (descan): ``VImage`` or
+            ``subtract_nonuniformity``, a radial range that leaves the detector around some
+            position's centre, a ring with no unmasked pixel around some position's centre.
+
+        Notes
+        -----
+        With per-position centres (``s.calibration.center`` of shape navigation shape +
+        ``(2,)``) every pattern is integrated around its own centre with the same exact
+        pixel splitting, the mask fixed on the detector, and the estimators use each
+        pattern's own ring areas; ``metadata.FEM.Calibration.descan`` records the rounding
+        of the centres (see the geometry page of the user guide). ``VImage`` and the ring
+        non-uniformity are then not available.
 
         References
         ----------
@@ -496,15 +563,23 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 f"subtract_nonuniformity must be True or False, got {subtract_nonuniformity!r}"
             )
         w = self._weights(npt, 1, radial_range, None, mask)
+        descan = isinstance(w, integration.DescanWeights)
+        if descan:
+            _check_descan_methods(methods, subtract_nonuniformity)
         _check_no_empty_bins(w)
         labels, n_groups, edges, layout = self._group_labels(
             thickness, bins, navigation_mask, groups, tiles
         )
         # The counting model accumulates Q = W^2 D and estimate() multiplies by the gain; a
         # noise model's shot weights are in detector units and its k0 enters the estimators.
-        shot = None if gain is None and noise is None else (
-            w.squared if noise is None else noise.shot_weights(w)
-        )
+        if gain is None and noise is None:
+            shot = None
+        elif descan:
+            # Per sub-pixel table (unmasked): see deviations, descan and noise models.
+            shot = w.squared if noise is None else w.pack_shot(
+                [noise.shot_weights(t) for t in w.tables])
+        else:
+            shot = w.squared if noise is None else noise.shot_weights(w)
         work = _moments.accumulate_moments(
             self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
             compute=False,
@@ -518,6 +593,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 UserWarning,
                 stacklevel=2,
             )
+        if moments.n_uncovered:
+            raise ValueError(
+                f"for {moments.n_uncovered} probe position(s) a radial bin has no unmasked "
+                "pixel on the detector around the position's own centre (s.calibration."
+                "center, per-position centres): narrow radial_range, use fewer bins (npt), "
+                "check the mask, or leave those positions out with navigation_mask"
+            )
         if moments.n_frames < 2:
             raise ValueError(
                 f"only {moments.n_frames} usable pattern(s) (after navigation_mask, thickness "
@@ -530,8 +612,12 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                     f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
                     "use fewer or wider bins"
                 )
+        # Descan moments hold per-frame ring means (each frame's own bin areas): the
+        # estimators then take unit areas (femlib.moments, descan).
+        est_w = types.SimpleNamespace(area=np.ones(w.npt), matrix=None, touched=None) if (
+            descan) else w
         res = _variance.estimate(
-            moments, w, methods, gain, k0=None if noise is None else float(noise.k0),
+            moments, est_w, methods, gain, k0=None if noise is None else float(noise.k0),
             subtract_nonuniformity=subtract_nonuniformity,
         )
         _variance.warn_undefined(res, w.radial_centers)
@@ -604,10 +690,12 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             "radial_range": tuple(float(x) for x in w.radial_edges[[0, -1]]),
             "number_of_patterns": int(res["counts"][res["used_groups"]].sum()),
             "Calibration": {
-                "center": self.calibration.center,
+                "center": self.calibration._mean_center(),
                 "affine": np.eye(3) if self.calibration.affine is None else self.calibration.affine,
             },
         }
+        if isinstance(w, integration.DescanWeights):
+            fem["Calibration"]["descan"] = _descan_metadata(w)
         if layout is not None:
             return self._grouped_variance_signal(res, w, methods, fem, edges, layout)
         v, se = res["variance"], res["standard_error"]  # (G, M, K)
@@ -773,6 +861,23 @@ def _store_nonuniformity(result, res, binned, subtracted):
     else:
         fem.ring_nonuniformity = fem.ring_nonuniformity[0]
         fem.ring_nonuniformity_standard_error = fem.ring_nonuniformity_standard_error[0]
+
+
+def _check_descan_methods(methods, subtract_nonuniformity):
+    """With per-position centres: VImage and the ring non-uniformity are unavailable."""
+    if "VImage" in methods:
+        raise ValueError(
+            "method 'VImage' is not available with per-position centres (descan, "
+            "s.calibration.center of shape navigation shape + (2,)): its per-pixel means "
+            "over the scan would mix pixels at different distances from the centre. Use "
+            "Omega, r or re, or set one centre (x, y)"
+        )
+    if subtract_nonuniformity and {"r", "re"} & set(methods):
+        raise ValueError(
+            "subtract_nonuniformity is not available with per-position centres (descan): "
+            "the ring non-uniformity needs the per-pixel mean pattern, whose pixels move "
+            "with the centre. Pass subtract_nonuniformity=False, or set one centre (x, y)"
+        )
 
 
 def _check_noise(gain, noise):
