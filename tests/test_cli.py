@@ -415,7 +415,7 @@ def bad_files(tmp_path_factory):
         (["--black-level", "3"], "--black-level only applies with --thickness-bins"),
         (["good.hspy", "--thickness-bins", "2"], "needs --black-level and --slope"),
         (["no_haadf.hspy", "--thickness-bins", "2", "--black-level", "0", "--slope", "1"],
-         "--thickness-bins needs a HAADF image in metadata.HAADF.intensity"),
+         "--thickness-bins needs a HAADF image: in metadata.HAADF.intensity or from --haadf"),
         (["--thickness-bins", "2", "--black-level", "inf"],
          "argument --black-level: must be finite"),
         (["--num-points", "2"], "argument --num-points: must be >= 5"),
@@ -486,12 +486,13 @@ def test_bad_combination_exits_2_before_any_work(args, message, bad_files, capsy
     """Contradicting options fail in the argument checks, before anything is read: run
     in-process (the same ``main`` as the console script; a subprocess would only add its
     start-up time), with the file-reading steps made to fail loudly if reached."""
-    from femlib import cli
+    from femlib import cli, workflow
 
     def reached(*_args, **_kwargs):
         raise AssertionError("the data were read before the options were checked")
 
-    monkeypatch.setattr(cli, "_load", reached)
+    monkeypatch.setattr(workflow, "load", reached)
+    monkeypatch.setattr(workflow, "_synthetic", reached)
     monkeypatch.chdir(bad_files)
     out = bad_files / "never_created"
     assert cli.main(["fem", *args, "--out", str(out)]) == 2
@@ -520,12 +521,12 @@ def test_bad_noise_input_exits_2_before_the_scan_is_read(args, message, bad_file
                                                          monkeypatch):
     """Bad flat-field files and annuli, found once the (small synthetic) scan is loaded,
     before the ring is fitted: in-process, as above."""
-    from femlib import cli
+    from femlib import cli, workflow
 
     def reached(*_args, **_kwargs):
         raise AssertionError("the ring was fitted before the noise input was checked")
 
-    monkeypatch.setattr(cli, "_calibrate", reached)
+    monkeypatch.setattr(workflow, "_calibrate", reached)
     monkeypatch.chdir(bad_files)
     out = bad_files / "never_created"
     argv = ["fem", *args, "--synthetic-shape", "2", "2", "--quiet", "--out", str(out)]
