@@ -155,7 +155,8 @@ def test_ellipse_errors_name_the_cli_options():
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("blosc decompression failed"),
-                                 OSError("Can't read data (inflate() failed)")])
+                                 OSError("Can't read data (inflate() failed)"),
+                                 ValueError("destination buffer too small")])
 def test_reader_failure_mid_pass_is_one_usage_error(exc):
     def fail():
         raise exc
@@ -165,6 +166,21 @@ def test_reader_failure_mid_pass_is_one_usage_error(exc):
         workflow._reading(Path("scan.zspy"), fail)
     with pytest.raises(type(exc)):  # the synthetic dataset has no reader: a bug, shown
         workflow._reading(None, fail)
+
+
+def test_femlib_diagnosis_mid_pass_is_not_a_read_error():
+    def diagnose():
+        workflow._check_pair((1.0, 2.0, 3.0), "--x")  # a femlib ValueError (UsageError)
+
+    with pytest.raises(UsageError, match="--x takes no value or two radii"):
+        workflow._reading(Path("scan.zspy"), diagnose)
+
+    def femlib_value_error():
+        femlib.variance.check_gain(-1.0)
+
+    with pytest.raises(ValueError) as info:
+        workflow._reading(Path("scan.zspy"), femlib_value_error)
+    assert not isinstance(info.value, UsageError)
 
 
 # --- files ----------------------------------------------------------------------------

@@ -924,14 +924,31 @@ def _odd_input_warnings(opts, s):
             )
 
 
+def _raised_by_femlib(exc):
+    """Whether the innermost frame of the exception's traceback is femlib's own code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(
+        "femlib")
+
+
 def _reading(path, compute):
-    """Run a pass over the data; an exception of the reader (a codec's RuntimeError, a
-    corrupt HDF5 chunk) found only now is bad input for a file, reported in one line."""
+    """Run a pass over the data; an exception of the reader (a codec's RuntimeError or
+    ValueError, a corrupt HDF5 chunk) found only now is bad input for a file, reported in
+    one line. femlib's own ValueError/TypeError (a diagnosis of the input) pass as they
+    are."""
     if path is None:
         return compute()
     try:
         return compute()
-    except (ValueError, TypeError, MemoryError):
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:
+        if _raised_by_femlib(exc):
+            raise
+        raise UsageError(f"cannot read the patterns in {path} ({_reason(exc)})") from None
+    except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - a reader failing in the middle of the pass
         raise UsageError(f"cannot read the patterns in {path} ({_reason(exc)})") from None
