@@ -56,7 +56,7 @@ class _Formatter(argparse.HelpFormatter):
 
 def _optional_pair(parser, *names, help):
     """An option given alone or with two radii ``A B`` (``[]`` or ``[A, B]``; None if
-    absent); the count and order are checked by ``femlib.workflow.check_options``."""
+    absent); the count and order are checked by the workflow."""
     action = parser.add_argument(*names, nargs="*", type=_number(float, "radius", minimum=0),
                                  help=help)
     action.shown_as = "[A B]"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FEMOptions", "FEMResult", "MissingChunks", "UsageError", "load",
+__all__ = ["FEMOptions", "FEMResult", "MissingChunks", "UsageError", "check_reader", "load",
            "missing_chunks", "run_fem"]
 
 # A thickness bin with fewer than two patterns has no variance; the workflow reports
@@ -257,7 +257,7 @@ def run_fem(source=None, *, progress=None, **options):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_LEFT_OUT_BINS, category=UserWarning)
         warnings.showwarning = show
-        check_options(opts, source)
+        _check_options(opts, source)
         path = None if source is None or not isinstance(source, str | Path) else Path(source)
         if source is None:
             s, truth = _synthetic(opts)
@@ -427,7 +427,7 @@ def check_reader(name):
     return found[0]
 
 
-def check_options(opts, source=None):
+def _check_options(opts, source=None):
     """The checks that need no data: option combinations, INPUT's existence and type, the
     files of --mask, --haadf, --flat-field and --dark. Value ranges of the command line are
     checked by its parser.
