@@ -720,6 +720,28 @@ def test_full_disk_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_full_tmpfs_is_one_line_exit_2(tmp_path):
+    """A real full disk: a 64 KiB tmpfs (needs root and mount; skipped otherwise)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs not permitted here")
+    try:
+        res = femlib_cmd("fem", "--synthetic-shape", "4", "4", "--npt", "8", "--quiet",
+                         "--out", mnt / "o", cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        errors = [x for x in res.stderr.splitlines() if not x.startswith("femlib: warning:")]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"femlib: error: cannot write the outputs for --out {mnt / 'o'}: not enough "
+            "space on the device"), res.stderr
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_existing_out_refused_before_any_work_or_replaced(tmp_path, capsys, monkeypatch):
     from femlib import workflow
 

@@ -168,7 +168,7 @@ def write_outputs(result, out, overwrite=False, command=None, label=None):
             summary = _write_all(result, tmp, label or str(out), command)
         except OSError as exc:
             what = exc.strerror or str(exc)
-            if exc.errno == errno.ENOSPC:
+            if exc.errno == errno.ENOSPC and what == "No space left on device":
                 what = "no space left on the device"
             raise UsageError(f"cannot write the outputs for --out {out}: {what} (nothing "
                              "written)") from None
@@ -179,10 +179,39 @@ def write_outputs(result, out, overwrite=False, command=None, label=None):
     return summary
 
 
+# Room for the figures, the CSV files and the report beside the .hspy file.
+_OTHER_BYTES = 2 << 20
+
+
+def _hspy_bytes(var):
+    """An upper estimate of the size of ``variance.hspy``: V(k), its standard error and
+    jackknife replicates in float64, and the metadata."""
+    jack = var.metadata.get_item("FEM.jackknife")
+    n = np.size(var.data) * (2 + (np.size(jack) // max(np.size(var.data), 1)
+                                  if jack is not None else 0))
+    return 8 * n + (256 << 10)
+
+
+def _check_space(folder, var):
+    """Refuse to start writing without room for the outputs: HDF5 on a full disk fails
+    in ways that cannot be cleaned up (errors at deallocation, even a crash)."""
+    need = _hspy_bytes(var) + _OTHER_BYTES
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"not enough space on the device ({free / 1e6:.2f} MB "
+                      f"free, about {need / 1e6:.1f} MB needed)")
+
+
 def _write_all(result, folder, label, command):
     var = result.variance
+    _check_space(folder, var)
     _write_csv(folder / "variance.csv", var)
-    var.save(folder / "variance.hspy", overwrite=True)
+    try:
+        var.save(folder / "variance.hspy", overwrite=True)
+    except RuntimeError as exc:  # h5py reports a failed write as RuntimeError
+        if "errno = 28" in str(exc) or "No space left" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        raise
     # UTF-8 whatever the locale: the bin labels hold an en dash.
     (folder / "peaks.csv").write_text(result.peak_table.to_csv(), encoding="utf-8")
     figures = _figures(folder, result)

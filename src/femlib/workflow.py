@@ -257,6 +257,7 @@ def run_fem(source=None, *, progress=None, **options):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_LEFT_OUT_BINS, category=UserWarning)
         warnings.showwarning = show
+        # 1. load: options first, then the data and every file an option names.
         _check_options(opts, source)
         path = None if source is None or not isinstance(source, str | Path) else Path(source)
         if source is None:
@@ -291,7 +292,9 @@ def run_fem(source=None, *, progress=None, **options):
         gain = None if noise is not None or opts.noise_from_scan is not None else (
             opts.gain if opts.gain is not None else truth.get("gain"))
 
-        # Screening: patterns with NaN/inf are left out of the sum and of V(k).
+        # 2. screen: patterns with NaN/inf are left out of the sum and of V(k). A further
+        # screening step (bad pixels, outlier patterns, per-position centres) adds its
+        # flags to ``navigation_mask`` (True = left out) and its pixels to the mask here.
         with steps("sum", f"summed {n_total} patterns"):
             summed, bad_frames = _reading(path, lambda: _sum_finite(s))
         n_nonfinite = int(bad_frames.sum()) if bad_frames is not None else 0
@@ -305,7 +308,10 @@ def run_fem(source=None, *, progress=None, **options):
         if not np.any(summed.data):
             raise UsageError(f"{name} holds only zero counts in its {n_total - n_nonfinite} "
                              "patterns: nothing to measure")
+        navigation_mask = bad_frames if n_nonfinite else None
         mask, threshold = _mask(summed.data, opts, file_mask)
+
+        # 3. calibrate: centre and affine (the ring ellipse, or the centre given).
 
         with steps("ellipse", "fitted the ring ellipse" if opts.center is None
                    else "used the given centre"):
@@ -343,14 +349,14 @@ def run_fem(source=None, *, progress=None, **options):
                         s, mask=mask, radial_range=tuple(opts.noise_from_scan) or None))
                 except ValueError as exc:
                     raise UsageError(f"--noise-from-scan: {exc}") from None
-        # gain= is the counting model; a measured kernel replaces it (get_variance takes one).
+        # 4. V(k) in one pass. gain= is the counting model; a measured kernel replaces it
+        # (get_variance takes one).
         correction = {"gain": gain} if noise is None else {"noise": noise}
-        nav_mask = None if not n_nonfinite else bad_frames
         with steps("variance", f"V(k) from {n_total} patterns"):
             var = _reading(path, lambda: s.get_variance(
                 npt=opts.npt, method=opts.method, radial_range=radial_range, mask=mask,
                 thickness=thickness, bins=opts.thickness_bins, show_progressbar=False,
-                navigation_mask=nav_mask, **correction,
+                navigation_mask=navigation_mask, **correction,
             ))
         if annulus is not None:
             _relabel_relative_bins(var)
@@ -379,6 +385,7 @@ def run_fem(source=None, *, progress=None, **options):
                     f"patterns and are left out ({left_out} patterns); use fewer bins",
                     UserWarning, stacklevel=2,
                 )
+        # 5. peaks.
         with steps("peaks", "fitted the peaks of V(k)"):
             main_peaks, all_peaks = _peak_tables(var, main_curve, binned)
     return FEMResult(
