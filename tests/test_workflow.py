@@ -32,6 +32,8 @@ def test_run_fem_on_a_signal_recovers_the_truth_and_leaves_it_unchanged(small):
     # The caller's signal keeps its calibration: the workflow worked on a copy.
     np.testing.assert_array_equal(s.calibration.center, s.metadata.Test.center_before)
     assert not np.allclose(s.calibration.center, r.center[::-1])
+    np.testing.assert_array_equal(r.signal.calibration.center, r.center[::-1])
+    assert r.signal.data is s.data  # a copy of the signal's metadata, not of its data
     assert r.source == "signal" and r.n_total == r.n_used == 144 and r.n_nonfinite == 0
     np.testing.assert_allclose(r.center[::-1], truth.center, atol=0.05)
     # V(k) is get_variance's with the workflow's calibration and mask, to the last bit.

@@ -142,6 +142,10 @@ class FEMResult:
         The warnings of the run, in order.
     timings : dict
         Seconds per step.
+    signal : FEMDiffraction2D or LazyFEMDiffraction2D
+        The dataset the workflow ran on, with the calibration (centre, affine, mask) set:
+        for further calls such as ``result.signal.get_variance(...)``. A copy of a signal
+        given (sharing its data); lazy for a file its reader streams.
     """
 
     source: str
@@ -172,6 +176,7 @@ class FEMResult:
     input_path: str | None
     warnings: list
     timings: dict
+    signal: object = None
 
     @property
     def binned(self):
@@ -395,7 +400,7 @@ def run_fem(source=None, *, progress=None, **options):
         annulus=annulus, variance=var, curve=main_curve, polar=polar, peaks=main_peaks,
         peak_table=all_peaks, bins_line=bins_line, truth=truth, signal_units=units,
         detector_scale=float(s.calibration.scale), input_path=None if path is None else
-        str(path.resolve()), warnings=caught, timings=steps.timings,
+        str(path.resolve()), warnings=caught, timings=steps.timings, signal=s,
     )
 
 
