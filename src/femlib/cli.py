@@ -103,6 +103,9 @@ def _parser():
             "or the patterns; shot noise from --gain or a measured noise kernel), fit its "
             "peaks and write CSV (V(k), peaks), .hspy, PNG files and report.html into --out."
         ),
+        epilog="exit status: 0 success; 2 bad input, unreadable file, unwritable or "
+        "non-empty --out, full disk (one line on stderr, nothing written); 130 "
+        "interrupted (SIGINT); 143 terminated (SIGTERM).",
     )
     f.add_argument("input", nargs="?", metavar="INPUT",
                    help="dataset file HyperSpy reads (omit: the synthetic dataset)")
