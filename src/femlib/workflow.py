@@ -811,6 +811,13 @@ def missing_chunks(path, shape=None):
     if not arrays:
         return None
     arr = max(arrays, key=lambda a: int(np.prod(a.shape)))
+    try:
+        return _missing_in(arr)
+    except AttributeError:  # a zarr without the v2 store API: cannot tell
+        return None
+
+
+def _missing_in(arr):
     n_chunks = int(np.prod(arr.cdata_shape))
     nav = arr.ndim - 2
     positions = np.zeros(arr.shape[:nav], bool)
