@@ -5,6 +5,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import hyperspy.api as hs
 import numpy as np
 import pytest
 
@@ -96,6 +97,11 @@ def test_mask_file_and_scale(small, tmp_path):
     rc = workflow.run_fem(s, npt=20, gain=4.2, radial_range=(3.0, 5.75),
                           center=tuple(r.center[::-1]), mask=r.mask)
     np.testing.assert_allclose(rs.variance.data, rc.variance.data, rtol=1e-9)
+    # The same mask from a TIFF (0/1) and a HyperSpy file (boolean).
+    hs.signals.Signal2D(mask.astype(np.uint8)).save(tmp_path / "mask.tif")
+    hs.signals.Signal2D(mask).save(tmp_path / "mask.hspy")
+    for name in ("mask.tif", "mask.hspy"):
+        np.testing.assert_array_equal(workflow._read_mask(tmp_path / name, (128, 128)), mask)
     np.save(tmp_path / "m.npy", np.zeros((4, 4), bool))
     with pytest.raises(UsageError, match=r"--mask .*m.npy has shape \(4, 4\) but the "
                        r"detector is \(128, 128\)"):
