@@ -1,10 +1,15 @@
 """Tests of the ``femlib`` command line, run as a user runs it: in a subprocess."""
 
 import csv
+import errno
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import hyperspy.api as hs
@@ -415,7 +420,7 @@ def bad_files(tmp_path_factory):
         (["--black-level", "3"], "--black-level only applies with --thickness-bins"),
         (["good.hspy", "--thickness-bins", "2"], "needs --black-level and --slope"),
         (["no_haadf.hspy", "--thickness-bins", "2", "--black-level", "0", "--slope", "1"],
-         "--thickness-bins needs a HAADF image in metadata.HAADF.intensity"),
+         "--thickness-bins needs a HAADF image: in metadata.HAADF.intensity or from --haadf"),
         (["--thickness-bins", "2", "--black-level", "inf"],
          "argument --black-level: must be finite"),
         (["--num-points", "2"], "argument --num-points: must be >= 5"),
@@ -486,12 +491,13 @@ def test_bad_combination_exits_2_before_any_work(args, message, bad_files, capsy
     """Contradicting options fail in the argument checks, before anything is read: run
     in-process (the same ``main`` as the console script; a subprocess would only add its
     start-up time), with the file-reading steps made to fail loudly if reached."""
-    from femlib import cli
+    from femlib import cli, workflow
 
     def reached(*_args, **_kwargs):
         raise AssertionError("the data were read before the options were checked")
 
-    monkeypatch.setattr(cli, "_load", reached)
+    monkeypatch.setattr(workflow, "load", reached)
+    monkeypatch.setattr(workflow, "_synthetic", reached)
     monkeypatch.chdir(bad_files)
     out = bad_files / "never_created"
     assert cli.main(["fem", *args, "--out", str(out)]) == 2
@@ -520,12 +526,12 @@ def test_bad_noise_input_exits_2_before_the_scan_is_read(args, message, bad_file
                                                          monkeypatch):
     """Bad flat-field files and annuli, found once the (small synthetic) scan is loaded,
     before the ring is fitted: in-process, as above."""
-    from femlib import cli
+    from femlib import cli, workflow
 
     def reached(*_args, **_kwargs):
         raise AssertionError("the ring was fitted before the noise input was checked")
 
-    monkeypatch.setattr(cli, "_calibrate", reached)
+    monkeypatch.setattr(workflow, "_calibrate", reached)
     monkeypatch.chdir(bad_files)
     out = bad_files / "never_created"
     argv = ["fem", *args, "--synthetic-shape", "2", "2", "--quiet", "--out", str(out)]
@@ -600,3 +606,306 @@ def test_readme_plot_lines():
     ax.set_ylabel("V(k)")
     assert ax.get_ylabel() == "V(k)"
     plt.close("all")
+
+
+# --- faults, atomic output, real files (issue 23) ---------------------------------------
+
+RSCIIO = Path(__file__).resolve().parent / "data" / "rsciio"
+OUT_FILES = {"report.html", "variance.csv", "variance.hspy", "peaks.csv",
+             "summed_ellipse.png", "polar.png", "variance.png"}
+
+
+def _popen(*args, cwd):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    src = str(Path(femlib.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, "-m", "femlib", *map(str, args)], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(proc, prefix):
+    """Read the child's stderr until a line starts with ``prefix``; the lines read."""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"the child ended before {prefix!r}: {''.join(lines)}")
+
+
+@pytest.mark.parametrize("signum, code, line", [
+    (signal.SIGINT, 130, "femlib: interrupted"),
+    (signal.SIGTERM, 143, "femlib: terminated"),
+])
+def test_signal_during_the_computation_is_one_line_and_leaves_nothing(tmp_path, signum,
+                                                                     code, line):
+    proc = _popen("fem", "--synthetic-shape", "16", "16", "--out", "o", cwd=tmp_path)
+    _wait_for(proc, "femlib: summed")  # started: the patterns are summed
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1] == line and "Traceback" not in err
+    assert out == ""
+    assert list(tmp_path.iterdir()) == []  # no output folder, no temporary folder
+
+
+def test_signal_during_the_writing_keeps_the_old_folder(tmp_path):
+    """SIGTERM while the files are written: the temporary folder is removed and the
+    earlier --out stays as it was (or, if the signal came during the renames, the new
+    folder is complete). SIGINT takes the same path (test_report's KeyboardInterrupt)."""
+    signum, code = signal.SIGTERM, 143
+    old = tmp_path / "o"
+    old.mkdir()
+    (old / "old.txt").write_text("earlier run")
+    proc = _popen("fem", "--synthetic-shape", "6", "6", "--npt", "10", "--out", "o",
+                  "--overwrite", cwd=tmp_path)
+    _wait_for(proc, "femlib: fitted the peaks")  # the next step writes the outputs
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+    names = {p.name for p in old.iterdir()}
+    if proc.returncode == code:
+        assert names == {"old.txt"}, err
+    else:  # the run was already renaming: the signal waited, the new folder is whole
+        assert proc.returncode in (0, code) and names == OUT_FILES, err
+
+
+def test_two_runs_into_one_out_do_not_mix(tmp_path):
+    runs = [_popen("fem", "--synthetic-shape", "8", "8", "--npt", "10", "--seed", seed,
+                   "--out", "o", "--quiet", cwd=tmp_path) for seed in (1, 2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in runs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], results
+    winner = next(i for i, r in enumerate(results) if r[0] == 0)
+    loser_err = results[1 - winner][2]
+    assert loser_err.count("\n") == 1 and loser_err.startswith("femlib: error: ")
+    assert ("was written by another run" in loser_err
+            or "exists and is not empty" in loser_err), loser_err
+    out = tmp_path / "o"
+    assert {p.name for p in out.iterdir()} == OUT_FILES
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+    # Every file is the winner's: its seed in the report, its centre in the .hspy.
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"seed {(1, 2)[winner]}," in page
+    centre = re.search(r"centre \(x, y\): \(([\d.]+), ([\d.]+)\)", results[winner][1])
+    cal = hs.load(out / "variance.hspy").metadata.FEM.Calibration
+    np.testing.assert_allclose(cal.center, [float(centre.group(1)), float(centre.group(2))],
+                               atol=5e-4)
+
+
+def _main(args, capsys):
+    from femlib import cli
+
+    code = cli.main(["fem", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_full_disk_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from femlib import report
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "_figures", full)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(["--synthetic-shape", "4", "4", "--npt", "8", "--quiet",
+                            "--out", "o"], capsys)
+    assert code == 2 and out == ""
+    errors = [x for x in err.splitlines() if not x.startswith("femlib: warning:")]
+    assert errors == ["femlib: error: cannot write the outputs for --out o: no space left on "
+                      "the device (nothing written)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_tmpfs_is_one_line_exit_2(tmp_path):
+    """A real full disk: a 64 KiB tmpfs (needs root and mount; skipped otherwise)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs not permitted here")
+    try:
+        res = femlib_cmd("fem", "--synthetic-shape", "4", "4", "--npt", "8", "--quiet",
+                         "--out", mnt / "o", cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        errors = [x for x in res.stderr.splitlines() if not x.startswith("femlib: warning:")]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"femlib: error: cannot write the outputs for --out {mnt / 'o'}: not enough "
+            "space on the device"), res.stderr
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_existing_out_refused_before_any_work_or_replaced(tmp_path, capsys, monkeypatch):
+    from femlib import workflow
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "variance_bins.png").write_text("stale")
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        def reached(*_args, **_kwargs):
+            raise AssertionError("work started before --out was checked")
+
+        m.setattr(workflow, "run_fem", reached)
+        code, _, err = _main(["--out", "o"], capsys)
+        assert code == 2 and err == ("femlib: error: --out o exists and is not empty: give "
+                                     "--overwrite to replace it whole, or another --out\n")
+        code, _, err = _main(["--out", "missing/o"], capsys)
+        assert code == 2 and "--out missing/o: its parent folder" in err
+    code, stdout, err = _main(["--synthetic-shape", "4", "4", "--npt", "8", "--quiet",
+                               "--out", "o", "--overwrite"], capsys)
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == OUT_FILES  # replaced whole: no stale file
+    assert stdout.splitlines()[-1].startswith("  wrote o/: report.html")
+
+
+def test_unwritable_out_found_before_any_work(tmp_path):
+    """A folder the user cannot write into (run as ``nobody`` when the tests run as root,
+    who writes anywhere)."""
+    base = Path(tempfile.mkdtemp(prefix="femlib-ro-"))
+    try:
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        cache = base / "cache"
+        cache.mkdir()
+        cache.chmod(0o777)
+        env = dict(os.environ, MPLBACKEND="Agg", MPLCONFIGDIR=str(cache),
+                   NUMBA_CACHE_DIR=str(cache), HOME=str(cache))
+        src = str(Path(femlib.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, "-m", "femlib", "fem", "--out", str(ro / "o")]
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("root, and no setpriv to run as another user")
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        res = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.splitlines() == [
+            f"femlib: error: --out {ro / 'o'}: cannot write in {ro} (Permission denied)"]
+        assert list(ro.iterdir()) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def zspy(tmp_path):
+    path = tmp_path / "scan.zspy"
+    s = femlib.data.synthetic_fem(navigation_shape=(8, 6), detector_shape=(64, 64), seed=1,
+                                  scale=0.28)
+    s.save(path, chunks=(4, 3, 64, 64))
+    return path
+
+
+def _chunks(path):
+    return sorted(p for p in path.rglob("*") if p.is_file() and "data" in p.parts
+                  and not p.name.startswith("."))
+
+
+def test_missing_chunk_refused_with_count_and_positions(zspy, tmp_path, capsys):
+    victim = next(p for p in _chunks(zspy) if p.relative_to(zspy).parts[-4:] == (
+        "0", "1", "0", "0"))
+    victim.unlink()
+    code, out, err = _main([zspy, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"femlib: error: {zspy} is incomplete: 1 of 4 chunks of the data "
+                          "are missing, holding 12 of 48 probe positions (x 3-5, y 0-3)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_chunk_is_one_line_exit_2(zspy, tmp_path, capsys):
+    _chunks(zspy)[-1].write_bytes(b"\x02\x01\x21\x10" + b"junk" * 100)
+    code, out, err = _main([zspy, "--center", "32", "32", "--radial-range", "2", "5",
+                            "--quiet", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"femlib: error: cannot read the patterns in {zspy} (")
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_frames_left_out_and_counted(small_file, tmp_path, capsys):
+    s = hs.load(small_file)
+    s.data[0, 3] = np.nan
+    s.data[5, 5, 60, 60] = np.nan
+    s.save(tmp_path / "nan.hspy")
+    code, out, err = _main([tmp_path / "nan.hspy", "--gain", "4.2", "--radial-range", "3.0",
+                            "5.5", "--quiet", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert err == ("femlib: warning: 2 of 144 patterns hold NaN or infinite values and are "
+                   "left out of the summed pattern and of V(k)\n")
+    assert "  patterns used: 142 of 144\n" in out
+    assert "  left out: 2 patterns with NaN or infinite values\n" in out
+
+
+def test_odd_inputs_warn_once(small_file, tmp_path, capsys):
+    code, _, err = _main([small_file, "--npt", "1", "--radial-range", "3.0", "5.5",
+                          "--quiet", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert err.count("femlib: warning: --npt 1 gives a single radial bin") == 1
+    code, _, err = _main([small_file, "--radial-range", "4", "4.05", "--npt", "5",
+                          "--quiet", "--out", tmp_path / "o2"], capsys)
+    assert code == 0, err
+    narrow = [x for x in err.splitlines() if "narrower than one detector pixel" in x]
+    assert narrow == ["femlib: warning: --radial-range 4 4.05 is narrower than one detector "
+                      "pixel (0.14 nm^-1): V(k) of so thin an annulus is meaningless"]
+
+
+def test_merlin_warns_only_about_the_range_given(tmp_path, capsys):
+    with zipfile.ZipFile(RSCIIO / "quantumdetector" / "Merlin_navigation4x2_ROI.zip") as z:
+        z.extractall(tmp_path)
+    code, out, err = _main([tmp_path / "001_4x2_6bit.mib", "--radial-range", "3", "5.75",
+                            "--quiet", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert "(0, 289.6)" not in err and "azimuths of the radial range" not in err
+    assert "femlib fem: " in out and "(8 patterns)" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["arina/test_00_master.h5"], "multiple file readers .*; name the reader with "
+     "--reader NAME"),
+    (["arina/test_00_master.h5", "--reader", "arina"],
+     "holds only zero counts in its 16 patterns"),
+    (["arina/test_00_master.h5", "--reader", "foo"], "--reader foo: no such reader; "
+     "choose from .*Arina"),
+    (["topspin/topspin_test_A.app5"], "cannot fit the ring ellipse: .*; give the pattern "
+     "centre with --center X Y"),
+    (["topspin/topspin_test_A.app5", "--signal", "0"], r"--signal 0 of .* is \(\|56, 8\)"
+     r".*the file holds: \[0\] .*; \[1\] \(5, 2\|12, 14\)"),
+    (["blockfile/test1.blo"], "cannot fit the ring ellipse: .*--center X Y"),
+    (["blockfile/test1.blo", "--center", "200", "72"], "--center 200 72 lies outside the "
+     "detector"),
+])
+def test_real_camera_files_fail_in_one_line(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(RSCIIO)
+    code, out, err = _main([*args, "--quiet", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and out == "", err
+    assert err.count("\n") == 1 and err.startswith("femlib: error: ") and re.search(
+        message, err), err
+    assert "Loading Datasets" not in err and "pos=" not in err and "max_trials" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, patterns", [
+    (["topspin/topspin_test_A.app5", "--center", "6", "7"], 10),
+    (["topspin/topspin_test_A.app5", "--signal", "1", "--center", "6", "7"], 10),
+    (["blockfile/test1.blo", "--center", "72", "72", "--scale", "0.02", "nm^-1",
+      "--radial-range", "0.2", "1.2"], 6),
+])
+def test_real_camera_files_run(args, patterns, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(RSCIIO)
+    code, out, err = _main([*args, "--npt", "10", "--quiet", "--out", tmp_path / "o"],
+                           capsys)
+    assert code == 0, err
+    assert f"({patterns} patterns)" in out and f"patterns used: {patterns} of" in out
+    assert "(given)" in out and "Loading Datasets" not in err + out
+    assert {p.name for p in (tmp_path / "o").iterdir()} == OUT_FILES
+    if "--scale" in args:
+        assert "radial range: 0.2-1.2 nm^-1" in out
