@@ -9,37 +9,43 @@ enters through ``k0 = Var(D_p) / <D_p>`` and the shot weights ``s_kp`` of the sh
 w^2`` (``D = G N``, ``N`` Poisson).
 
 ==========  ========================================  ============================================
-method      estimator                                 shot-noise term (subtracted: gain or k0)
+method      estimator                                 corrected (gain or noise model given)
 ==========  ========================================  ============================================
-``Omega``   ``<S^2>_n / <S>_n^2 - 1``                 ``(1 - 1/N) <Q>_n / <S>_n^2``
-``r``       ``< <D^2>_k / <D>_k^2 - 1 >_n``           ``< k0 A / S_n - Q_n / S_n^2 >_n``
-``re``      ``<D^2>_{n,k} / <D>_{n,k}^2 - 1``         ``k0 A / <S>_n - <Q>_n / (N <S>_n^2)``
-``VImage``  ring mean of ``var_n D(p) / m_p^2``       ring mean of ``(1 - 1/N) k0 / m_p``
+``Omega``   ``<S^2>_n / <S>_n^2 - 1``                 less ``(1 - 1/N) <Q>_n / <S>_n^2``
+``r``       ``< <D^2>_k / <D>_k^2 - 1 >_n``           ``< A (J_n - k0 S_n) / (S_n^2 - Q_n) >_n - 1``
+``re``      ``<D^2>_{n,k} / <D>_{n,k}^2 - 1``         ``A (<J> - k0 <S>) / (<S>^2 - <Q> / N) - 1``
+``VImage``  ring mean of ``var_n D(p) / m_p^2``       less ring mean of ``(1 - 1/N) k0 / m_p``
 ==========  ========================================  ============================================
 
-``<.>_k`` is the weighted mean in ring ``k``; ``VImage``'s ring mean runs over the pixels
-with ``m_p > 0``. For Poisson counts (counting model) the terms are the exact finite-``N``
-expectations of the uncorrected estimators on structure-free data: ``Omega`` and ``VImage``
-for any weights (conditioning on each pixel's total over the frames makes the frames
-multinomial), ``r`` and ``re`` for hard bins on a uniform ring (conditioning on the frame's
-ring sum, resp. on the ring's total). With split pixels ``r`` and ``re`` are right to first
-order in ``1 / S``; for a general noise kernel every term is the exact expectation of the
-numerator and first order for the ratio. The derivations are in the user guide
-(estimators page).
+``<.>_k`` is the weighted mean in ring ``k``, ``J_n = sum_p w_kp D_n(p)^2``; ``VImage``'s
+ring mean runs over the pixels with ``m_p > 0``. For Poisson counts (counting model) the
+corrections are exact for finite ``N``: ``Omega`` and ``VImage`` have expectation 0 on
+structure-free data for any weights (conditioning on each pixel's total over the frames
+makes the frames multinomial). ``r`` and ``re`` are ratios of unbiased products:
+``E[J - G S] = sum_p w mu_p^2`` and ``E[S^2 - Q] = (sum_p w mu_p)^2`` for any weights and any
+frame intensities ``mu``; for hard bins the ratio is exact too, uniform ring or not (given
+the frame's ring sum, resp. the ring's total: multinomial cells); with split pixels the
+remaining ratio bias is second order in ``1 / S``. A frame (for ``re``: a group) with less
+than two electrons' worth of signal in a ring (``S^2 < 2 Q``) uses the first-order form
+``A J / S^2 - 1 - k0 A / S + Q / S^2``, exact for hard uniform rings. For a general noise
+kernel ``k0`` and ``Q`` make every numerator and denominator unbiased when the mean pattern
+is locally flat; ``k0`` may be given per bin for the second-order form. The derivations are
+in the user guide (estimators page).
 
 Static ring non-uniformity (reported with ``r`` and ``re``, optionally subtracted from them):
 
-    ``NU_k = A sum_p w m_p^2 / (sum_p w m_p)^2 - 1 - (k0 A / <S>_n - <Q>_n / <S>_n^2) / N``
+    ``NU_k = A (sum_p w m_p^2 - k0 S / N) / (S^2 - <Q>_n / N) - 1``, ``S = sum_p w m_p``
 
 the within-ring non-uniformity of the mean pattern less its own shot-noise content. ``re -
-NU`` then carries ``(1 - 1/N) k0 A / <S>_n`` in all, exact for any weights and any static
-mean pattern (Poisson, counting model).
+NU`` then carries ``A sum_p w (var_n D(p) - (1 - 1/N) k0 m_p) / (S^2 - <Q> / N)``, exact for
+any weights and any static mean pattern (Poisson, counting model).
 
 One pass
 --------
 The moments come from :func:`femlib.moments.accumulate_moments`, one streaming read of the
 frames: per frame the ring sums ``I = W D``, ``J = W D^2`` (``r``, ``re``) and ``Q`` with the
-shot weights of the noise model, and ``U = J A / I^2``, ``V = A / I``, ``Y = Q / I^2``; per
+shot weights of the noise model, and ``U = J A / I^2``, ``V = A / I``, ``Y = Q / I^2`` and
+``r``'s products ``P = A J / (I^2 - Q)``, ``H = A I / (I^2 - Q)``; per
 *state* (group x jackknife block) the frame count, the means of those, the centred second
 moment of ``I``, the per-pixel means (``VImage`` and the ring non-uniformity of ``r`` and
 ``re``) and, for ``VImage``, the per-pixel centred second moments
@@ -65,14 +71,10 @@ import warnings
 
 import numpy as np
 
-# Moments, merge and frame_states are re-exported for callers of femlib 0.1.
-from femlib.moments import N_BLOCKS, Moments, _merge_arrays, frame_states, merge  # noqa: F401
-from femlib.moments import accumulate as _accumulate_chunk
+from femlib.moments import _H, _I, _J, _P, _Q, _U, _merge_arrays
 
 __all__ = [
     "METHODS",
-    "accumulate",
-    "accumulate_dask",
     "estimate",
     "check_method",
     "check_gain",
@@ -80,7 +82,6 @@ __all__ = [
 ]
 
 METHODS = ("Omega", "r", "re", "VImage")
-_I, _Q, _J, _U, _V, _Y = range(6)
 
 
 def check_method(method):
@@ -165,46 +166,6 @@ def check_gain(gain, name="gain"):
     return g
 
 
-def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-               squares=True, shot_weights=None):
-    """Moments of one chunk with the shot sums ``Q`` (default ``W^2 D``: the counting model
-    per unit gain, as :func:`estimate` with ``gain`` expects).
-
-    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
-
-    Parameters
-    ----------
-    frames : ndarray, shape (..., rows, columns)
-    weights : femlib.integration.AzimuthalWeights
-    states : int array, shape (...)
-        :func:`femlib.moments.frame_states`, -1 = excluded.
-    n_groups, n_blocks : int
-    pixels : bool
-        Per-pixel moments (``VImage``).
-    squares : bool
-        ``J, U, V, Y`` and the per-pixel means (``r``, ``re`` and their ring
-        non-uniformity).
-    shot_weights : scipy.sparse matrix or None
-        Shot weights of ``Q`` (the sparsity of ``weights.matrix``); None: ``W**2``.
-
-    Returns
-    -------
-    femlib.moments.Moments
-
-    Examples
-    --------
-    >>> from femlib.integration import build_weights
-    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
-    >>> m = accumulate(np.full((4, 16, 16), 2.0), w, frame_states(4, n_blocks=2), n_blocks=2)
-    >>> bool(np.allclose(m.mean[0, 1], 2.0 * w.squared.sum(axis=1)))  # Q = W^2 D
-    True
-    """
-    shot = weights.squared if shot_weights is None else shot_weights
-    return _accumulate_chunk(frames, weights, states, n_groups, n_blocks, pixels, squares,
-                             shot_weights=shot, ratio=bool(squares),
-                             pixel_means=bool(pixels or squares))
-
-
 def _reduce(count, mean, m2, pm, pq, axis):
     """Merge all states along ``axis`` (sequential Chan merges)."""
     take = lambda a, i: None if a is None else np.take(a, i, axis=axis)  # noqa: E731
@@ -251,13 +212,22 @@ def _ring(wc, x):
     return (wc @ x.reshape(-1, x.shape[-1]).T).T.reshape(lead + (-1,))
 
 
+def _pairs(mi, q, nn):
+    """Unbiased square of the ring sum, ``<S>^2 - q / N`` (``q``: the shot variance of one
+    frame's ring sum, detector units), and where it is used: at least two electrons' worth of
+    signal, ``<S>^2 >= 2 q / N`` (for hard bins: two electrons in the ring)."""
+    den = mi * mi - q / nn
+    return den, (mi > 0) & (den >= q / nn)
+
+
 def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc):
     """Uncorrected estimator and its finite-N shot-noise term, each ``(..., K)``.
 
-    ``k0`` is the noise kernel at zero lag and ``qs`` the factor that turns the stored
-    shot ring sums ``Q`` and ``Y`` into detector units (``gain`` for the counting model,
-    whose ``Q`` holds ``sum w^2 D``; 1 for a noise model's shot weights; 0: no term).
-    The derivations are in the estimators page of the user guide.
+    ``k0`` is the noise kernel at zero lag (a number, or per bin ``(K,)``: the second-order
+    ``k0`` of a noise kernel) and ``qs`` the factor that turns the stored shot ring sums
+    ``Q`` into detector units (``gain`` for the counting model, whose ``Q`` holds ``sum w^2
+    D``; 1 for a noise model's shot weights; 0: no term). The term is the uncorrected value
+    less the corrected one. The derivations are in the estimators page of the user guide.
     """
     nn = n[..., None]
     mi = mean[..., _I, :]
@@ -267,32 +237,57 @@ def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc):
             # Exact for Poisson given the per-pixel totals (multinomial frames).
             return m2 / nn / mi**2, (1.0 - 1.0 / nn) * q / mi**2
         if method == "r":
-            # Exact for hard bins and a uniform ring given the frame's ring sum.
-            return mean[..., _U, :] - 1.0, k0 * mean[..., _V, :] - qs * mean[..., _Y, :]
+            # Per-frame unbiased products (moments.py): exact for hard bins given the
+            # frame's ring sum, uniform ring or not; second order with split pixels.
+            raw = mean[..., _U, :] - 1.0
+            if not (qs or np.any(k0)):
+                return raw, np.zeros_like(raw)
+            return raw, mean[..., _U, :] - mean[..., _P, :] + k0 * mean[..., _H, :]
         if method == "re":
-            # Exact for hard bins and a uniform ring given the ring's total over frames.
-            return mean[..., _J, :] * area / mi**2 - 1.0, k0 * area / mi - q / (nn * mi**2)
+            # The same products pooled over the frames: exact for hard bins given the
+            # ring's total, uniform or not.
+            raw = mean[..., _J, :] * area / mi**2 - 1.0
+            den, good = _pairs(mi, q, nn)
+            first = k0 * area / mi - q / (nn * mi**2)
+            pooled = raw + 1.0 - area * (mean[..., _J, :] - k0 * mi) / np.where(good, den, 1.0)
+            return raw, np.where(good, pooled, first)
         # VImage: ring mean over the pixels with a positive mean; exact given each
         # pixel's total over the frames.
         ok = pm > 0
         raw = np.where(ok, pq / nn / pm**2, 0.0)
-        term = np.where(ok, (1.0 - 1.0 / nn) * k0 / pm, 0.0)
+        term = np.where(ok, (1.0 - 1.0 / nn) * _per_pixel(k0, wc) / pm, 0.0)
         den = _ring(wc, ok.astype(float))
         return _ring(wc, raw) / den, _ring(wc, term) / den
+
+
+def _per_pixel(k0, wc):
+    """``k0`` per touched pixel: a number stays a number; a per-bin ``(K,)`` value is
+    spread to the pixels as the weighted mean over the bins each pixel belongs to."""
+    k0 = np.asarray(k0, dtype=float)
+    if k0.ndim == 0:
+        return k0
+    return (k0 @ wc) / np.maximum(np.asarray(wc.sum(axis=0)).ravel(), 1e-300)
 
 
 def _nonuniformity(n, mean, pm, k0, qs, area, wc):
     """Static ring non-uniformity of the mean pattern, less its own shot-noise content.
 
-    ``NU = A sum_p w m_p^2 / (sum_p w m_p)^2 - 1`` of the per-pixel means ``m``, minus
-    ``(k0 A / <I> - <Q> / <I>^2) / N`` (0 without a correction); ``(..., K)``.
+    ``NU = A (sum_p w m_p^2 - k0 S / N) / (S^2 - Q / N) - 1`` of the per-pixel means ``m``
+    (``S = sum_p w m_p``, ``Q`` the mean shot ring sum): unbiased numerator and denominator
+    (first-order form ``A sum w m^2 / S^2 - 1 - (k0 A / S - Q / S^2) / N`` below two
+    electrons' worth of signal); ``(..., K)``.
     """
     nn = n[..., None]
     s1 = _ring(wc, pm)
+    s2 = _ring(wc, pm * pm)
+    q = qs * mean[..., _Q, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        raw = area * _ring(wc, pm * pm) / s1**2 - 1.0
-        shot = (k0 * area / s1 - qs * mean[..., _Q, :] / s1**2) / nn
-    return raw - shot
+        raw = area * s2 / s1**2 - 1.0
+        first = raw - (k0 * area / s1 - q / s1**2) / nn
+        # The same branch as re's (from the ring sums): re - NU then cancels exactly.
+        den, good = _pairs(mean[..., _I, :], q, nn)
+        pooled = area * (s2 - k0 * s1 / nn) / np.where(good, s1 * s1 - q / nn, 1.0) - 1.0
+    return np.where(good, pooled, first)
 
 
 def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, subtract=False):
@@ -308,11 +303,13 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
              subtract_nonuniformity=False):
     """Compute FEM variance estimators, their jackknife standard errors, per group and combined.
 
-    Every shot-noise term is the exact finite-``N`` expectation for Poisson counts where
-    one exists (``N`` = frames of the group): ``Omega`` and ``VImage`` for any weights,
-    ``r`` and ``re`` for hard bins on a uniform ring, ``re`` with
-    ``subtract_nonuniformity`` for any weights and any static mean pattern; first order
-    otherwise. See the module docstring and the estimators page of the user guide.
+    Every corrected estimator has expectation 0 on structure-free Poisson data where a
+    closed form exists (``N`` = frames of the group): ``Omega`` and ``VImage`` for any
+    weights, ``r`` and ``re`` for hard bins (uniform ring or not; on structured data they
+    then estimate the noise-free value without bias), ``re`` with
+    ``subtract_nonuniformity`` for any weights and any static mean pattern; second order in
+    the relative shot noise otherwise. See the module docstring and the estimators page of
+    the user guide.
 
     Parameters
     ----------
@@ -324,13 +321,13 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         Any of :data:`METHODS`.
     gain : float or None
         Counting model: detector units per electron, ``k0 = gain`` and shot weights
-        ``gain * W**2`` (the moments' ``Q`` accumulated with the default
-        ``shot_weights=None`` of :func:`accumulate`). None: no shot-noise correction
-        unless ``k0`` is given.
+        ``gain * W**2`` (the moments accumulated with ``shot_weights=weights.squared`` and,
+        for ``r``, ``shot_scale=gain``: :func:`femlib.moments.accumulate_moments`). None:
+        no shot-noise correction unless ``k0`` is given.
     k0 : float or None
         A noise model's kernel at zero lag (``Var(D_p) / <D_p>``, detector units); the
         moments' ``Q`` must then have been accumulated with that model's shot weights
-        (in detector units). Not together with ``gain``.
+        (in detector units, ``shot_scale=1``). Not together with ``gain``.
     subtract_nonuniformity : bool
         Subtract the static ring non-uniformity (``ring_nonuniformity`` below) from
         ``r`` and ``re``; the other methods are unchanged.
@@ -353,7 +350,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     ------
     ValueError
         If no group has two or more frames, if both ``gain`` and ``k0`` are given, or if
-        the moments lack what a method needs.
+        the moments lack what a method needs (or hold ``r``'s products for another gain).
     TypeError
         For a non-numeric ``gain`` or ``k0`` or a non-boolean ``subtract_nonuniformity``.
 
@@ -368,11 +365,12 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     Pure Poisson frames (gain 3): every corrected estimator is zero within its error.
 
     >>> import numpy as np
-    >>> from femlib import integration, variance
+    >>> from femlib import integration, moments, variance
     >>> rng = np.random.default_rng(0)
     >>> frames = 3.0 * rng.poisson(20.0, size=(200, 16, 16))
     >>> w = integration.build_weights((16, 16), (7.5, 7.5), npt=3, radial_range=(2.0, 7.0))
-    >>> m = variance.accumulate(frames, w, variance.frame_states(200), pixels=True)
+    >>> m = moments.accumulate_moments(frames, w, shot_weights=w.squared,
+    ...                                methods=variance.METHODS, shot_scale=3.0)
     >>> res = variance.estimate(m, w, variance.METHODS, gain=3.0)
     >>> res["variance"].shape
     (1, 4, 3)
@@ -402,6 +400,19 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         )
     # k0 multiplies the per-pixel (A / I) terms; qs turns the stored Q into detector units.
     kk, qs = (gain, gain) if gain is not None else (k0, 1.0) if k0 is not None else (0.0, 0.0)
+    if "r" in methods and qs:
+        if not moments.ratio:
+            raise ValueError(
+                "r with a shot-noise correction needs the per-frame products of the pass: "
+                "accumulate with shot weights and methods including 'r'"
+            )
+        if moments.shot_scale != qs:
+            raise ValueError(
+                f"the moments hold r's per-frame products for shot_scale="
+                f"{moments.shot_scale:g}, but estimate was given "
+                + (f"gain={gain:g}" if gain is not None else "k0 (shot_scale 1)")
+                + ": accumulate with shot_scale equal to the gain (1 for a noise model)"
+            )
     gcount = moments.count.reshape(moments.n_groups, moments.n_blocks)
     shape_ring = (moments.n_groups, moments.n_blocks)
     count = gcount
@@ -528,9 +539,9 @@ def warn_undefined(result, radial_centers):
     --------
     >>> import warnings
     >>> import numpy as np
-    >>> from femlib import integration, variance
+    >>> from femlib import integration, moments, variance
     >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
-    >>> m = variance.accumulate(np.zeros((4, 8, 8)), w, variance.frame_states(4))
+    >>> m = moments.accumulate_moments(np.zeros((4, 8, 8)), w)
     >>> res = variance.estimate(m, w, ["Omega"])
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
@@ -568,40 +579,3 @@ def warn_undefined(result, radial_centers):
                 RuntimeWarning,
                 stacklevel=3,
             )
-
-
-def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-                    squares=True, shot_weights=None):
-    """Lazy :func:`accumulate` over a dask array (one task per chunk, merged as a tree).
-
-    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
-
-    Parameters
-    ----------
-    darr : dask.array.Array, shape (..., rows, columns)
-    weights : femlib.integration.AzimuthalWeights
-    states : int ndarray, shape nav
-        :func:`femlib.moments.frame_states`, reshaped to the navigation shape.
-    n_groups, n_blocks : int
-    pixels, squares, shot_weights
-        As :func:`accumulate`.
-
-    Returns
-    -------
-    dask.delayed.Delayed
-        Computing it gives the merged :class:`femlib.moments.Moments`.
-    """
-    import dask.array as da
-
-    from femlib import moments as _m
-    from femlib.integration import prepare_chunks
-
-    darr = prepare_chunks(darr)
-    nav = darr.ndim - 2
-    states = np.asarray(states, dtype=np.int64).reshape(darr.shape[:nav])
-    sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()
-    plan = _m._Plan(n_groups, n_blocks, bool(squares), bool(squares), bool(pixels or squares),
-                    bool(pixels))
-    shot = weights.squared if shot_weights is None else shot_weights
-    sdata = _m._shot_data(weights, shot)
-    return _m._accumulate_tree(darr.to_delayed().reshape(-1), sblocks, weights, sdata, plan)

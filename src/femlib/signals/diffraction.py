@@ -506,7 +506,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         )
         work = _moments.accumulate_moments(
             self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
-            compute=False,
+            compute=False, shot_scale=1.0 if gain is None else gain,
         )
         moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
         if moments.n_nonfinite:
