@@ -248,6 +248,25 @@ def _ref_estimate(frames, wm, method, k0, qw, subtract):
     return v
 
 
+def _ref_floor(frames, wm, method, k0, qw):
+    """The shot noise's own standard error, first order: ``sqrt(2 / (N - 1)) / n_e`` with
+    ``n_e`` the electrons of one value (ring sum, pixel, or pixel of the ring)."""
+    n = len(frames)
+    if not k0:
+        return np.zeros(wm.shape[0])
+    s, q = (frames @ wm.T).mean(0), (frames @ qw.T).mean(0)
+    area = wm.sum(1)
+    if method == "Omega":
+        return np.sqrt(2 / (n - 1)) * q / s**2
+    if method == "VImage":
+        lam = frames.mean(0) / k0
+        ok = lam > 0
+        var = np.where(ok, 2 / (n - 1) / np.where(ok, lam, 1) ** 2, 0)
+        return np.sqrt(wm**2 @ var) / (wm @ ok)
+    p_eff = area**2 / (wm**2).sum(1)
+    return np.sqrt(2 / (p_eff * (n - 1))) * k0 * area / s
+
+
 def _ref_jackknife(values_b):
     """(B', K) leave-one-block-out values of the present blocks -> standard error."""
     b = len(values_b)
@@ -284,6 +303,7 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
     np.testing.assert_array_equal(res["counts"], [7, 4, 1])
     np.testing.assert_array_equal(res["used_groups"], [True, True, False])
     assert res["methods"] == V.METHODS
+    floors = np.zeros((2, len(V.METHODS), 2))
     for g in (0, 1):
         x = members[g]
         block = np.arange(len(x)) % b
@@ -293,8 +313,13 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
             loo = np.array([_ref_estimate(x[block != k], wm, method, k0, qw, subtract)
                             for k in range(b)])
             np.testing.assert_allclose(res["jackknife"][g, :, i], loo, rtol=1e-10)
-            np.testing.assert_allclose(res["standard_error"][g, i], _ref_jackknife(loo),
-                                       rtol=1e-9)
+            np.testing.assert_allclose(res["jackknife_standard_error"][g, i],
+                                       _ref_jackknife(loo), rtol=1e-9)
+            floor = _ref_floor(x, wm, method, k0, qw)
+            np.testing.assert_allclose(res["shot_standard_error"][g, i], floor, rtol=1e-9)
+            np.testing.assert_allclose(res["standard_error"][g, i],
+                                       np.fmax(_ref_jackknife(loo), floor), rtol=1e-9)
+            floors[g, i] = floor
         nu = _ref_nu(x, wm, k0, qw)
         np.testing.assert_allclose(res["ring_nonuniformity"][g], nu, rtol=1e-10)
         nu_loo = np.array([_ref_nu(x[block != k], wm, k0, qw) for k in range(b)])
@@ -312,8 +337,9 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
         wj = n_g[:, None] - n_gb  # (G, B)
         cj = np.einsum("gb,gbk->bk", wj, res["jackknife"][:2, :, i]) / wj.sum(0)[:, None]
         np.testing.assert_allclose(res["combined_jackknife"][:, i], cj, rtol=1e-12)
-        np.testing.assert_allclose(res["combined_standard_error"][i], _ref_jackknife(cj),
-                                   rtol=1e-9)
+        comb_floor = np.sqrt(((n_g[:, None] / 11) ** 2 * floors[:, i] ** 2).sum(0))
+        np.testing.assert_allclose(res["combined_standard_error"][i],
+                                   np.fmax(_ref_jackknife(cj), comb_floor), rtol=1e-9)
     nu = res["ring_nonuniformity"][:2]
     np.testing.assert_allclose(res["combined_ring_nonuniformity"], n_g @ nu / 11, rtol=1e-12)
     nu_j = np.array([[_ref_nu(x[np.arange(len(x)) % b != k], wm, k0, qw) for k in range(b)]
@@ -511,8 +537,8 @@ def test_jackknife_counts_only_the_blocks_a_group_has_frames_in():
         for i, method in enumerate(("Omega", "VImage")):
             loo = np.array([_ref_estimate(xg[np.arange(len(xg)) % 3 != k], wm, method, G,
                                           G * wm**2, False) for k in range(blocks)])
-            np.testing.assert_allclose(res["standard_error"][g, i, :2], _ref_jackknife(loo)[:2],
-                                       rtol=1e-9)
+            np.testing.assert_allclose(res["jackknife_standard_error"][g, i, :2],
+                                       _ref_jackknife(loo)[:2], rtol=1e-9)
     assert np.isnan(res["jackknife"][1, 2]).all()  # the empty block is marked, not used
     assert np.isnan(res["variance"][2]).all() and not res["used_groups"][2]
 

@@ -75,6 +75,7 @@ from femlib.moments import _H, _I, _J, _P, _Q, _U, _merge_arrays
 
 __all__ = [
     "METHODS",
+    "MIN_PAIRS",
     "estimate",
     "check_method",
     "check_gain",
@@ -299,6 +300,49 @@ def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, subtract=False):
     return v
 
 
+#: Fewest expected same-pixel (``Omega``: same-ring) pairs of electrons of one frame,
+#: summed over the frames, below which a standard error is flagged as not trustworthy
+#: (``standard_error_trusted``): ``V`` then rests on a handful of coincidences and its
+#: distribution is far from normal. Measured (``benchmarks/estimator_accuracy.py lowdose``).
+MIN_PAIRS = 10.0
+
+
+def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c):
+    """The standard error that the shot noise alone gives ``V``, and the expected number of
+    electron pairs it rests on, each ``(..., K)``.
+
+    To first order in the relative shot noise, a corrected estimator on ``N`` independent
+    values of ``n_e`` electrons each has variance ``2 / ((N - 1) n_e^2)``: the sample
+    variance's own kurtosis term (``1 / (N n_e)`` relative) cancels against the shot-noise
+    term's dependence on the same mean. ``Omega``: the ring sums (``n_e = <S>^2 / Q``);
+    ``VImage``: every pixel (``m_p / k0`` electrons), ring-averaged with the weights; ``r``
+    and ``re``: the ``P = A^2 / sum w^2`` effective pixels of a ring (``<S> / (k0 A)``
+    electrons each), over ``N`` frames. The pairs: ``N n_e^2 / 2`` (``Omega``) and
+    ``N sum_p w_p (m_p / k0)^2 / 2`` (the others). Zero floor and infinite pairs without a
+    correction (the electrons are then unknown).
+    """
+    nn = n[..., None]
+    mi = mean[..., _I, :]
+    q = qs * mean[..., _Q, :]
+    if not (qs or np.any(k0)):
+        inf = np.full(mi.shape, np.inf)
+        return np.zeros(mi.shape), inf, inf
+    dof = np.maximum(nn - 1.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ne = mi * mi / q  # electrons per ring per frame (the ring sum's Poisson equivalent)
+        if method == "Omega":
+            return np.sqrt(2.0 / dof) / ne, nn * ne * ne / 2.0, ne
+        lam = pm / _per_pixel(k0, wc)  # electrons per pixel per frame
+        pairs = nn * _ring(wc, lam * lam) / 2.0
+        if method == "VImage":
+            ok = pm > 0
+            var_p = np.where(ok, 2.0 / dof / lam**2, 0.0)
+            return np.sqrt(_ring(w2c, var_p)) / _ring(wc, ok.astype(float)), pairs, ne
+        lam_k = mi / (k0 * area)
+        p_eff = area * area / np.asarray(w2c.sum(axis=1)).ravel()
+        return np.sqrt(2.0 / (p_eff * dof)) / lam_k, pairs, ne
+
+
 def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
              subtract_nonuniformity=False):
     """Compute FEM variance estimators, their jackknife standard errors, per group and combined.
@@ -336,7 +380,15 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     -------
     dict
         ``variance``, ``standard_error``: ``(G, M, K)`` per group, method and bin;
-        ``counts``: ``(G,)`` frames per group; ``combined``, ``combined_standard_error``:
+        ``standard_error`` is the larger of ``jackknife_standard_error`` (delete-a-block)
+        and ``shot_standard_error`` (what the shot noise alone gives, first order; see
+        the estimators page of the user guide); ``standard_error_trusted``
+        ``(G, M, K)``: False where ``V`` rests on fewer than :data:`MIN_PAIRS` expected
+        coincident electron pairs (``shot_pairs``; ``shot_electrons``: electrons per bin
+        and frame), so that its distribution is far from normal and no standard error
+        describes it (always True without a correction); ``counts``: ``(G,)`` frames per
+        group; ``combined``,
+        ``combined_standard_error`` (and ``combined_standard_error_trusted``):
         ``(M, K)``, the frame-weighted mean over the groups with at least 2 frames;
         ``used_groups``: bool ``(G,)``; ``methods``; ``jackknife`` ``(G, B, M, K)`` and
         ``combined_jackknife`` ``(B, M, K)``: the leave-one-block-out estimates (NaN where a
@@ -437,14 +489,33 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     vj = np.stack([_estimators(*loo, m, *args, sub) for m in methods], axis=2)
     # vj: (G, B, M, K); a block with no frame in a group does not count for that group.
     present = count > 0  # (G, B)
-    se = _jackknife_se(vj, present)
+    # The jackknife, but never below what the shot noise alone gives (with few frames or
+    # few counts the leave-one-block-out values scatter too little; user guide).
+    w2c = weights.squared[:, weights.touched] if pm is not None else None
+    floor, pairs, electrons = (
+        np.stack(x, axis=1)  # (G, M, K)
+        for x in zip(*(_shot_floor(full[0], full[1], full[3], m, kk, qs, area, wc, w2c)
+                       for m in methods), strict=True)
+    )
+    se_jk = _jackknife_se(vj, present)
+    se = np.fmax(se_jk, floor)
     comb, comb_se, comb_j = _combine(v, vj, counts, count, used, present)
+    wg = np.where(used, counts, 0.0) / np.where(used, counts, 0.0).sum()
+    comb_floor = np.sqrt(np.tensordot(wg**2, np.where(used[:, None, None], floor, 0.0) ** 2,
+                                      axes=(0, 0)))
+    comb_pairs = np.where(used[:, None, None], pairs, 0.0).sum(axis=0)
     out = {
         "variance": v,
         "standard_error": se,
+        "standard_error_trusted": pairs >= MIN_PAIRS,
+        "jackknife_standard_error": se_jk,
+        "shot_standard_error": floor,
+        "shot_pairs": pairs,
+        "shot_electrons": electrons,
         "counts": counts.astype(int),
         "combined": comb,
-        "combined_standard_error": comb_se,
+        "combined_standard_error": np.fmax(comb_se, comb_floor),
+        "combined_standard_error_trusted": comb_pairs >= MIN_PAIRS,
         "used_groups": used,
         "methods": methods,
         "jackknife": np.where(present[:, :, None, None], vj, np.nan),
@@ -521,12 +592,14 @@ _UNDEFINED_CAUSE = {
 
 
 def warn_undefined(result, radial_centers):
-    """Warn about NaN values in an estimate, naming the method and the cause.
+    """Warn about NaN values and untrustworthy standard errors, naming method and cause.
 
     One warning per method with undefined values (e.g. ``Omega`` on a ring that never
-    received a count, ``r`` where a frame's ring mean is <= 0), and one where a value is
-    defined but its standard error is not. Groups left out for having fewer than two
-    frames are not looked at.
+    received a count, ``r`` where a frame's ring mean is <= 0), one where a value is
+    defined but its standard error is not, and one where the standard error cannot be
+    trusted (``standard_error_trusted`` False: fewer than :data:`MIN_PAIRS` expected
+    coincident electron pairs), naming the electrons per bin and frame. Groups left out
+    for having fewer than two frames are not looked at.
 
     Parameters
     ----------
@@ -566,6 +639,22 @@ def warn_undefined(result, radial_centers):
             warnings.warn(
                 f"V(k) is undefined (NaN) in {k.size} radial bin(s) (radius {radii(k)}) "
                 f"for method {method!r}: {_UNDEFINED_CAUSE[method]}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        trusted = result.get("standard_error_trusted")
+        shaky = ~bad & np.isfinite(se[:, i])
+        shaky &= np.zeros_like(shaky) if trusted is None else ~trusted[used][:, i]
+        if shaky.any():
+            k = np.unique(np.nonzero(shaky)[-1])
+            e = result["shot_electrons"][used][:, i][shaky]
+            p = result["shot_pairs"][used][:, i][shaky]
+            warnings.warn(
+                f"the standard error of V(k) is not trustworthy in {k.size} radial bin(s) "
+                f"(radius {radii(k)}) for method {method!r}: V rests on {p.min():.2g}-"
+                f"{p.max():.2g} expected coincident electron pairs ({e.min():.2g}-"
+                f"{e.max():.2g} electrons per bin per frame), fewer than {MIN_PAIRS:g}; "
+                "use more patterns, wider bins or Omega",
                 RuntimeWarning,
                 stacklevel=3,
             )

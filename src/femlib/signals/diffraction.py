@@ -449,7 +449,9 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             curves (blocks first) used by :meth:`FEMVariance1D.find_peaks`. ``metadata.FEM`` holds
             ``method``, ``gain``, ``npt``, ``radial_range``, ``number_of_patterns``,
             ``Calibration`` (the centre and affine used),
-            ``standard_error`` (jackknife, shape of the data) and, when binned,
+            ``standard_error`` (jackknife, never below the shot noise's own, shape of the
+            data), ``standard_error_trusted`` (False where ``V`` rests on too few counts
+            for any error bar; a warning names them) and, when binned,
             ``thickness_edges``, ``counts``, ``labels``, ``combined`` and
             ``combined_standard_error`` (frame-weighted mean over the bins; also
             :meth:`FEMVariance1D.combined`). When ``r`` or ``re`` is asked for, also
@@ -537,6 +539,14 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         result = self._variance_signal(
             res, w, methods, method, gain if noise is None else float(noise.gain), edges, layout
         )
+        # The trust flags in the layout of the data (the same path as V, quietly).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flags = self._variance_signal(
+                dict(res, variance=res["standard_error_trusted"].astype(float)), w, methods,
+                method, gain, edges, layout,
+            ).data
+        result.metadata.FEM.standard_error_trusted = flags > 0.5
         if noise is not None:
             result.metadata.FEM.noise_model = {
                 "gain": float(noise.gain),
