@@ -52,29 +52,34 @@ def _table(rows, header):
 
 # ----------------------------------------------------------------------------- speckle
 def speckle(args):
-    kw = dict(npt=args.npt, radial_range=(0.4, 3.9), method="all", show_progressbar=False)
-    print(f"synthetic_speckle({args.nav}x{args.nav}, 64x64, speckle_size={args.size}, "
-          f"gain={args.gain}), npt={args.npt} over 0.4-3.9 nm^-1 (3.2-31 px), "
-          f"{args.seeds} seeds per dose\n")
+    det = args.detector
+    rr = tuple(args.range)
+    kw = dict(npt=args.npt, radial_range=rr, method="all", show_progressbar=False)
+    which = "the truth's own (jackknife)" if args.reference_se else "the estimate's"
+    print(f"synthetic_speckle({args.nav}x{args.nav}, {det}x{det}, speckle_size={args.size}, "
+          f"gain={args.gain}), npt={args.npt} over {rr[0]}-{rr[1]} nm^-1, "
+          f"{args.seeds} seeds per dose; SE: {which}\n")
     rows = []
     for dose in args.doses:
         z = []
         electrons = []
         for seed in range(args.seeds):
-            s = femlib.data.synthetic_speckle((args.nav, args.nav), (64, 64), dose=dose,
+            s = femlib.data.synthetic_speckle((args.nav, args.nav), (det, det), dose=dose,
                                               speckle_size=args.size, gain=args.gain,
                                               seed=seed)
-            truth = femlib.data.speckle_truth(s, **kw).data
+            ref = femlib.data.speckle_truth(s, **kw)
+            truth = ref.data
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 v = s.get_variance(gain=args.gain, **kw)
-            se = v.metadata.FEM.standard_error
+            se = (ref if args.reference_se else v).metadata.FEM.standard_error
             z.append((v.data - truth) / se)
             electrons.append(s.metadata.Simulation.mean_pattern.ravel() / args.gain)
         z = np.array(z)  # (seeds, method, k)
         # electrons per ring per frame: the weights applied to the mean pattern
-        w = femlib.integration.build_weights((64, 64), (31.5, 31.5), npt=args.npt,
-                                             radial_range=(0.4 / 0.125, 3.9 / 0.125))
+        c = (det - 1) / 2
+        w = femlib.integration.build_weights((det, det), (c, c), npt=args.npt,
+                                             radial_range=(rr[0] / 0.125, rr[1] / 0.125))
         per_ring = w.matrix @ np.mean(electrons, axis=0)
         row = [f"{dose:g}", f"{per_ring.min():.0f}-{per_ring.max():.0f}"]
         for i in range(len(METHODS)):
@@ -131,7 +136,8 @@ def psf(args):
 
     print(f"synthetic_fem(({args.psf_nav}, {args.psf_nav}), modulation=False, "
           f"thickness_gradient=False, dose={args.psf_dose:g}, psf_sigma=...), true geometry, "
-          f"npt={args.psf_npt} over 3-5.75 nm^-1, method='all', {args.psf_seeds} seeds\n")
+          f"npt={args.psf_npt} over 3-5.75 nm^-1, method='all', subtract_nonuniformity=True, "
+          f"{args.psf_seeds} seeds\n")
     rows = []
     for sigma in args.sigmas:
         flat = femlib.data.synthetic_flat_field(200, (128, 128), dose=100.0, gain=4.2,
@@ -152,7 +158,8 @@ def psf(args):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     v = s.get_variance(npt=args.psf_npt, noise=model, radial_range=(3.0, 5.75),
-                                       mask=mask, method="all", show_progressbar=False)
+                                       mask=mask, method="all", subtract_nonuniformity=True,
+                                       show_progressbar=False)
                 res[name].append(v.data / v.metadata.FEM.standard_error)
         for name, z in res.items():
             z = np.array(z)  # (seeds, method, k)
@@ -212,6 +219,11 @@ def main(argv=None):
     p.add_argument("--npt", type=int, default=12, help="speckle bins (12)")
     p.add_argument("--size", type=float, default=1.0, help="speckle size, px (1.0)")
     p.add_argument("--gain", type=float, default=1.0, help="speckle detector gain (1.0)")
+    p.add_argument("--detector", type=int, default=64, help="speckle detector side (64)")
+    p.add_argument("--range", type=float, nargs=2, default=[0.4, 3.9],
+                   help="speckle radial range, nm^-1 at 0.125 nm^-1/px (0.4 3.9)")
+    p.add_argument("--reference-se", action="store_true",
+                   help="divide by the truth's own standard error (as issue 24 did)")
     p.add_argument("--doses", type=float, nargs="+", default=[0.25, 2.0, 20.0, 150.0],
                    help="speckle doses, electrons/px at the first ring (0.25 2 20 150)")
     p.add_argument("--seeds-low", type=int, default=150, help="low-dose seeds (150)")

@@ -302,6 +302,27 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     return _accumulate_chunk(frames, states, weights, _shot_data(weights, shot_weights), plan)
 
 
+#: Largest ring sum (detector units) the pass accepts: the estimators square it (and
+#: multiply it by the gain), which must stay far from float64's 1.8e308.
+MAX_SUM = 1e150
+
+
+def _refuse_overflow(flat, rows, nonfinite, states, weights):
+    """A frame whose sums are not finite although its weighted pixels are: its values
+    overflow float64 when squared; refuse with a message, not a silent exclusion."""
+    bad = rows[nonfinite & (states >= 0)]
+    if not bad.size:
+        return
+    pix = flat[bad][:, weights.touched] if flat.ndim == 2 else None
+    if pix is None or not np.all(np.isfinite(pix)):
+        return
+    raise ValueError(
+        f"frames hold values up to {float(np.abs(pix).max()):.3g}, whose squares overflow "
+        "float64 (the estimators need D^2 and the squared ring sums): rescale the data "
+        f"(ring sums must stay below {MAX_SUM:.0e})"
+    )
+
+
 def _accumulate_chunk(frames, states, weights, sdata, plan):
     flat = as_native_frames(frames, weights.detector_shape)
     states = np.asarray(states, dtype=np.int64).ravel()
@@ -330,6 +351,14 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
     # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it
     # (rare: the chunk's pixel sums are then taken again without those frames).
     nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
+    if nonfinite.any():
+        _refuse_overflow(flat, rows, nonfinite, states, weights)
+    top = np.abs(np.where(np.isfinite(sums[0]), sums[0], 0.0)).max(initial=0.0)
+    if top > MAX_SUM:
+        raise ValueError(
+            f"ring sums reach {top:.3g} detector units: the estimators square them, which "
+            f"overflows float64 above about {MAX_SUM:.0e}; rescale the data"
+        )
     n_nonfinite = int((nonfinite & (states >= 0)).sum())
     if n_nonfinite:
         states = np.where(nonfinite, -1, states)
@@ -390,6 +419,25 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
             pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
     return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
                    n_nonfinite, plan.squares, shot, plan.ratio, plan.shot_scale)
+
+
+#: Largest float64 moments one block of frames may hold (every task allocates them).
+MAX_STATE_BYTES = 2**31
+
+
+def _check_state_memory(n_states, weights, need):
+    """Refuse, before anything is allocated, moments too large for memory (e.g. a million
+    thickness bins): ``n_states`` x (columns x bins + pixels) float64 per block of frames."""
+    per_state = (len(COLUMNS) + 1) * weights.area.size
+    if need["pixel_means"]:
+        per_state += (2 if need["pixel_squares"] else 1) * weights.touched.size
+    size = 8.0 * n_states * per_state
+    if size > MAX_STATE_BYTES:
+        raise ValueError(
+            f"{n_states} states (groups x {N_BLOCKS} jackknife blocks) would need "
+            f"{size / 2**30:.3g} GiB of moments per block of frames (at most "
+            f"{MAX_STATE_BYTES / 2**30:g}): use fewer groups, thickness bins or tiles"
+        )
 
 
 def _check_scale(shot_scale):
@@ -589,6 +637,7 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
     else:
         bounds = np.cumsum((0,) + nav_chunks[0])
         sblocks = [states[i:j] for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
+    _check_state_memory(n_groups * n_blocks, weights, need)
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
                  need["pixel_squares"], _check_scale(shot_scale))
     work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan)

@@ -260,6 +260,35 @@ class DetectorNoise:
         return float(self._kernel[ny // 2, nx // 2])
 
     @property
+    def curvature(self):
+        r"""(float, float): the second-order term ``(c_y, c_x)`` of the per-pixel noise, px².
+
+        The model ``Var(D_p) = k0 <D_p>`` holds where the mean pattern is locally flat; to
+        second order ``Var(D_p) = k0 (<D_p> + c_y ∂²<D>/∂y² + c_x ∂²<D>/∂x²)`` with
+        ``c = (μ2(ĥ) - μ2(h)) / 2`` per axis, ``μ2`` the second moment of the PSF ``h``
+        and of ``ĥ = h² / Σ h²`` (user guide, noise page). From :meth:`from_psf` it is
+        computed from the PSF; for any other kernel the PSF is taken to be a Gaussian
+        integrated over the pixel (what :func:`femlib.data.synthetic_fem` simulates) with
+        the kernel's ``k0 / gain = Σ h²``. 0 for the counting model.
+
+        Examples
+        --------
+        >>> DetectorNoise.counting(4.2).curvature
+        (0.0, 0.0)
+        >>> psf = DetectorNoise.from_psf([[0, 0.1, 0], [0.1, 0.6, 0.1], [0, 0.1, 0]], 1.0)
+        >>> [round(c, 4) for c in psf.curvature]
+        [-0.075, -0.075]
+        """
+        if "curvature" in self.info:
+            cy, cx = self.info["curvature"]
+            return (float(cy), float(cx))
+        ratio = self.k0 / self.gain
+        if not 0 < ratio < 1:
+            return (0.0, 0.0)
+        c = _gaussian_curvature(math.sqrt(ratio))
+        return (c, c)
+
+    @property
     def size(self):
         """tuple of int: the window ``(ny, nx)``."""
         return self._kernel.shape
@@ -342,7 +371,7 @@ class DetectorNoise:
             raise ValueError("psf must be finite and non-negative with a positive sum")
         h = h / h.sum()
         k = g * correlate(h, h, mode="full", method="direct")
-        return cls(k, info={"method": "psf"})
+        return cls(k, info={"method": "psf", "curvature": _psf_curvature(h)})
 
     @classmethod
     def from_flat_field(
@@ -777,6 +806,52 @@ class DetectorNoise:
         ax.set_ylabel("Δy (pixels)")
         ax.set_title(f"noise kernel K: gain {self.gain:.4g}, K(0) {self.k0:.4g}")
         return ax
+
+
+def _second_moments(h):
+    """Centred second moments ``(μ2_y, μ2_x)`` of a non-negative 2D array of sum 1."""
+    y, x = np.mgrid[0 : h.shape[0], 0 : h.shape[1]].astype(float)
+    my, mx = (h * y).sum(), (h * x).sum()
+    return float((h * (y - my) ** 2).sum()), float((h * (x - mx) ** 2).sum())
+
+
+def _psf_curvature(h):
+    """``(c_y, c_x) = (μ2(h²/Σh²) - μ2(h)) / 2`` of a PSF ``h`` of sum 1."""
+    sq = h * h / np.sum(h * h)
+    return tuple(0.5 * (a - b) for a, b in zip(_second_moments(sq), _second_moments(h),
+                                                strict=True))
+
+
+def _pixel_gaussian(sigma):
+    """1D profile of a Gaussian of ``sigma`` px integrated over each pixel, sum 1."""
+    if sigma <= 0:
+        return np.ones(1)
+    half = int(math.ceil(5 * sigma)) + 1
+    edges = (np.arange(-half, half + 2) - 0.5) / (sigma * math.sqrt(2))
+    profile = np.diff([math.erf(e) for e in edges])
+    return profile / profile.sum()
+
+
+def _curvature_table():
+    sigmas = np.concatenate([np.linspace(0.0, 0.2, 21)[:-1], np.geomspace(0.2, 8.0, 200)])
+    s1, c = [], []
+    for sigma in sigmas:
+        p = _pixel_gaussian(sigma)
+        s1.append(float(np.sum(p * p)))
+        c.append(_psf_curvature(np.outer(np.ones(1), p))[1])
+    return np.array(s1), np.array(c)
+
+
+_CURVATURE_TABLE = None
+
+
+def _gaussian_curvature(sum_sq_1d):
+    """``c`` of a pixel-integrated Gaussian PSF whose 1D profile has ``sum p^2`` given."""
+    global _CURVATURE_TABLE
+    if _CURVATURE_TABLE is None:
+        _CURVATURE_TABLE = _curvature_table()
+    s1, c = _CURVATURE_TABLE  # s1 decreases with sigma
+    return float(np.interp(sum_sq_1d, s1[::-1], c[::-1]))
 
 
 def _border(shape, width):

@@ -29,8 +29,9 @@ remaining ratio bias is second order in ``1 / S``. A frame (for ``re``: a group)
 than two electrons' worth of signal in a ring (``S^2 < 2 Q``) uses the first-order form
 ``A J / S^2 - 1 - k0 A / S + Q / S^2``, exact for hard uniform rings. For a general noise
 kernel ``k0`` and ``Q`` make every numerator and denominator unbiased when the mean pattern
-is locally flat; ``k0`` may be given per bin for the second-order form. The derivations are
-in the user guide (estimators page).
+is locally flat; with a PSF's ``curvature`` the per-pixel variance of ``r``, ``re`` and
+``VImage`` is ``k0 (m + c lap m)``, second order. The derivations are in the user guide
+(estimators page).
 
 Static ring non-uniformity (reported with ``r`` and ``re``, optionally subtracted from them):
 
@@ -57,7 +58,10 @@ Delete-a-group jackknife over probe positions: the ``i``-th frame of each group 
 block ``i mod B`` (``B = 20`` by default, independent of chunking). Each estimator is
 recomputed with one block left out, from the same moments, and
 ``se^2 = (B-1)/B sum_b (V_(b) - mean_b V_(b))^2``. It covers every method, the shot-noise
-term and the thickness-combined result alike.
+term and the thickness-combined result alike. It is never below the first-order error of
+the shot noise alone (with few counts the blocks scatter too little), and where ``V``
+rests on fewer than :data:`MIN_PAIRS` expected coincident electron pairs it is flagged as
+not trustworthy (``standard_error_trusted``; :func:`warn_undefined` warns).
 
 References
 ----------
@@ -221,14 +225,15 @@ def _pairs(mi, q, nn):
     return den, (mi > 0) & (den >= q / nn)
 
 
-def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc):
+def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap=None):
     """Uncorrected estimator and its finite-N shot-noise term, each ``(..., K)``.
 
-    ``k0`` is the noise kernel at zero lag (a number, or per bin ``(K,)``: the second-order
-    ``k0`` of a noise kernel) and ``qs`` the factor that turns the stored shot ring sums
-    ``Q`` into detector units (``gain`` for the counting model, whose ``Q`` holds ``sum w^2
-    D``; 1 for a noise model's shot weights; 0: no term). The term is the uncorrected value
-    less the corrected one. The derivations are in the estimators page of the user guide.
+    ``k0`` is the noise kernel at zero lag and ``qs`` the factor that turns the stored shot
+    ring sums ``Q`` into detector units (``gain`` for the counting model, whose ``Q`` holds
+    ``sum w^2 D``; 1 for a noise model's shot weights; 0: no term). ``lap``: None, or the
+    second-order term of a PSF (:class:`_Curvature`): the per-pixel variance is then
+    ``k0 (m_p + c lap m_p)``, not ``k0 m_p``. The term is the uncorrected value less the
+    corrected one. The derivations are in the estimators page of the user guide.
     """
     nn = n[..., None]
     mi = mean[..., _I, :]
@@ -237,40 +242,80 @@ def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc):
         if method == "Omega":
             # Exact for Poisson given the per-pixel totals (multinomial frames).
             return m2 / nn / mi**2, (1.0 - 1.0 / nn) * q / mi**2
+        kb = _k0_bins(k0, pm, wc, lap)
         if method == "r":
             # Per-frame unbiased products (moments.py): exact for hard bins given the
             # frame's ring sum, uniform ring or not; second order with split pixels.
             raw = mean[..., _U, :] - 1.0
             if not (qs or np.any(k0)):
                 return raw, np.zeros_like(raw)
-            return raw, mean[..., _U, :] - mean[..., _P, :] + k0 * mean[..., _H, :]
+            return raw, mean[..., _U, :] - mean[..., _P, :] + kb * mean[..., _H, :]
         if method == "re":
             # The same products pooled over the frames: exact for hard bins given the
             # ring's total, uniform or not.
             raw = mean[..., _J, :] * area / mi**2 - 1.0
             den, good = _pairs(mi, q, nn)
-            first = k0 * area / mi - q / (nn * mi**2)
-            pooled = raw + 1.0 - area * (mean[..., _J, :] - k0 * mi) / np.where(good, den, 1.0)
+            first = kb * area / mi - q / (nn * mi**2)
+            pooled = raw + 1.0 - area * (mean[..., _J, :] - kb * mi) / np.where(good, den, 1.0)
             return raw, np.where(good, pooled, first)
         # VImage: ring mean over the pixels with a positive mean; exact given each
         # pixel's total over the frames.
         ok = pm > 0
         raw = np.where(ok, pq / nn / pm**2, 0.0)
-        term = np.where(ok, (1.0 - 1.0 / nn) * _per_pixel(k0, wc) / pm, 0.0)
+        var = pm if lap is None else pm + lap(pm)  # the pixel's noise variance / k0
+        term = np.where(ok, (1.0 - 1.0 / nn) * k0 * var / pm**2, 0.0)
         den = _ring(wc, ok.astype(float))
         return _ring(wc, raw) / den, _ring(wc, term) / den
 
 
-def _per_pixel(k0, wc):
-    """``k0`` per touched pixel: a number stays a number; a per-bin ``(K,)`` value is
-    spread to the pixels as the weighted mean over the bins each pixel belongs to."""
-    k0 = np.asarray(k0, dtype=float)
-    if k0.ndim == 0:
+def _k0_bins(k0, pm, wc, lap):
+    """``k0``, or per bin ``k0 sum_p w (m + c lap m) / sum_p w m`` with a PSF's term."""
+    if lap is None or pm is None:
         return k0
-    return (k0 @ wc) / np.maximum(np.asarray(wc.sum(axis=0)).ravel(), 1e-300)
+    return k0 * (1.0 + _ring(wc, lap(pm)) / _ring(wc, pm))
 
 
-def _nonuniformity(n, mean, pm, k0, qs, area, wc):
+class _Curvature:
+    """``c_y d^2m/dy^2 + c_x d^2m/dx^2`` of per-touched-pixel means ``m`` (``(..., P')``).
+
+    Second differences over the touched pixels only (masked pixels and those outside the
+    radial range have no mean): centred where both neighbours are touched, else the
+    one-sided stencil of the next pixel inward, else 0.
+    """
+
+    def __init__(self, coeffs, touched, shape):
+        self.coeffs = tuple(float(c) for c in coeffs)
+        ny, nx = shape
+        pos = np.full(ny * nx, -1, np.int64)
+        pos[touched] = np.arange(touched.size)
+        r, c = np.divmod(touched.astype(np.int64), nx)
+        self.stencils = []
+        for dy, dx, size in ((1, 0, ny), (0, 1, nx)):
+            along = r if dy else c
+
+            def at(k, along=along, dy=dy, dx=dx, size=size):
+                inside = (along + k >= 0) & (along + k < size)
+                flat = (r + k * dy) * nx + (c + k * dx)
+                return np.where(inside, pos[np.clip(flat, 0, ny * nx - 1)], -1)
+
+            m2, m1, p1, p2 = at(-2), at(-1), at(1), at(2)
+            here = np.arange(touched.size)
+            centred = (m1 >= 0) & (p1 >= 0)
+            forward = ~centred & (p1 >= 0) & (p2 >= 0)
+            backward = ~centred & ~forward & (m1 >= 0) & (m2 >= 0)
+            a = np.select([centred, forward, backward], [m1, here, m2], here)
+            b = np.select([centred, forward, backward], [here, p1, m1], here)
+            cc = np.select([centred, forward, backward], [p1, p2, here], here)
+            self.stencils.append((a, b, cc))
+
+    def __call__(self, pm):
+        out = 0.0
+        for coeff, (a, b, c) in zip(self.coeffs, self.stencils, strict=True):
+            out = out + coeff * (pm[..., a] - 2.0 * pm[..., b] + pm[..., c])
+        return out
+
+
+def _nonuniformity(n, mean, pm, k0, qs, area, wc, lap=None):
     """Static ring non-uniformity of the mean pattern, less its own shot-noise content.
 
     ``NU = A (sum_p w m_p^2 - k0 S / N) / (S^2 - Q / N) - 1`` of the per-pixel means ``m``
@@ -283,6 +328,7 @@ def _nonuniformity(n, mean, pm, k0, qs, area, wc):
     s2 = _ring(wc, pm * pm)
     q = qs * mean[..., _Q, :]
     with np.errstate(divide="ignore", invalid="ignore"):
+        k0 = _k0_bins(k0, pm, wc, lap)
         raw = area * s2 / s1**2 - 1.0
         first = raw - (k0 * area / s1 - q / s1**2) / nn
         # The same branch as re's (from the ring sums): re - NU then cancels exactly.
@@ -291,12 +337,12 @@ def _nonuniformity(n, mean, pm, k0, qs, area, wc):
     return np.where(good, pooled, first)
 
 
-def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, subtract=False):
+def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap=None, subtract=False):
     """One corrected estimator on merged moments with leading dims ``(...)``: ``(..., K)``."""
-    raw, term = _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc)
+    raw, term = _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap)
     v = raw - term
     if subtract and method in ("r", "re"):
-        v = v - _nonuniformity(n, mean, pm, k0, qs, area, wc)
+        v = v - _nonuniformity(n, mean, pm, k0, qs, area, wc, lap)
     return v
 
 
@@ -332,7 +378,7 @@ def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c):
         ne = mi * mi / q  # electrons per ring per frame (the ring sum's Poisson equivalent)
         if method == "Omega":
             return np.sqrt(2.0 / dof) / ne, nn * ne * ne / 2.0, ne
-        lam = pm / _per_pixel(k0, wc)  # electrons per pixel per frame
+        lam = pm / k0  # electrons per pixel per frame
         pairs = nn * _ring(wc, lam * lam) / 2.0
         if method == "VImage":
             ok = pm > 0
@@ -344,7 +390,7 @@ def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c):
 
 
 def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
-             subtract_nonuniformity=False):
+             subtract_nonuniformity=False, curvature=None):
     """Compute FEM variance estimators, their jackknife standard errors, per group and combined.
 
     Every corrected estimator has expectation 0 on structure-free Poisson data where a
@@ -375,6 +421,12 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     subtract_nonuniformity : bool
         Subtract the static ring non-uniformity (``ring_nonuniformity`` below) from
         ``r`` and ``re``; the other methods are unchanged.
+    curvature : (float, float) or None
+        A noise model's second-order term ``(c_y, c_x)`` (pixels^2, e.g.
+        :attr:`femlib.noise.DetectorNoise.curvature`): the per-pixel noise variance of
+        ``r``, ``re`` and ``VImage`` is then ``k0 (m_p + c_y d^2 m / dy^2 + c_x d^2 m /
+        dx^2)`` of the measured mean pattern ``m``, not ``k0 m_p``. None or zeros: the
+        locally flat form.
 
     Returns
     -------
@@ -432,6 +484,17 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     methods = check_method(methods)
     gain = check_gain(gain)
     k0 = check_gain(k0, "k0")
+    if curvature is not None:
+        try:
+            curvature = tuple(float(c) for c in curvature)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"curvature must be None or two numbers (c_y, c_x), got {curvature!r}"
+            ) from err
+        if len(curvature) != 2 or not np.all(np.isfinite(curvature)):
+            raise ValueError(
+                f"curvature must be None or two finite numbers (c_y, c_x), got {curvature!r}"
+            )
     if gain is not None and k0 is not None:
         raise ValueError(
             "give gain (the counting model) or k0 (a noise model's kernel at zero lag), "
@@ -476,6 +539,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     if moments.pix_m2 is not None:
         pq = moments.pix_m2.reshape(shape_ring + moments.pix_m2.shape[1:])
     full = _reduce(count, mean, m2, pm, pq, axis=1)
+    _check_range(full[1], kk, qs, gain, k0)
     loo = _leave_one_out(count, mean, m2, pm, pq)
     counts = full[0]
     used = counts >= 2
@@ -484,7 +548,10 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     wc = weights.matrix[:, weights.touched] if pm is not None else None
     area = weights.area
     sub = bool(subtract_nonuniformity)
-    args = (kk, qs, area, wc)
+    lap = None
+    if curvature is not None and kk and pm is not None and np.any(curvature):
+        lap = _Curvature(curvature, weights.touched, weights.detector_shape)
+    args = (kk, qs, area, wc, lap)
     v = np.stack([_estimators(*full, m, *args, sub) for m in methods], axis=1)
     vj = np.stack([_estimators(*loo, m, *args, sub) for m in methods], axis=2)
     # vj: (G, B, M, K); a block with no frame in a group does not count for that group.
@@ -526,8 +593,8 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         "combined_ring_nonuniformity_standard_error": None,
     }
     if pm is not None:
-        nu = _nonuniformity(full[0], full[1], full[3], kk, qs, area, wc)[:, None]
-        nuj = _nonuniformity(loo[0], loo[1], loo[3], kk, qs, area, wc)[:, :, None]
+        nu = _nonuniformity(full[0], full[1], full[3], kk, qs, area, wc, lap)[:, None]
+        nuj = _nonuniformity(loo[0], loo[1], loo[3], kk, qs, area, wc, lap)[:, :, None]
         nu_comb, nu_comb_se, _ = _combine(nu, nuj, counts, count, used, present)
         out.update(
             ring_nonuniformity=nu[:, 0],
@@ -538,6 +605,22 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     if qs or kk:
         _warn_large_correction(full, methods, used, args, gain, k0)
     return out
+
+
+def _check_range(mean, kk, qs, gain, k0):
+    """Refuse a gain (or data) so large that the shot-noise terms overflow float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mi, q = np.abs(mean[..., _I, :]), np.abs(mean[..., _Q, :])
+        ok = np.isfinite(mi * mi) & np.isfinite(qs * q) & np.isfinite(kk * mi)
+        ok &= np.isfinite(qs * q * mi) & (mi * mi < 1e300)
+    if not ok.all():
+        what = (f"gain={gain:g}" if gain is not None else f"k0={k0:g}" if k0 is not None
+                else "the data")
+        raise ValueError(
+            f"{what} with ring sums up to {float(np.nanmax(mi)):.3g} overflows float64 in "
+            "the shot-noise terms: the gain must be in detector units per electron (at "
+            "most the data's own scale) and the data must not exceed about 1e150"
+        )
 
 
 def _combine(v, vj, counts, count, used, present):

@@ -306,6 +306,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             raise ValueError(
                 f"thickness has shape {t.shape} but the navigation shape is {tuple(nav_shape)}"
             )
+        n_pos = int(np.prod(nav_shape))
+        if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool) and bins > n_pos:
+            # Refused before anything is allocated (the pass keeps moments per bin).
+            raise ValueError(
+                f"bins={int(bins)} asks for more thickness bins than there are probe "
+                f"positions ({n_pos}); a bin needs 2 or more: use at most {max(n_pos // 2, 1)}"
+            )
         return _thickness.bin_by_thickness(t, bins)
 
     def _navigation_mask(self, navigation_mask):
@@ -528,12 +535,14 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             counts = moments.count.reshape(n_groups, -1).sum(axis=1).astype(int)
             if counts.max() < 2:
                 raise ValueError(
-                    f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
+                    "no thickness bin holds 2 or more patterns (counts "
+                    f"{_short_list(counts)}): "
                     "use fewer or wider bins"
                 )
         res = _variance.estimate(
             moments, w, methods, gain, k0=None if noise is None else float(noise.k0),
             subtract_nonuniformity=subtract_nonuniformity,
+            curvature=None if noise is None else getattr(noise, "curvature", None),
         )
         _variance.warn_undefined(res, w.radial_centers)
         result = self._variance_signal(
@@ -760,6 +769,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             axes.append({"name": "Method", "size": len(methods), "units": "", "navigate": True})
         fem.update(extra, jackknife=jack)
         return self._wrap_variance(v, se, axes, w, fem)
+
+
+def _short_list(values, most=10):
+    """``[a, b, ...]`` with at most ``most`` items shown (messages stay short)."""
+    values = [int(v) for v in np.ravel(values)[: most + 1]]
+    more = len(values) > most
+    return "[" + ", ".join(str(v) for v in values[:most]) + (", ...]" if more else "]")
 
 
 def _axis_name(name, default):
