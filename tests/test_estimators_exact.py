@@ -16,9 +16,19 @@ import numpy as np
 import pytest
 
 from femlib import integration as I
+from femlib import moments as M
 from femlib import variance as V
 
 G = 2.5  # detector units per electron
+
+
+def acc(frames, w, states, n_groups=1, n_blocks=M.N_BLOCKS, pixels=False, shot_weights=None,
+        scale=G, squares=True):
+    """One chunk through the pass with everything r, re and VImage need; ``Q`` with the
+    counting model's ``W**2`` (``scale``: the gain) unless shot weights are given."""
+    return M.accumulate(frames, w, states, n_groups, n_blocks, pixels, squares,
+                        shot_weights=w.squared if shot_weights is None else shot_weights,
+                        ratio=squares, pixel_means=squares or pixels, shot_scale=scale)
 
 
 def _weights(matrix, shape):
@@ -48,8 +58,8 @@ def _run(outcomes, w, methods, **kw):
     n_groups, n = outcomes.shape[:2]
     frames = G * outcomes.reshape((-1,) + outcomes.shape[2:])
     groups = np.repeat(np.arange(n_groups), n)
-    st = V.frame_states(frames.shape[0], groups, n_groups, n_blocks=n)
-    m = V.accumulate(frames, w, st, n_groups, n_blocks=n, pixels="VImage" in methods)
+    st = M.frame_states(frames.shape[0], groups, n_groups, n_blocks=n)
+    m = acc(frames, w, st, n_groups, n_blocks=n, pixels="VImage" in methods)
     return V.estimate(m, w, methods, **kw)
 
 
@@ -148,9 +158,9 @@ def test_noise_model_k0_and_shot_weights_plug_in():
     shape = (12, 12)
     w = I.build_weights(shape, (5.7, 6.2), npt=4, radial_range=(1.0, 5.5))
     frames = G * rng.poisson(30.0, size=(60,) + shape)
-    st = V.frame_states(60)
-    m_gain = V.accumulate(frames, w, st, pixels=True)
-    m_model = V.accumulate(frames, w, st, pixels=True, shot_weights=G * w.squared)
+    st = M.frame_states(60)
+    m_gain = acc(frames, w, st, pixels=True)
+    m_model = acc(frames, w, st, pixels=True, shot_weights=G * w.squared, scale=1.0)
     a = V.estimate(m_gain, w, V.METHODS, gain=G, subtract_nonuniformity=True)
     b = V.estimate(m_model, w, V.METHODS, k0=G, subtract_nonuniformity=True)
     for key in ("variance", "standard_error", "ring_nonuniformity"):
@@ -168,7 +178,7 @@ def test_split_ring_r_residual_is_second_order():
     rng = np.random.default_rng(70)
     n, mu = 200_000, 3.0
     frames = G * rng.poisson(mu, size=(n, 1, 8)).astype(float)
-    m = V.accumulate(frames, w, V.frame_states(n))
+    m = acc(frames, w, M.frame_states(n))
     res = V.estimate(m, w, ("r",), gain=G)
     raw = V.estimate(m, w, ("r",))["variance"][0, 0, 0]
     v, se = res["variance"][0, 0, 0], res["standard_error"][0, 0, 0]
@@ -186,8 +196,8 @@ def test_split_ring_r_residual_is_second_order():
 
 
 def _ref_parts(frames, wm, method, k0, qw):
-    """Uncorrected estimator and shot-noise term of ``frames (N, P)``; ``qw``: shot weights
-    in detector units (K, P), ``k0`` the kernel at zero lag (0: no term)."""
+    """Uncorrected and corrected estimator of ``frames (N, P)``; ``qw``: shot weights in
+    detector units (K, P), ``k0`` the kernel at zero lag (0: no correction)."""
     n = len(frames)
     area = wm.sum(1)
     s = frames @ wm.T  # (N, K) ring sums
@@ -196,37 +206,65 @@ def _ref_parts(frames, wm, method, k0, qw):
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "Omega":
             raw = s.var(0) / s.mean(0) ** 2
-            term = (n - 1) / n * q.mean(0) / s.mean(0) ** 2
-        elif method == "r":
-            raw = np.mean(j * area / s**2, 0) - 1
-            term = np.mean(k0 * area / s - q / s**2, 0)
-        elif method == "re":
-            raw = j.mean(0) * area / s.mean(0) ** 2 - 1
-            term = k0 * area / s.mean(0) - q.mean(0) / (n * s.mean(0) ** 2)
-        else:
-            m, var = frames.mean(0), frames.var(0)
-            ok = m > 0
-            den = wm @ ok
-            raw = wm @ np.where(ok, var / m**2, 0) / den
-            term = wm @ np.where(ok, (n - 1) / n * k0 / m, 0) / den
-    return raw, term
+            return raw, raw - (n - 1) / n * q.mean(0) / s.mean(0) ** 2
+        if method == "r":
+            # Per frame: A (J - k0 S) / (S^2 - Q) with two electrons' worth of signal,
+            # else the first-order A J / S^2 - k0 A / S + Q / S^2.
+            good = (s > 0) & (s**2 - q >= q)
+            pair = area * (j - k0 * s) / (s**2 - q)
+            first = area * j / s**2 - k0 * area / s + q / s**2
+            return np.mean(j * area / s**2, 0) - 1, np.mean(np.where(good, pair, first), 0) - 1
+        if method == "re":
+            sm, qm, jm = s.mean(0), q.mean(0), j.mean(0)
+            raw = jm * area / sm**2 - 1
+            good = (sm > 0) & (sm**2 - qm / n >= qm / n)
+            pair = area * (jm - k0 * sm) / (sm**2 - qm / n) - 1
+            first = raw - (k0 * area / sm - qm / (n * sm**2))
+            return raw, np.where(good, pair, first)
+        m, var = frames.mean(0), frames.var(0)
+        ok = m > 0
+        den = wm @ ok
+        raw = wm @ np.where(ok, var / m**2, 0) / den
+        term = wm @ np.where(ok, (n - 1) / n * k0 / m, 0) / den
+    return raw, raw - term
 
 
 def _ref_nu(frames, wm, k0, qw):
     n = len(frames)
     m = frames.mean(0)
-    s1 = wm @ m
+    s1, s2, qm = wm @ m, wm @ m**2, qw @ m
+    area = wm.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        raw = wm.sum(1) * (wm @ m**2) / s1**2 - 1
-        return raw - (k0 * wm.sum(1) / s1 - (qw @ m) / s1**2) / n
+        raw = area * s2 / s1**2 - 1
+        good = (s1 > 0) & (s1**2 - qm / n >= qm / n)
+        pair = area * (s2 - k0 * s1 / n) / (s1**2 - qm / n) - 1
+        return np.where(good, pair, raw - (k0 * area / s1 - qm / s1**2) / n)
 
 
 def _ref_estimate(frames, wm, method, k0, qw, subtract):
-    raw, term = _ref_parts(frames, wm, method, k0, qw)
-    v = raw - term
+    v = _ref_parts(frames, wm, method, k0, qw)[1]
     if subtract and method in ("r", "re"):
         v = v - _ref_nu(frames, wm, k0, qw)
     return v
+
+
+def _ref_floor(frames, wm, method, k0, qw):
+    """The shot noise's own standard error, first order: ``sqrt(2 / (N - 1)) / n_e`` with
+    ``n_e`` the electrons of one value (ring sum, pixel, or pixel of the ring)."""
+    n = len(frames)
+    if not k0:
+        return np.zeros(wm.shape[0])
+    s, q = (frames @ wm.T).mean(0), (frames @ qw.T).mean(0)
+    area = wm.sum(1)
+    if method == "Omega":
+        return np.sqrt(2 / (n - 1)) * q / s**2
+    if method == "VImage":
+        lam = frames.mean(0) / k0
+        ok = lam > 0
+        var = np.where(ok, 2 / (n - 1) / np.where(ok, lam, 1) ** 2, 0)
+        return np.sqrt(wm**2 @ var) / (wm @ ok)
+    p_eff = area**2 / (wm**2).sum(1)
+    return np.sqrt(2 / (p_eff * (n - 1))) * k0 * area / s
 
 
 def _ref_jackknife(values_b):
@@ -256,15 +294,16 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
         "k0": ({"k0": 1.9}, 1.9, shot),
         "none": ({}, 0.0, 0 * wm),
     }[kind]
-    st = V.frame_states(groups.size, groups, 3, n_blocks=b)
-    m = V.accumulate(frames, w, st, 3, n_blocks=b, pixels=True,
-                     shot_weights=shot if kind == "k0" else None)
+    st = M.frame_states(groups.size, groups, 3, n_blocks=b)
+    m = acc(frames, w, st, 3, n_blocks=b, pixels=True,
+            shot_weights=shot if kind == "k0" else None, scale=G if kind == "gain" else 1.0)
     res = V.estimate(m, w, V.METHODS, subtract_nonuniformity=subtract, **kw)
     flat = frames.reshape(groups.size, -1)
     members = [flat[groups == g] for g in range(3)]
     np.testing.assert_array_equal(res["counts"], [7, 4, 1])
     np.testing.assert_array_equal(res["used_groups"], [True, True, False])
     assert res["methods"] == V.METHODS
+    floors = np.zeros((2, len(V.METHODS), 2))
     for g in (0, 1):
         x = members[g]
         block = np.arange(len(x)) % b
@@ -274,8 +313,13 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
             loo = np.array([_ref_estimate(x[block != k], wm, method, k0, qw, subtract)
                             for k in range(b)])
             np.testing.assert_allclose(res["jackknife"][g, :, i], loo, rtol=1e-10)
-            np.testing.assert_allclose(res["standard_error"][g, i], _ref_jackknife(loo),
-                                       rtol=1e-9)
+            np.testing.assert_allclose(res["jackknife_standard_error"][g, i],
+                                       _ref_jackknife(loo), rtol=1e-9)
+            floor = _ref_floor(x, wm, method, k0, qw)
+            np.testing.assert_allclose(res["shot_standard_error"][g, i], floor, rtol=1e-9)
+            np.testing.assert_allclose(res["standard_error"][g, i],
+                                       np.fmax(_ref_jackknife(loo), floor), rtol=1e-9)
+            floors[g, i] = floor
         nu = _ref_nu(x, wm, k0, qw)
         np.testing.assert_allclose(res["ring_nonuniformity"][g], nu, rtol=1e-10)
         nu_loo = np.array([_ref_nu(x[block != k], wm, k0, qw) for k in range(b)])
@@ -293,8 +337,9 @@ def test_estimate_equals_an_independent_numpy_reference(kind, subtract):
         wj = n_g[:, None] - n_gb  # (G, B)
         cj = np.einsum("gb,gbk->bk", wj, res["jackknife"][:2, :, i]) / wj.sum(0)[:, None]
         np.testing.assert_allclose(res["combined_jackknife"][:, i], cj, rtol=1e-12)
-        np.testing.assert_allclose(res["combined_standard_error"][i], _ref_jackknife(cj),
-                                   rtol=1e-9)
+        comb_floor = np.sqrt(((n_g[:, None] / 11) ** 2 * floors[:, i] ** 2).sum(0))
+        np.testing.assert_allclose(res["combined_standard_error"][i],
+                                   np.fmax(_ref_jackknife(cj), comb_floor), rtol=1e-9)
     nu = res["ring_nonuniformity"][:2]
     np.testing.assert_allclose(res["combined_ring_nonuniformity"], n_g @ nu / 11, rtol=1e-12)
     nu_j = np.array([[_ref_nu(x[np.arange(len(x)) % b != k], wm, k0, qw) for k in range(b)]
@@ -322,9 +367,10 @@ def test_large_correction_warning_threshold_and_message():
     # The warning fires when sum_k |term| > 10 sum_k |raw| over the finite bins (the dark
     # ring is NaN and left out); term is linear in the gain, so the threshold gain is known.
     frames, w = _omega_frames()
-    m = V.accumulate(frames, w, V.frame_states(12))
+    m = acc(frames, w, M.frame_states(12))
     wm = w.matrix.toarray()
-    raw, term1 = _ref_parts(frames.reshape(12, -1), wm, "Omega", 1.0, wm**2)
+    raw, corrected = _ref_parts(frames.reshape(12, -1), wm, "Omega", 1.0, wm**2)
+    term1 = raw - corrected
     ok = np.isfinite(raw)
     g_crit = 10 * np.abs(raw[ok]).sum() / np.abs(term1[ok]).sum()
     import warnings
@@ -349,7 +395,7 @@ def test_large_correction_warning_threshold_and_message():
 def test_large_correction_warning_when_the_raw_variance_is_zero():
     frames = np.full((6, 1, 6), 3.0)
     w = _omega_frames()[1]
-    m = V.accumulate(frames, w, V.frame_states(6))
+    m = acc(frames, w, M.frame_states(6))
     with pytest.warns(RuntimeWarning) as rec:
         V.estimate(m, w, ("Omega",), gain=G)
     assert [str(r.message).split(" (summed")[0] for r in rec] == [
@@ -401,14 +447,14 @@ def test_estimate_refuses_moments_that_lack_what_a_method_needs():
     import dataclasses
 
     frames, w = _omega_frames()
-    st = V.frame_states(12)
-    plain = V.accumulate(frames, w, st, squares=False)
+    st = M.frame_states(12)
+    plain = acc(frames, w, st, squares=False)
     with pytest.raises(ValueError, match="^VImage needs per-pixel moments"):
         V.estimate(plain, w, ("Omega", "VImage"))
     for method in ("r", "re"):
         with pytest.raises(ValueError, match="^r and re need the ring sums of D"):
             V.estimate(plain, w, (method,))
-    no_pixels = dataclasses.replace(V.accumulate(frames, w, st), pix_mean=None)
+    no_pixels = dataclasses.replace(acc(frames, w, st), pix_mean=None)
     with pytest.raises(ValueError, match="^subtract_nonuniformity needs the per-pixel"):
         V.estimate(no_pixels, w, ("re",), subtract_nonuniformity=True)
     # Without per-pixel means the non-uniformity is absent, not made up.
@@ -420,7 +466,7 @@ def test_estimate_refuses_moments_that_lack_what_a_method_needs():
     raw, _ = _ref_parts(frames.reshape(12, -1), w.matrix.toarray(), "Omega", 0.0,
                         0 * w.matrix.toarray())
     np.testing.assert_allclose(res["variance"][0, 0], raw, rtol=1e-10)
-    one = V.accumulate(frames[:1], w, V.frame_states(1))
+    one = acc(frames[:1], w, M.frame_states(1))
     with pytest.raises(ValueError, match="no group holds two or more frames"):
         V.estimate(one, w)
 
@@ -458,11 +504,13 @@ def test_a_dark_ring_is_nan_without_numpy_warnings():
     import warnings
 
     frames, w = _omega_frames()
-    m = V.accumulate(frames, w, V.frame_states(12), pixels=True)
+    m = acc(frames, w, M.frame_states(12), pixels=True)
+    m_k0 = acc(frames, w, M.frame_states(12), pixels=True, shot_weights=G * w.squared, scale=1)
     for kw in ({"gain": G}, {"k0": G}, {}):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            res = V.estimate(m, w, V.METHODS, subtract_nonuniformity=True, **kw)
+            res = V.estimate(m_k0 if "k0" in kw else m, w, V.METHODS,
+                             subtract_nonuniformity=True, **kw)
         assert np.isnan(res["variance"][0, :, 2]).all()
         assert np.isfinite(res["variance"][0, :, :2]).all()
         assert np.isnan(res["ring_nonuniformity"][0, 2])
@@ -477,8 +525,8 @@ def test_jackknife_counts_only_the_blocks_a_group_has_frames_in():
     frames, w = _omega_frames()
     groups = np.array([0, 1, 0, 0, 1, 0, 0])
     x = frames[: groups.size]
-    st = V.frame_states(groups.size, groups, 3, n_blocks=3)
-    m = V.accumulate(x, w, st, 3, n_blocks=3, pixels=True)
+    st = M.frame_states(groups.size, groups, 3, n_blocks=3)
+    m = acc(x, w, st, 3, n_blocks=3, pixels=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = V.estimate(m, w, ("Omega", "VImage"), gain=G)
@@ -489,8 +537,8 @@ def test_jackknife_counts_only_the_blocks_a_group_has_frames_in():
         for i, method in enumerate(("Omega", "VImage")):
             loo = np.array([_ref_estimate(xg[np.arange(len(xg)) % 3 != k], wm, method, G,
                                           G * wm**2, False) for k in range(blocks)])
-            np.testing.assert_allclose(res["standard_error"][g, i, :2], _ref_jackknife(loo)[:2],
-                                       rtol=1e-9)
+            np.testing.assert_allclose(res["jackknife_standard_error"][g, i, :2],
+                                       _ref_jackknife(loo)[:2], rtol=1e-9)
     assert np.isnan(res["jackknife"][1, 2]).all()  # the empty block is marked, not used
     assert np.isnan(res["variance"][2]).all() and not res["used_groups"][2]
 
@@ -500,7 +548,7 @@ def test_estimate_counts_frames_as_integers():
     w = I.build_weights((12, 12), (5.5, 5.5), npt=2, radial_range=(1.0, 5.0))
     frames = np.random.default_rng(5).poisson(20.0, (9, 12, 12)).astype(float)
     groups = np.array([0, 0, 0, 1, 1, 1, 1, -1, 0])
-    m = V.accumulate(frames, w, V.frame_states(9, groups, 2), n_groups=2)
+    m = acc(frames, w, M.frame_states(9, groups, 2), n_groups=2)
     res = V.estimate(m, w, ("Omega",), gain=1.0)
     assert res["counts"].dtype.kind == "i"
     np.testing.assert_array_equal(res["counts"], [4, 4])

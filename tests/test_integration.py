@@ -18,7 +18,7 @@ from pyFAI.detectors import Detector
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
 from femlib import integration as I
-from femlib import variance
+from femlib import moments
 
 SHAPE = (96, 112)  # rows, columns: non-square on purpose
 CENTER = (55.3, 47.6)  # x, y pixels, off-centre and non-integer
@@ -523,7 +523,7 @@ def test_frames_of_the_wrong_detector():
         with pytest.raises(ValueError, match=re.escape(message)):
             I.integrate(frames, w)
         with pytest.raises(ValueError, match=re.escape("frames have detector shape")):
-            variance.accumulate(frames, w, variance.frame_states(2))
+            moments.accumulate(frames, w, moments.frame_states(2))
         np.testing.assert_array_equal(frames, before)
 
 
@@ -536,5 +536,5 @@ def test_non_real_frames(dtype):
     with pytest.raises(TypeError, match=message):
         I.integrate(frames, w)
     with pytest.raises(TypeError, match=message):
-        variance.accumulate(frames, w, variance.frame_states(2))
+        moments.accumulate(frames, w, moments.frame_states(2))
     assert frames.dtype == before.dtype and (frames == before).all()

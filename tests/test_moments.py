@@ -45,8 +45,9 @@ def _smooth(matrix):
     return sp.csr_array(np.where(dense > 0, dense * conv, 0.0).reshape(dense.shape[0], -1))
 
 
-def reference(frames, w, labels, n_groups, shot, n_blocks=M.N_BLOCKS):
-    """Moments by brute force in float64 (two-pass centred sums), state by state."""
+def reference(frames, w, labels, n_groups, shot, n_blocks=M.N_BLOCKS, scale=1.0):
+    """Moments by brute force in float64 (two-pass centred sums), state by state;
+    ``scale``: the factor turning ``Q`` into detector units in ``P``, ``H``."""
     f = frames.reshape(-1, SHAPE[0] * SHAPE[1]).astype(np.float64)
     wm = w.matrix.toarray()
     sm = shot.toarray()
@@ -54,12 +55,18 @@ def reference(frames, w, labels, n_groups, shot, n_blocks=M.N_BLOCKS):
     q = f @ sm.T
     j = (f * f) @ wm.T
     a = w.area
-    cols = np.stack([ring, q, j, j * a / ring**2, a / ring, q / ring**2], axis=1)
+    # r's per-frame products: A J / (I^2 - cQ) and A I / (I^2 - cQ) with I^2 >= 2 c Q,
+    # else J A / I^2 + c Q / I^2 and A / I.
+    cq = scale * q
+    good = (ring > 0) & (ring**2 - cq >= cq)
+    p_col = np.where(good, a * j / (ring**2 - cq), j * a / ring**2 + cq / ring**2)
+    h_col = np.where(good, a * ring / (ring**2 - cq), a / ring)
+    cols = np.stack([ring, q, j, j * a / ring**2, a / ring, q / ring**2, p_col, h_col], axis=1)
     states = M.frame_states(f.shape[0], np.ravel(labels), n_groups, n_blocks)
     tp = w.touched
     ns = n_groups * n_blocks
     count = np.zeros(ns)
-    mean = np.zeros((ns, 6, w.area.size))
+    mean = np.zeros((ns, len(M.COLUMNS), w.area.size))
     m2 = np.zeros((ns, w.area.size))
     pm = np.zeros((ns, tp.size))
     pq = np.zeros((ns, tp.size))
@@ -71,7 +78,8 @@ def reference(frames, w, labels, n_groups, shot, n_blocks=M.N_BLOCKS):
             m2[s] = ((ring[sel] - ring[sel].mean(0)) ** 2).sum(0)
             pm[s] = f[sel][:, tp].mean(0)
             pq[s] = ((f[sel][:, tp] - pm[s]) ** 2).sum(0)
-    return M.Moments(count, mean, m2, pm, pq, n_groups, n_blocks, 0, True, True, True)
+    return M.Moments(count, mean, m2, pm, pq, n_groups, n_blocks, 0, True, True, True,
+                     shot_scale=scale)
 
 
 def assert_moments_close(got, ref, rtol=1e-10):
@@ -127,7 +135,7 @@ def test_only_the_asked_quantities_are_accumulated():
     r = M.accumulate_moments(frames, w, methods=["r"], shot_weights=G * w.squared)
     assert r.pix_mean is not None and r.pix_m2 is None and r.ratio
     re = M.accumulate_moments(frames, w, methods=["re"], shot_weights=G * w.squared)
-    assert re.pix_m2 is None and not re.ratio and np.all(re.mean[:, 5] == 0)
+    assert re.pix_m2 is None and not re.ratio and np.all(re.mean[:, 5:] == 0)
     vi = M.accumulate_moments(frames, w, methods=["VImage"])
     assert vi.pix_m2 is not None and not vi.squares
     # Omega's I and m2 do not depend on what else was accumulated.
@@ -246,7 +254,7 @@ def test_get_variance_is_the_estimators_on_the_reference_moments(lazy, keep_smal
         # gain=G: the pass sums W^2 D and the estimators multiply by G; a noise model's
         # shot weights are in detector units and its k0 enters the estimators.
         shot = w.squared if model is None else model.shot_weights(w)
-        ref = reference(s.data, w, lab, 2, shot)
+        ref = reference(s.data, w, lab, 2, shot, scale=G if model is None and call else 1.0)
         if model is not None:
             res = V.estimate(ref, w, V.METHODS, k0=model.k0)
         elif call:

@@ -206,7 +206,7 @@ def combine_within(variance, jackknife, counts, n_outer):
     outer group (e.g. tile), with the delete-a-block jackknife standard error.
 
     Groups with fewer than 2 frames get weight 0. The jackknife blocks follow
-    :func:`femlib.variance.frame_states`: block ``b`` of a group of ``n`` frames holds
+    :func:`femlib.moments.frame_states`: block ``b`` of a group of ``n`` frames holds
     ``n // B + (b < n % B)`` of them, which gives the leave-one-out weights.
 
     Parameters

@@ -14,9 +14,14 @@ Per frame the kernel forms, in one read of the frame,
 * ``J = sum_p w_kp D(p)^2`` (only for ``r`` and ``re``),
 
 and from them ``U = J A / I^2`` and ``V = A / I`` (``r``, ``re``) and ``Y = Q / I^2`` (``r``
-with shot weights). A :class:`Moments` holds, per *state* ``s = group * n_blocks + block``
-(a group label per frame, jackknife block by rank inside the group), the frame count, the
-means of those columns (order :data:`COLUMNS`; columns not asked for are 0), the centred
+with shot weights), and for ``r`` with shot weights the per-frame unbiased products
+``P = A J / (I^2 - c Q)`` and ``H = A I / (I^2 - c Q)`` (``c``: ``shot_scale``, the factor
+that turns ``Q`` into detector units); in a frame with less than two electrons' worth of
+signal (``I^2 < 2 c Q``) they fall back to ``P = U + c Y`` and ``H = V``.
+
+A :class:`Moments` holds, per *state* ``s = group * n_blocks + block`` (a group label
+per frame, jackknife block by rank inside the group), the frame count, the means of those
+columns (order :data:`COLUMNS`; columns not asked for are 0), the centred
 sum of squares of ``I`` and, when asked, per touched pixel the mean (``VImage``, ``r``,
 ``re``: the ring non-uniformity) and the centred sum of squares (``VImage``). Moments of
 disjoint frame sets merge exactly with Chan's pairwise formulas (:func:`merge`), so chunks
@@ -47,8 +52,8 @@ __all__ = [
 N_BLOCKS = 20
 Q_PER_FRAME = False
 #: Columns of :attr:`Moments.mean`, in order.
-COLUMNS = ("I", "Q", "J", "U", "V", "Y")
-_I, _Q, _J, _U, _V, _Y = range(6)
+COLUMNS = ("I", "Q", "J", "U", "V", "Y", "P", "H")
+_I, _Q, _J, _U, _V, _Y, _P, _H = range(8)
 _METHODS = ("Omega", "r", "re", "VImage")
 # Eager frames are cut into dask tasks of about this many bytes: enough tasks for every
 # core, small enough to bound each task's temporaries.
@@ -63,9 +68,9 @@ class Moments:
     ----------
     count : (S,) ndarray
         Number of frames per state.
-    mean : (S, 6, K) ndarray
+    mean : (S, 8, K) ndarray
         Means over the state's frames of the columns :data:`COLUMNS`
-        (``I, Q, J, U, V, Y``); columns that were not accumulated hold 0.
+        (``I, Q, J, U, V, Y, P, H``); columns that were not accumulated hold 0.
     m2 : (S, K) ndarray
         Centred sum of squares of ``I``.
     pix_mean : (S, P') ndarray or None
@@ -80,7 +85,10 @@ class Moments:
     shot : bool
         Whether ``Q`` was accumulated (shot weights given).
     ratio : bool
-        Whether ``Y`` was accumulated.
+        Whether ``Y``, ``P`` and ``H`` were accumulated.
+    shot_scale : float
+        The factor that turned ``Q`` into detector units in ``P`` and ``H`` (the gain for
+        the counting model's ``Q = sum W^2 D``, 1 for a noise model's shot weights).
 
     Examples
     --------
@@ -88,7 +96,7 @@ class Moments:
     >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
     >>> m = accumulate_moments(np.ones((5, 16, 16)), w, n_blocks=5)
     >>> m.mean.shape, m.n_frames, COLUMNS[int(np.argmax(m.mean[0, :, 0] > 0))]
-    ((5, 6, 4), 5, 'I')
+    ((5, 8, 4), 5, 'I')
     """
 
     count: np.ndarray
@@ -108,6 +116,7 @@ class Moments:
     #: Whether the columns are per-frame ring *means* (descan: ``I/A_n``, ``Q/A_n^2``,
     #: ``J/A_n`` with each frame's own areas); the estimators then take ``A = 1``.
     per_frame_area: bool = False
+    shot_scale: float = 1.0
 
     @property
     def n_frames(self):
@@ -128,7 +137,7 @@ def needs(methods, shot=False):
     Returns
     -------
     dict
-        ``squares`` (``J, U, V``: r, re), ``ratio`` (``Y``: r with shot weights),
+        ``squares`` (``J, U, V``: r, re), ``ratio`` (``Y, P, H``: r with shot weights),
         ``pixel_means`` (VImage, r, re), ``pixel_squares`` (VImage).
 
     Examples
@@ -202,6 +211,7 @@ class _Plan:
     ratio: bool
     pixel_means: bool
     pixel_squares: bool
+    shot_scale: float = 1.0
 
 
 def _shot_data(weights, shot_weights):
@@ -287,7 +297,8 @@ def _descan_shot_data(dweights, shot_weights):
 
 
 def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-               squares=True, *, shot_weights=None, ratio=False, pixel_means=None):
+               squares=True, *, shot_weights=None, ratio=False, pixel_means=None,
+               shot_scale=1.0):
     """Moments of one chunk of frames (one read of the chunk).
 
     Parameters
@@ -306,9 +317,14 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
         Shot weights with the sparsity of ``weights.matrix``; ``Q`` is accumulated with
         them. None: ``Q`` is 0.
     ratio : bool
-        Accumulate ``Y = Q / I^2`` (needs ``shot_weights``).
+        Accumulate ``Y = Q / I^2`` and the per-frame products ``P``, ``H`` of ``r`` (needs
+        ``shot_weights`` and ``squares``).
     pixel_means : bool or None
         Accumulate the per-pixel means; default ``pixels``.
+    shot_scale : float
+        Factor turning ``Q`` into detector units in ``P`` and ``H``: the gain when
+        ``shot_weights`` is ``W**2`` (the counting model per unit gain), 1 for a noise
+        model's shot weights.
 
     Returns
     -------
@@ -325,9 +341,32 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     >>> bool(np.allclose(m.mean[:, 0].sum(0) / 2, (frames.reshape(10, -1) @ w.matrix.T).mean(0)))
     True
     """
-    plan = _Plan(n_groups, n_blocks, bool(squares), bool(ratio and shot_weights is not None),
-                 bool(pixels if pixel_means is None else pixel_means or pixels), bool(pixels))
+    plan = _Plan(n_groups, n_blocks, bool(squares),
+                 bool(ratio and squares and shot_weights is not None),
+                 bool(pixels if pixel_means is None else pixel_means or pixels), bool(pixels),
+                 _check_scale(shot_scale))
     return _accumulate_chunk(frames, states, weights, _shot_data(weights, shot_weights), plan)
+
+
+#: Largest ring sum (detector units) the pass accepts: the estimators square it (and
+#: multiply it by the gain), which must stay far from float64's 1.8e308.
+MAX_SUM = 1e150
+
+
+def _refuse_overflow(flat, rows, nonfinite, states, weights):
+    """A frame whose sums are not finite although its weighted pixels are: its values
+    overflow float64 when squared; refuse with a message, not a silent exclusion."""
+    bad = rows[nonfinite & (states >= 0)]
+    if not bad.size:
+        return
+    pix = flat[bad][:, weights.touched] if flat.ndim == 2 else None
+    if pix is None or not np.all(np.isfinite(pix)):
+        return
+    raise ValueError(
+        f"frames hold values up to {float(np.abs(pix).max()):.3g}, whose squares overflow "
+        "float64 (the estimators need D^2 and the squared ring sums): rescale the data "
+        f"(ring sums must stay below {MAX_SUM:.0e})"
+    )
 
 
 def _accumulate_chunk(frames, states, weights, sdata, plan):
@@ -358,6 +397,14 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
     # A NaN/inf in any weighted pixel poisons the frame: leave the frame out, count it
     # (rare: the chunk's pixel sums are then taken again without those frames).
     nonfinite = ~np.isfinite(sums).all(axis=(0, 2))
+    if nonfinite.any():
+        _refuse_overflow(flat, rows, nonfinite, states, weights)
+    top = np.abs(np.where(np.isfinite(sums[0]), sums[0], 0.0)).max(initial=0.0)
+    if top > MAX_SUM:
+        raise ValueError(
+            f"ring sums reach {top:.3g} detector units: the estimators square them, which "
+            f"overflows float64 above about {MAX_SUM:.0e}; rescale the data"
+        )
     n_nonfinite = int((nonfinite & (states >= 0)).sum())
     if n_nonfinite:
         states = np.where(nonfinite, -1, states)
@@ -377,8 +424,21 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
                 cols += [_J, _U, _V]
                 per_frame += [j, j * inv * inv / weights.area, inv]
             if plan.ratio:
-                cols.append(_Y)
-                per_frame.append(sums[1] * inv * inv / weights.area**2)
+                cols += [_Y, _P, _H]
+                y = sums[1] * inv * inv / weights.area**2  # Q / I^2
+                # Per-frame unbiased products (counting model, D = G N):
+                # E[J - k0 I] = sum w mu^2 and E[I^2 - c Q] = (sum w mu)^2, so
+                # r_n + 1 = P - k0 H with P = A J / (I^2 - cQ), H = A I / (I^2 - cQ).
+                # With less than two electrons' worth of signal (I^2 < 2 c Q; for hard
+                # bins: one electron, where J - G I = I^2 - cQ = 0) the first-order form
+                # A J / I^2 + c Q / I^2 - k0 A / I takes over.
+                cq = plan.shot_scale * sums[1]
+                den = ring * ring - cq
+                good = (ring > 0) & (den >= cq)
+                h_col = np.where(good, weights.area * ring / np.where(good, den, 1.0), inv)
+                p_col = np.where(good, j * h_col / np.where(good, ring, 1.0),
+                                 j * inv * inv / weights.area + plan.shot_scale * y)
+                per_frame += [y, p_col, h_col]
     mean, m2 = _state_means(states, count, cols, per_frame, nstates, k)
     pix_mean = pix_m2 = None
     if plan.pixel_means:
@@ -387,7 +447,8 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
         if plan.pixel_squares:
             pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
     return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
-                   n_nonfinite, plan.squares, shot, plan.ratio)
+                   n_nonfinite, plan.squares, shot, plan.ratio,
+                   shot_scale=plan.shot_scale)
 
 
 def _state_means(states, count, cols, per_frame, nstates, k):
@@ -456,14 +517,49 @@ def _accumulate_descan_chunk(frames, states, geometry, dweights, sdata, plan, ro
                 cols += [_J, _U, _V]
                 per_frame += [j * inv_a, j * inv * inv * inv_a, inv]
             if plan.ratio:
-                cols.append(_Y)
-                per_frame.append(sums[1] * inv * inv * inv_a * inv_a)
+                # r's per-frame unbiased products as in _accumulate_chunk, with the frame's
+                # own bin areas (P and H are ratios: no further normalisation).
+                cols += [_Y, _P, _H]
+                y = sums[1] * inv * inv * inv_a * inv_a  # Q / I^2
+                cq = plan.shot_scale * sums[1]
+                den = ring * ring - cq
+                good = (ring > 0) & (den >= cq)
+                h_col = np.where(good, area * ring / np.where(good, den, 1.0), inv)
+                p_col = np.where(good, j * h_col / np.where(good, ring, 1.0),
+                                 j * inv * inv * inv_a + plan.shot_scale * y)
+                per_frame += [y, p_col, h_col]
     good = kept_states >= 0
     count = np.bincount(kept_states[good], minlength=nstates).astype(float)
     mean, m2 = _state_means(kept_states, count, cols, per_frame, nstates, k)
     return Moments(count, mean, m2, None, None, plan.n_groups, plan.n_blocks,
                    int(nonfinite.sum()), plan.squares, shot, plan.ratio,
-                   int(uncovered.sum()), True)
+                   int(uncovered.sum()), True, shot_scale=plan.shot_scale)
+
+
+#: Largest float64 moments one block of frames may hold (every task allocates them).
+MAX_STATE_BYTES = 2**31
+
+
+def _check_state_memory(n_states, weights, need):
+    """Refuse, before anything is allocated, moments too large for memory (e.g. a million
+    thickness bins): ``n_states`` x (columns x bins + pixels) float64 per block of frames."""
+    per_state = (len(COLUMNS) + 1) * weights.area.size
+    if need["pixel_means"]:
+        per_state += (2 if need["pixel_squares"] else 1) * weights.touched.size
+    size = 8.0 * n_states * per_state
+    if size > MAX_STATE_BYTES:
+        raise ValueError(
+            f"{n_states} states (groups x {N_BLOCKS} jackknife blocks) would need "
+            f"{size / 2**30:.3g} GiB of moments per block of frames (at most "
+            f"{MAX_STATE_BYTES / 2**30:g}): use fewer groups, thickness bins or tiles"
+        )
+
+
+def _check_scale(shot_scale):
+    value = float(shot_scale)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"shot_scale must be a positive finite number, got {shot_scale!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------- merging
@@ -492,6 +588,8 @@ def merge(a, b):
     """
     if a.mean.shape != b.mean.shape:
         raise ValueError("cannot merge moments of different geometries or groupings")
+    if a.ratio and b.ratio and a.shot_scale != b.shot_scale:
+        raise ValueError("cannot merge moments accumulated with different shot_scale")
     n, mean, m2 = _merge_arrays(a.count, a.mean, a.m2, b.count, b.mean, b.m2, ring=True)
     pm = pq = None
     if a.pix_mean is not None and b.pix_mean is not None:
@@ -499,7 +597,7 @@ def merge(a, b):
     return Moments(
         n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
         a.squares and b.squares, a.shot and b.shot, a.ratio and b.ratio,
-        a.n_uncovered + b.n_uncovered, a.per_frame_area and b.per_frame_area,
+        a.n_uncovered + b.n_uncovered, a.per_frame_area and b.per_frame_area, a.shot_scale,
     )
 
 
@@ -571,7 +669,7 @@ def _blocks(frames, block_bytes):
 
 def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=("Omega",),
                        n_groups=None, n_blocks=N_BLOCKS, compute=True,
-                       block_bytes=BLOCK_BYTES):
+                       block_bytes=BLOCK_BYTES, shot_scale=1.0):
     """The FEM pass: one read of the frames into the moments ``methods`` need.
 
     Eager (numpy) and lazy (dask) frames take the same path, a dask graph of one task per
@@ -608,6 +706,11 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         input wants ``scheduler="threads"``).
     block_bytes : int
         Size of the dask tasks that eager frames are cut into.
+    shot_scale : float
+        Factor turning ``Q`` into detector units for ``r``'s per-frame products ``P``,
+        ``H``: the gain ``G`` with ``shot_weights=W**2`` (what
+        :func:`femlib.variance.estimate` with ``gain=G`` expects), 1 (default) for a noise
+        model's shot weights.
 
     Returns
     -------
@@ -692,8 +795,9 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         blocks = [whole] * len(rblocks)
         sblocks = [states] * len(rblocks)
         gblocks = [weights.frame_geometry] * len(rblocks)
+    _check_state_memory(n_groups * n_blocks, weights, need)
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
-                 need["pixel_squares"])
+                 need["pixel_squares"], _check_scale(shot_scale))
     work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan, gblocks, rblocks)
     if not compute:
         return work

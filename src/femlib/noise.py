@@ -25,7 +25,8 @@ subtract ``<Q>`` normalised as each needs (:doc:`/user_guide/noise`).
 :class:`DetectorNoise` holds ``K`` on a small odd window. It is made from a known gain
 (:meth:`~DetectorNoise.counting`), a known PSF (:meth:`~DetectorNoise.from_psf`), a
 flat-field series (:meth:`~DetectorNoise.from_flat_field`) or the FEM scan itself
-(:meth:`~DetectorNoise.from_scan`). This module is pure numpy/scipy; signals are accepted
+(:meth:`~DetectorNoise.from_scan`); the measurements themselves (one streaming pass each)
+live in ``femlib._noise_measure``. This module is pure numpy/scipy; signals are accepted
 duck-typed (anything with ``.data``).
 """
 
@@ -35,6 +36,8 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
+from femlib import _noise_measure as _measure
+
 __all__ = ["DetectorNoise", "DEFAULT_SIZE"]
 
 #: Default kernel window (pixels, odd). For a Gaussian PSF of ``sigma`` pixels the kernel is
@@ -43,152 +46,7 @@ __all__ = ["DetectorNoise", "DEFAULT_SIZE"]
 #: is needed. A larger window costs statistical noise in a measured gain (it grows as the
 #: window side), hence not larger by default.
 DEFAULT_SIZE = 11
-_MIN_FLAT_FRAMES = 2
 _BLOCK_ELEMENTS = 2**22  # float64 elements per work block (32 MiB)
-
-
-def _check_size(size, detector_shape=None):
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-        raise TypeError(f"size must be an odd integer >= 1 (window side in pixels), got {size!r}")
-    size = int(size)
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"size must be an odd integer >= 1 (window side in pixels), got {size}")
-    if detector_shape is not None and size > min(detector_shape):
-        raise ValueError(
-            f"size {size} is larger than the detector {tuple(detector_shape)}: use a window "
-            "of at most the smaller detector side"
-        )
-    return size
-
-
-def _half_lags(half):
-    """Lags ``(dy, dx)`` of one half of a ``(2 half + 1)^2`` window (the other half mirrors)."""
-    return [
-        (dy, dx)
-        for dy in range(0, half + 1)
-        for dx in range(-half, half + 1)
-        if dy > 0 or dx >= 0
-    ]
-
-
-def _pair_slices(shape, dy, dx):
-    """Slices ``a, b`` of a ``shape`` image such that ``img[a]`` and ``img[b]`` are the pixel
-    pairs ``(p, p + (dy, dx))`` lying wholly on the detector (``dy >= 0``)."""
-    ny, nx = shape
-    if dx >= 0:
-        return (slice(0, ny - dy), slice(0, nx - dx)), (slice(dy, ny), slice(dx, nx))
-    return (slice(0, ny - dy), slice(-dx, nx)), (slice(dy, ny), slice(0, nx + dx))
-
-
-def _frames_of(data, name):
-    """``(n, rows, cols)`` view (numpy or dask) of an array or a signal's ``.data``."""
-    data = _unwrap(data)
-    if not hasattr(data, "ndim"):
-        try:
-            data = np.asarray(data)
-        except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"{name} must be an array (frames, rows, columns) or a signal with .data, "
-                f"got {type(data).__name__}"
-            ) from err
-    if data.ndim < 3:
-        raise ValueError(
-            f"{name} must have at least 3 dimensions (frames, rows, columns), got shape "
-            f"{tuple(data.shape)}"
-        )
-    if np.dtype(data.dtype).kind not in "fiub":
-        raise TypeError(f"{name} must hold real numbers, got dtype {data.dtype}")
-    return data.reshape((-1,) + tuple(data.shape[-2:]))
-
-
-def _unwrap(value):
-    """A signal's ``.data``; arrays (numpy's ``.data`` is a buffer) pass through."""
-    if isinstance(value, np.ndarray) or _is_dask(value):
-        return value
-    return getattr(value, "data", value)
-
-
-def _is_dask(a):
-    return type(a).__module__.startswith("dask")
-
-
-def _blocks(frames, per_block):
-    """Yield numpy blocks of consecutive frames (a dask array is computed block by block)."""
-    n = frames.shape[0]
-    for start in range(0, n, per_block):
-        block = frames[start : start + per_block]
-        yield start, (block.compute() if _is_dask(block) else np.asarray(block))
-
-
-def _stream(frames, func, per_block):
-    """Sum ``func(start, block)`` (a tuple of arrays) over blocks of frames, in one pass.
-
-    For dask input the blocks are delayed tasks summed in a tree, so memory stays bounded
-    by a few blocks whatever the size of the data.
-    """
-    if _is_dask(frames):
-        import dask
-
-        frames = frames.rechunk({0: per_block, 1: -1, 2: -1})
-        starts = np.concatenate([[0], np.cumsum(frames.chunks[0])[:-1]])
-        parts = [
-            dask.delayed(func)(int(s), blk)
-            for s, blk in zip(starts, frames.to_delayed().ravel(), strict=True)
-        ]
-        while len(parts) > 1:
-            parts = [
-                dask.delayed(_add)(*parts[i : i + 8]) for i in range(0, len(parts), 8)
-            ]
-        return dask.compute(parts[0])[0]
-    total = None
-    for start, block in _blocks(frames, per_block):
-        part = func(start, block)
-        total = part if total is None else _add(total, part)
-    return total
-
-
-def _add(*parts):
-    return tuple(sum(vals) for vals in zip(*parts, strict=True))
-
-
-def _as_offset(value, name, detector_shape):
-    """A scalar or a detector-shaped dark image (a dark series is averaged)."""
-    if value is None:
-        return 0.0
-    value = _unwrap(value)
-    if _is_dask(value):
-        value = value.compute()
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"{name} must be a number, a (rows, columns) dark frame or a dark series, "
-            f"got {type(value).__name__}"
-        ) from err
-    if arr.ndim > 2:
-        arr = arr.reshape((-1,) + arr.shape[-2:]).mean(axis=0)
-    if arr.ndim == 2 and arr.shape != tuple(detector_shape):
-        raise ValueError(
-            f"{name} has shape {arr.shape} but the detector is {tuple(detector_shape)}"
-        )
-    if arr.ndim == 1:
-        raise ValueError(f"{name} must be a number or a (rows, columns) dark frame")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite")
-    return arr
-
-
-def _as_mask(mask, detector_shape):
-    if mask is None:
-        return np.zeros(detector_shape, bool)
-    arr = np.asarray(_unwrap(mask))
-    if arr.dtype != bool:
-        raise TypeError(f"mask must be a boolean array (True = excluded), got dtype {arr.dtype}")
-    if arr.shape != tuple(detector_shape):
-        raise ValueError(
-            f"mask has shape {arr.shape} but the detector is {tuple(detector_shape)}"
-        )
-    return arr
 
 
 class DetectorNoise:
@@ -258,6 +116,35 @@ class DetectorNoise:
         """float: ``K(0) = Var(D_p) / <D_p>``."""
         ny, nx = self._kernel.shape
         return float(self._kernel[ny // 2, nx // 2])
+
+    @property
+    def curvature(self):
+        r"""(float, float): the second-order term ``(c_y, c_x)`` of the per-pixel noise, px².
+
+        The model ``Var(D_p) = k0 <D_p>`` holds where the mean pattern is locally flat; to
+        second order ``Var(D_p) = k0 (<D_p> + c_y ∂²<D>/∂y² + c_x ∂²<D>/∂x²)`` with
+        ``c = (μ2(ĥ) - μ2(h)) / 2`` per axis, ``μ2`` the second moment of the PSF ``h``
+        and of ``ĥ = h² / Σ h²`` (user guide, noise page). From :meth:`from_psf` it is
+        computed from the PSF; for any other kernel the PSF is taken to be a Gaussian
+        integrated over the pixel (what :func:`femlib.data.synthetic_fem` simulates) with
+        the kernel's ``k0 / gain = Σ h²``. 0 for the counting model.
+
+        Examples
+        --------
+        >>> DetectorNoise.counting(4.2).curvature
+        (0.0, 0.0)
+        >>> psf = DetectorNoise.from_psf([[0, 0.1, 0], [0.1, 0.6, 0.1], [0, 0.1, 0]], 1.0)
+        >>> [round(c, 4) for c in psf.curvature]
+        [-0.075, -0.075]
+        """
+        if "curvature" in self.info:
+            cy, cx = self.info["curvature"]
+            return (float(cy), float(cx))
+        ratio = self.k0 / self.gain
+        if not 0 < ratio < 1:
+            return (0.0, 0.0)
+        c = _gaussian_curvature(math.sqrt(ratio))
+        return (c, c)
 
     @property
     def size(self):
@@ -342,7 +229,7 @@ class DetectorNoise:
             raise ValueError("psf must be finite and non-negative with a positive sum")
         h = h / h.sum()
         k = g * correlate(h, h, mode="full", method="direct")
-        return cls(k, info={"method": "psf"})
+        return cls(k, info={"method": "psf", "curvature": _psf_curvature(h)})
 
     @classmethod
     def from_flat_field(
@@ -406,72 +293,7 @@ class DetectorNoise:
         >>> round(noise.k0, 2)  # the analytic K(0) of this PSF is 1.12
         1.12
         """
-        frames = _frames_of(flat, "flat")
-        n, ny, nx = (int(v) for v in frames.shape)
-        if n < _MIN_FLAT_FRAMES:
-            raise ValueError(
-                f"flat holds {n} frame(s): the covariance over frames needs at least "
-                f"{_MIN_FLAT_FRAMES} (tens to hundreds give a gain to 1 %)"
-            )
-        size = _check_size(size, (ny, nx))
-        if dark is not None and offset is not None:
-            raise ValueError("give either dark (a frame) or offset (a number), not both")
-        base = _as_offset(dark if dark is not None else offset, "dark" if dark is not None
-                          else "offset", (ny, nx))
-        half = size // 2
-        excluded = _as_mask(mask, (ny, nx)) | _border((ny, nx), half)
-        if saturation is None and np.dtype(frames.dtype).kind in "iu":
-            saturation = np.iinfo(frames.dtype).max
-        lags = _half_lags(half)
-        per_block = max(1, _BLOCK_ELEMENTS // (ny * nx))
-
-        def partial(start, block):
-            raw = np.asarray(block, dtype=np.float64)
-            if not np.all(np.isfinite(raw)):
-                bad = start + int(np.flatnonzero(~np.isfinite(raw).all(axis=(1, 2)))[0])
-                raise ValueError(f"flat frame {bad} holds NaN or infinite values")
-            nsat = 0 if saturation is None else int(np.count_nonzero(raw >= saturation))
-            d = raw - base
-            d[:, excluded] = 0.0
-            means = d.mean(axis=(1, 2))
-            s = d.sum(axis=0)
-            lag = np.array(
-                [np.einsum("nij,nij->", d[(slice(None),) + a], d[(slice(None),) + b])
-                 for a, b in (_pair_slices((ny, nx), dy, dx) for dy, dx in lags)]
-            )
-            first = np.zeros(n)
-            first[start : start + len(means)] = means
-            return (s, lag, np.array([nsat]), first)
-
-        s, lag, nsat, frame_means = _stream(frames, partial, per_block)
-        if nsat[0]:
-            raise ValueError(
-                f"flat has {int(nsat[0])} saturated pixel value(s) (>= {saturation}): use "
-                "frames below saturation, or mask the saturated pixels"
-            )
-        blank = np.flatnonzero(frame_means <= 0)
-        if blank.size:
-            raise ValueError(
-                f"flat frame(s) {blank[:10].tolist()} have a non-positive mean after the dark "
-                "(blank or zero frames): remove them, or check dark/offset"
-            )
-        mean = s / n
-        good = (~excluded) & (mean > 0)
-        if not good.any():
-            raise ValueError("flat has no pixel with a positive mean after the dark and mask")
-        s = np.where(good, s, 0.0)
-        k = np.zeros((size, size))
-        for (dy, dx), lsum in zip(lags, lag, strict=True):
-            a, b = _pair_slices((ny, nx), dy, dx)
-            # Centred cross-products: sum_n d_p d_q - S_p S_q / n, per pair, summed.
-            cov = (lsum - np.sum(s[a] * s[b]) / n) / (n - 1)
-            pairs = good[a] & good[b]
-            norm = 0.5 * np.sum(np.where(pairs, mean[a] + mean[b], 0.0))
-            # Pairs with a left-out pixel add nothing to cov (zeroed) and nothing to norm.
-            k[half + dy, half + dx] = cov / norm if norm > 0 else 0.0
-            k[half - dy, half - dx] = k[half + dy, half + dx]
-        info = {"method": "flat_field", "n_frames": n, "mean": float(mean[good].mean())}
-        return cls(k, info=info)
+        return cls(*_measure.flat_field_kernel(flat, dark, offset, size, mask, saturation))
 
     @classmethod
     def from_scan(
@@ -551,103 +373,7 @@ class DetectorNoise:
         >>> abs(noise.gain / 4.2 - 1) < 0.05
         True
         """
-        frames = _frames_of(s, "s")
-        n, ny, nx = (int(v) for v in frames.shape)
-        if n < 2:
-            raise ValueError(f"s holds {n} frame(s): from_scan needs at least 2")
-        size = _check_size(size, (ny, nx))
-        geo = None
-        cal = getattr(s, "calibration", None)
-        if cal is not None and hasattr(cal, "geometry"):
-            geo = cal.geometry()
-        if mask is None and geo is not None:
-            mask = geo["mask"]
-        excluded = _as_mask(mask, (ny, nx)) | _border((ny, nx), size // 2)
-        base = _as_offset(offset, "offset", (ny, nx))
-        radius, rmax_in = _radii((ny, nx), geo)
-        if radial_range is None:
-            lo, hi = 0.9 * rmax_in, np.inf
-        else:
-            try:
-                lo, hi = (float(v) for v in radial_range)
-            except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f"radial_range must be (start, stop) with start < stop, got {radial_range!r}"
-                ) from err
-            if not (math.isfinite(lo) and lo >= 0 and hi > lo):
-                raise ValueError(
-                    f"radial_range must be (start, stop) with 0 <= start < stop, got "
-                    f"{radial_range!r}"
-                )
-        region = (radius >= lo) & (radius <= hi) & ~excluded
-        if region.sum() < size * size:
-            raise ValueError(
-                f"the annulus radial_range=({lo:.4g}, {hi:.4g}) holds {int(region.sum())} "
-                f"unmasked pixels, fewer than the window's {size * size}: widen it"
-            )
-        half = size // 2
-        lags = _half_lags(half)
-        per_block = max(2, (_BLOCK_ELEMENTS // (ny * nx)) // 2 * 2)
-        rows = np.flatnonzero(region.any(axis=1))
-        cols = np.flatnonzero(region.any(axis=0))
-        # Work on the annulus's bounding box (plus nothing: pairs outside the region are 0).
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        reg = region[box]
-        bshape = reg.shape
-        base_box = base[box] if np.ndim(base) else base
-
-        def partial(start, block):
-            raw = np.asarray(block[(slice(None),) + box], dtype=np.float64)
-            m = raw.shape[0] // 2 * 2
-            if m == 0:
-                return (np.zeros(bshape), np.zeros(len(lags)), np.zeros(2))
-            first, second = raw[0:m:2], raw[1:m:2]
-            d = first - second
-            t = first + second - 2 * base_box
-            d[:, ~reg] = 0.0
-            t[:, ~reg] = 0.0
-            nonfinite = float(np.count_nonzero(~np.isfinite(d)))
-            lag = np.array(
-                [np.einsum("nij,nij->", d[(slice(None),) + a], d[(slice(None),) + b])
-                 for a, b in (_pair_slices(bshape, dy, dx) for dy, dx in lags)]
-            )
-            return (t.sum(axis=0), lag, np.array([m // 2, nonfinite]))
-
-        t, lag, counts = _stream(frames, partial, per_block)
-        if counts[1]:
-            raise ValueError(
-                f"s has {int(counts[1])} NaN or infinite value(s) in the annulus: mask them"
-            )
-        n_pairs = int(counts[0])
-        if n_pairs < 1:
-            raise ValueError("s gives no pair of neighbouring frames")
-        if not t.sum() > 0:
-            raise ValueError(
-                "the annulus has a non-positive mean intensity: check offset, mask and "
-                "radial_range"
-            )
-        raw_k = np.zeros((size, size))
-        for (dy, dx), lsum in zip(lags, lag, strict=True):
-            a, b = _pair_slices(bshape, dy, dx)
-            pairs = reg[a] & reg[b]
-            norm = 0.5 * np.sum(np.where(pairs, t[a] + t[b], 0.0))
-            value = lsum / norm if norm > 0 else 0.0
-            raw_k[half + dy, half + dx] = value
-            raw_k[half - dy, half - dx] = value
-        if background and size >= 3:
-            border = np.ones((size, size), bool)
-            border[1:-1, 1:-1] = False
-            background = float(raw_k[border].mean())
-        else:
-            background = 0.0
-        info = {
-            "method": "scan",
-            "n_pairs": n_pairs,
-            "n_pixels": int(region.sum()),
-            "radial_range": (lo, hi),
-            "background": background,
-        }
-        return cls(raw_k - background, info=info)
+        return cls(*_measure.scan_kernel(s, mask, radial_range, size, offset, background))
 
     # -- use ----------------------------------------------------------------------------
     def shot_weights(self, matrix, detector_shape=None):
@@ -779,37 +505,47 @@ class DetectorNoise:
         return ax
 
 
-def _border(shape, width):
-    """The ``width`` outermost rows and columns: their pixels lose charge past the edge, so
-    their variance-to-mean ratio is not the bulk one; both estimators leave them out."""
-    out = np.zeros(shape, bool)
-    if width:
-        out[:width] = out[-width:] = True
-        out[:, :width] = out[:, -width:] = True
-    return out
+def _second_moments(h):
+    """Centred second moments ``(μ2_y, μ2_x)`` of a non-negative 2D array of sum 1."""
+    y, x = np.mgrid[0 : h.shape[0], 0 : h.shape[1]].astype(float)
+    my, mx = (h * y).sum(), (h * x).sum()
+    return float((h * (y - my) ** 2).sum()), float((h * (x - mx) ** 2).sum())
 
 
-def _radii(shape, geo):
-    """Radius of every pixel centre and the radius of the largest circle on the detector.
+def _psf_curvature(h):
+    """``(c_y, c_x) = (μ2(h²/Σh²) - μ2(h)) / 2`` of a PSF ``h`` of sum 1."""
+    sq = h * h / np.sum(h * h)
+    return tuple(0.5 * (a - b) for a, b in zip(_second_moments(sq), _second_moments(h),
+                                                strict=True))
 
-    With a calibration: ``|A (p - c)| * scale`` in calibrated units; without: pixels from the
-    detector middle.
-    """
-    ny, nx = shape
-    y, x = np.mgrid[0:ny, 0:nx].astype(float)
-    if geo is None:
-        cx, cy = (nx - 1) / 2, (ny - 1) / 2
-        a = np.eye(2)
-        sx = sy = 1.0
-    else:
-        cx, cy = geo["center"]
-        a = np.eye(2) if geo["affine"] is None else np.asarray(geo["affine"])[:2, :2]
-        sx, sy = (abs(v) for v in geo["scale"])
-    dx, dy = x - cx, y - cy
-    u = (a[0, 0] * dx + a[0, 1] * dy) * sx
-    v = (a[1, 0] * dx + a[1, 1] * dy) * sy
-    radius = np.hypot(u, v)
-    edge = np.zeros(shape, bool)
-    edge[[0, -1], :] = True
-    edge[:, [0, -1]] = True
-    return radius, float(radius[edge].min())
+
+def _pixel_gaussian(sigma):
+    """1D profile of a Gaussian of ``sigma`` px integrated over each pixel, sum 1."""
+    if sigma <= 0:
+        return np.ones(1)
+    half = int(math.ceil(5 * sigma)) + 1
+    edges = (np.arange(-half, half + 2) - 0.5) / (sigma * math.sqrt(2))
+    profile = np.diff([math.erf(e) for e in edges])
+    return profile / profile.sum()
+
+
+def _curvature_table():
+    sigmas = np.concatenate([np.linspace(0.0, 0.2, 21)[:-1], np.geomspace(0.2, 8.0, 200)])
+    s1, c = [], []
+    for sigma in sigmas:
+        p = _pixel_gaussian(sigma)
+        s1.append(float(np.sum(p * p)))
+        c.append(_psf_curvature(np.outer(np.ones(1), p))[1])
+    return np.array(s1), np.array(c)
+
+
+_CURVATURE_TABLE = None
+
+
+def _gaussian_curvature(sum_sq_1d):
+    """``c`` of a pixel-integrated Gaussian PSF whose 1D profile has ``sum p^2`` given."""
+    global _CURVATURE_TABLE
+    if _CURVATURE_TABLE is None:
+        _CURVATURE_TABLE = _curvature_table()
+    s1, c = _CURVATURE_TABLE  # s1 decreases with sigma
+    return float(np.interp(sum_sq_1d, s1[::-1], c[::-1]))

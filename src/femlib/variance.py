@@ -9,37 +9,44 @@ enters through ``k0 = Var(D_p) / <D_p>`` and the shot weights ``s_kp`` of the sh
 w^2`` (``D = G N``, ``N`` Poisson).
 
 ==========  ========================================  ============================================
-method      estimator                                 shot-noise term (subtracted: gain or k0)
+method      estimator                                 corrected (gain or noise model given)
 ==========  ========================================  ============================================
-``Omega``   ``<S^2>_n / <S>_n^2 - 1``                 ``(1 - 1/N) <Q>_n / <S>_n^2``
-``r``       ``< <D^2>_k / <D>_k^2 - 1 >_n``           ``< k0 A / S_n - Q_n / S_n^2 >_n``
-``re``      ``<D^2>_{n,k} / <D>_{n,k}^2 - 1``         ``k0 A / <S>_n - <Q>_n / (N <S>_n^2)``
-``VImage``  ring mean of ``var_n D(p) / m_p^2``       ring mean of ``(1 - 1/N) k0 / m_p``
+``Omega``   ``<S^2>_n / <S>_n^2 - 1``                 less ``(1 - 1/N) <Q>_n / <S>_n^2``
+``r``       ``< <D^2>_k / <D>_k^2 - 1 >_n``           ``< A (J_n - k0 S_n) / (S_n^2 - Q_n) >_n - 1``
+``re``      ``<D^2>_{n,k} / <D>_{n,k}^2 - 1``         ``A (<J> - k0 <S>) / (<S>^2 - <Q> / N) - 1``
+``VImage``  ring mean of ``var_n D(p) / m_p^2``       less ring mean of ``(1 - 1/N) k0 / m_p``
 ==========  ========================================  ============================================
 
-``<.>_k`` is the weighted mean in ring ``k``; ``VImage``'s ring mean runs over the pixels
-with ``m_p > 0``. For Poisson counts (counting model) the terms are the exact finite-``N``
-expectations of the uncorrected estimators on structure-free data: ``Omega`` and ``VImage``
-for any weights (conditioning on each pixel's total over the frames makes the frames
-multinomial), ``r`` and ``re`` for hard bins on a uniform ring (conditioning on the frame's
-ring sum, resp. on the ring's total). With split pixels ``r`` and ``re`` are right to first
-order in ``1 / S``; for a general noise kernel every term is the exact expectation of the
-numerator and first order for the ratio. The derivations are in the user guide
+``<.>_k`` is the weighted mean in ring ``k``, ``J_n = sum_p w_kp D_n(p)^2``; ``VImage``'s
+ring mean runs over the pixels with ``m_p > 0``. For Poisson counts (counting model) the
+corrections are exact for finite ``N``: ``Omega`` and ``VImage`` have expectation 0 on
+structure-free data for any weights (conditioning on each pixel's total over the frames
+makes the frames multinomial). ``r`` and ``re`` are ratios of unbiased products:
+``E[J - G S] = sum_p w mu_p^2`` and ``E[S^2 - Q] = (sum_p w mu_p)^2`` for any weights and any
+frame intensities ``mu``; for hard bins the ratio is exact too, uniform ring or not (given
+the frame's ring sum, resp. the ring's total: multinomial cells); with split pixels the
+remaining ratio bias is second order in ``1 / S``. A frame (for ``re``: a group) with less
+than two electrons' worth of signal in a ring (``S^2 < 2 Q``) uses the first-order form
+``A J / S^2 - 1 - k0 A / S + Q / S^2``, exact for hard uniform rings. For a general noise
+kernel ``k0`` and ``Q`` make every numerator and denominator unbiased when the mean pattern
+is locally flat; with a PSF's ``curvature`` the per-pixel variance of ``r``, ``re`` and
+``VImage`` is ``k0 (m + c lap m)``, second order. The derivations are in the user guide
 (estimators page).
 
 Static ring non-uniformity (reported with ``r`` and ``re``, optionally subtracted from them):
 
-    ``NU_k = A sum_p w m_p^2 / (sum_p w m_p)^2 - 1 - (k0 A / <S>_n - <Q>_n / <S>_n^2) / N``
+    ``NU_k = A (sum_p w m_p^2 - k0 S / N) / (S^2 - <Q>_n / N) - 1``, ``S = sum_p w m_p``
 
 the within-ring non-uniformity of the mean pattern less its own shot-noise content. ``re -
-NU`` then carries ``(1 - 1/N) k0 A / <S>_n`` in all, exact for any weights and any static
-mean pattern (Poisson, counting model).
+NU`` then carries ``A sum_p w (var_n D(p) - (1 - 1/N) k0 m_p) / (S^2 - <Q> / N)``, exact for
+any weights and any static mean pattern (Poisson, counting model).
 
 One pass
 --------
 The moments come from :func:`femlib.moments.accumulate_moments`, one streaming read of the
 frames: per frame the ring sums ``I = W D``, ``J = W D^2`` (``r``, ``re``) and ``Q`` with the
-shot weights of the noise model, and ``U = J A / I^2``, ``V = A / I``, ``Y = Q / I^2``; per
+shot weights of the noise model, and ``U = J A / I^2``, ``V = A / I``, ``Y = Q / I^2`` and
+``r``'s products ``P = A J / (I^2 - Q)``, ``H = A I / (I^2 - Q)``; per
 *state* (group x jackknife block) the frame count, the means of those, the centred second
 moment of ``I``, the per-pixel means (``VImage`` and the ring non-uniformity of ``r`` and
 ``re``) and, for ``VImage``, the per-pixel centred second moments
@@ -51,7 +58,10 @@ Delete-a-group jackknife over probe positions: the ``i``-th frame of each group 
 block ``i mod B`` (``B = 20`` by default, independent of chunking). Each estimator is
 recomputed with one block left out, from the same moments, and
 ``se^2 = (B-1)/B sum_b (V_(b) - mean_b V_(b))^2``. It covers every method, the shot-noise
-term and the thickness-combined result alike.
+term and the thickness-combined result alike. It is never below the first-order error of
+the shot noise alone (with few counts the blocks scatter too little), and where ``V``
+rests on fewer than :data:`MIN_PAIRS` expected coincident electron pairs it is flagged as
+not trustworthy (``standard_error_trusted``; :func:`warn_undefined` warns).
 
 References
 ----------
@@ -65,14 +75,11 @@ import warnings
 
 import numpy as np
 
-# Moments, merge and frame_states are re-exported for callers of femlib 0.1.
-from femlib.moments import N_BLOCKS, Moments, _merge_arrays, frame_states, merge  # noqa: F401
-from femlib.moments import accumulate as _accumulate_chunk
+from femlib.moments import _H, _I, _J, _P, _Q, _U, _merge_arrays
 
 __all__ = [
     "METHODS",
-    "accumulate",
-    "accumulate_dask",
+    "MIN_PAIRS",
     "estimate",
     "check_method",
     "check_gain",
@@ -80,7 +87,6 @@ __all__ = [
 ]
 
 METHODS = ("Omega", "r", "re", "VImage")
-_I, _Q, _J, _U, _V, _Y = range(6)
 
 
 def check_method(method):
@@ -165,46 +171,6 @@ def check_gain(gain, name="gain"):
     return g
 
 
-def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-               squares=True, shot_weights=None):
-    """Moments of one chunk with the shot sums ``Q`` (default ``W^2 D``: the counting model
-    per unit gain, as :func:`estimate` with ``gain`` expects).
-
-    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
-
-    Parameters
-    ----------
-    frames : ndarray, shape (..., rows, columns)
-    weights : femlib.integration.AzimuthalWeights
-    states : int array, shape (...)
-        :func:`femlib.moments.frame_states`, -1 = excluded.
-    n_groups, n_blocks : int
-    pixels : bool
-        Per-pixel moments (``VImage``).
-    squares : bool
-        ``J, U, V, Y`` and the per-pixel means (``r``, ``re`` and their ring
-        non-uniformity).
-    shot_weights : scipy.sparse matrix or None
-        Shot weights of ``Q`` (the sparsity of ``weights.matrix``); None: ``W**2``.
-
-    Returns
-    -------
-    femlib.moments.Moments
-
-    Examples
-    --------
-    >>> from femlib.integration import build_weights
-    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
-    >>> m = accumulate(np.full((4, 16, 16), 2.0), w, frame_states(4, n_blocks=2), n_blocks=2)
-    >>> bool(np.allclose(m.mean[0, 1], 2.0 * w.squared.sum(axis=1)))  # Q = W^2 D
-    True
-    """
-    shot = weights.squared if shot_weights is None else shot_weights
-    return _accumulate_chunk(frames, weights, states, n_groups, n_blocks, pixels, squares,
-                             shot_weights=shot, ratio=bool(squares),
-                             pixel_means=bool(pixels or squares))
-
-
 def _reduce(count, mean, m2, pm, pq, axis):
     """Merge all states along ``axis`` (sequential Chan merges)."""
     take = lambda a, i: None if a is None else np.take(a, i, axis=axis)  # noqa: E731
@@ -251,13 +217,23 @@ def _ring(wc, x):
     return (wc @ x.reshape(-1, x.shape[-1]).T).T.reshape(lead + (-1,))
 
 
-def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc):
+def _pairs(mi, q, nn):
+    """Unbiased square of the ring sum, ``<S>^2 - q / N`` (``q``: the shot variance of one
+    frame's ring sum, detector units), and where it is used: at least two electrons' worth of
+    signal, ``<S>^2 >= 2 q / N`` (for hard bins: two electrons in the ring)."""
+    den = mi * mi - q / nn
+    return den, (mi > 0) & (den >= q / nn)
+
+
+def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap=None):
     """Uncorrected estimator and its finite-N shot-noise term, each ``(..., K)``.
 
-    ``k0`` is the noise kernel at zero lag and ``qs`` the factor that turns the stored
-    shot ring sums ``Q`` and ``Y`` into detector units (``gain`` for the counting model,
-    whose ``Q`` holds ``sum w^2 D``; 1 for a noise model's shot weights; 0: no term).
-    The derivations are in the estimators page of the user guide.
+    ``k0`` is the noise kernel at zero lag and ``qs`` the factor that turns the stored shot
+    ring sums ``Q`` into detector units (``gain`` for the counting model, whose ``Q`` holds
+    ``sum w^2 D``; 1 for a noise model's shot weights; 0: no term). ``lap``: None, or the
+    second-order term of a PSF (:class:`_Curvature`): the per-pixel variance is then
+    ``k0 (m_p + c lap m_p)``, not ``k0 m_p``. The term is the uncorrected value less the
+    corrected one. The derivations are in the estimators page of the user guide.
     """
     nn = n[..., None]
     mi = mean[..., _I, :]
@@ -266,53 +242,180 @@ def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc):
         if method == "Omega":
             # Exact for Poisson given the per-pixel totals (multinomial frames).
             return m2 / nn / mi**2, (1.0 - 1.0 / nn) * q / mi**2
+        kb = _k0_bins(k0, pm, wc, lap)
         if method == "r":
-            # Exact for hard bins and a uniform ring given the frame's ring sum.
-            return mean[..., _U, :] - 1.0, k0 * mean[..., _V, :] - qs * mean[..., _Y, :]
+            # Per-frame unbiased products (moments.py): exact for hard bins given the
+            # frame's ring sum, uniform ring or not; second order with split pixels.
+            raw = mean[..., _U, :] - 1.0
+            if not (qs or np.any(k0)):
+                return raw, np.zeros_like(raw)
+            return raw, mean[..., _U, :] - mean[..., _P, :] + kb * mean[..., _H, :]
         if method == "re":
-            # Exact for hard bins and a uniform ring given the ring's total over frames.
-            return mean[..., _J, :] * area / mi**2 - 1.0, k0 * area / mi - q / (nn * mi**2)
+            # The same products pooled over the frames: exact for hard bins given the
+            # ring's total, uniform or not.
+            raw = mean[..., _J, :] * area / mi**2 - 1.0
+            den, good = _pairs(mi, q, nn)
+            first = kb * area / mi - q / (nn * mi**2)
+            pooled = raw + 1.0 - area * (mean[..., _J, :] - kb * mi) / np.where(good, den, 1.0)
+            return raw, np.where(good, pooled, first)
         # VImage: ring mean over the pixels with a positive mean; exact given each
         # pixel's total over the frames.
         ok = pm > 0
         raw = np.where(ok, pq / nn / pm**2, 0.0)
-        term = np.where(ok, (1.0 - 1.0 / nn) * k0 / pm, 0.0)
+        var = pm if lap is None else pm + lap(pm)  # the pixel's noise variance / k0
+        term = np.where(ok, (1.0 - 1.0 / nn) * k0 * var / pm**2, 0.0)
         den = _ring(wc, ok.astype(float))
         return _ring(wc, raw) / den, _ring(wc, term) / den
 
 
-def _nonuniformity(n, mean, pm, k0, qs, area, wc):
+def _k0_bins(k0, pm, wc, lap):
+    """``k0``, or per bin ``k0 sum_p w (m + c lap m) / sum_p w m`` with a PSF's term."""
+    if lap is None or pm is None:
+        return k0
+    return k0 * (1.0 + _ring(wc, lap(pm)) / _ring(wc, pm))
+
+
+class _Curvature:
+    """``c_y d^2m/dy^2 + c_x d^2m/dx^2`` of per-touched-pixel means ``m`` (``(..., P')``).
+
+    Second differences over the touched pixels only (masked pixels and those outside the
+    radial range have no mean): centred where both neighbours are touched, else the
+    one-sided stencil of the next pixel inward, else 0.
+    """
+
+    def __init__(self, coeffs, touched, shape):
+        self.coeffs = tuple(float(c) for c in coeffs)
+        ny, nx = shape
+        pos = np.full(ny * nx, -1, np.int64)
+        pos[touched] = np.arange(touched.size)
+        r, c = np.divmod(touched.astype(np.int64), nx)
+        self.stencils = []
+        for dy, dx, size in ((1, 0, ny), (0, 1, nx)):
+            along = r if dy else c
+
+            def at(k, along=along, dy=dy, dx=dx, size=size):
+                inside = (along + k >= 0) & (along + k < size)
+                flat = (r + k * dy) * nx + (c + k * dx)
+                return np.where(inside, pos[np.clip(flat, 0, ny * nx - 1)], -1)
+
+            m2, m1, p1, p2 = at(-2), at(-1), at(1), at(2)
+            here = np.arange(touched.size)
+            centred = (m1 >= 0) & (p1 >= 0)
+            forward = ~centred & (p1 >= 0) & (p2 >= 0)
+            backward = ~centred & ~forward & (m1 >= 0) & (m2 >= 0)
+            a = np.select([centred, forward, backward], [m1, here, m2], here)
+            b = np.select([centred, forward, backward], [here, p1, m1], here)
+            cc = np.select([centred, forward, backward], [p1, p2, here], here)
+            self.stencils.append((a, b, cc))
+
+    def __call__(self, pm):
+        out = 0.0
+        for coeff, (a, b, c) in zip(self.coeffs, self.stencils, strict=True):
+            out = out + coeff * (pm[..., a] - 2.0 * pm[..., b] + pm[..., c])
+        return out
+
+
+def _nonuniformity(n, mean, pm, k0, qs, area, wc, lap=None):
     """Static ring non-uniformity of the mean pattern, less its own shot-noise content.
 
-    ``NU = A sum_p w m_p^2 / (sum_p w m_p)^2 - 1`` of the per-pixel means ``m``, minus
-    ``(k0 A / <I> - <Q> / <I>^2) / N`` (0 without a correction); ``(..., K)``.
+    ``NU = A (sum_p w m_p^2 - k0 S / N) / (S^2 - Q / N) - 1`` of the per-pixel means ``m``
+    (``S = sum_p w m_p``, ``Q`` the mean shot ring sum): unbiased numerator and denominator
+    (first-order form ``A sum w m^2 / S^2 - 1 - (k0 A / S - Q / S^2) / N`` below two
+    electrons' worth of signal); ``(..., K)``.
     """
     nn = n[..., None]
     s1 = _ring(wc, pm)
+    s2 = _ring(wc, pm * pm)
+    q = qs * mean[..., _Q, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        raw = area * _ring(wc, pm * pm) / s1**2 - 1.0
-        shot = (k0 * area / s1 - qs * mean[..., _Q, :] / s1**2) / nn
-    return raw - shot
+        k0 = _k0_bins(k0, pm, wc, lap)
+        raw = area * s2 / s1**2 - 1.0
+        first = raw - (k0 * area / s1 - q / s1**2) / nn
+        # The same branch as re's (from the ring sums): re - NU then cancels exactly.
+        den, good = _pairs(mean[..., _I, :], q, nn)
+        pooled = area * (s2 - k0 * s1 / nn) / np.where(good, s1 * s1 - q / nn, 1.0) - 1.0
+    return np.where(good, pooled, first)
 
 
-def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, subtract=False):
+def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap=None, subtract=False):
     """One corrected estimator on merged moments with leading dims ``(...)``: ``(..., K)``."""
-    raw, term = _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc)
+    raw, term = _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap)
     v = raw - term
     if subtract and method in ("r", "re"):
-        v = v - _nonuniformity(n, mean, pm, k0, qs, area, wc)
+        v = v - _nonuniformity(n, mean, pm, k0, qs, area, wc, lap)
     return v
 
 
+#: Fewest expected same-pixel (``Omega``: same-ring) pairs of electrons of one frame,
+#: summed over the frames, below which a standard error is flagged as not trustworthy
+#: (``standard_error_trusted``): ``V`` then rests on a handful of coincidences and its
+#: distribution is far from normal. Measured (``benchmarks/estimator_accuracy.py lowdose``).
+MIN_PAIRS = 10.0
+
+
+def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c, ring_geometry=None):
+    """The standard error that the shot noise alone gives ``V``, and the expected number of
+    electron pairs it rests on, each ``(..., K)``.
+
+    To first order in the relative shot noise, a corrected estimator on ``N`` independent
+    values of ``n_e`` electrons each has variance ``2 / ((N - 1) n_e^2)``: the sample
+    variance's own kurtosis term (``1 / (N n_e)`` relative) cancels against the shot-noise
+    term's dependence on the same mean. ``Omega``: the ring sums (``n_e = <S>^2 / Q``);
+    ``VImage``: every pixel (``m_p / k0`` electrons), ring-averaged with the weights; ``r``
+    and ``re``: the ``P = A^2 / sum w^2`` effective pixels of a ring (``<S> / (k0 A)``
+    electrons each), over ``N`` frames. The pairs: ``N n_e^2 / 2`` (``Omega``) and
+    ``N sum_p w_p (m_p / k0)^2 / 2`` (the others). Zero floor and infinite pairs without a
+    correction (the electrons are then unknown).
+    """
+    nn = n[..., None]
+    mi = mean[..., _I, :]
+    q = qs * mean[..., _Q, :]
+    if not (qs or np.any(k0)):
+        inf = np.full(mi.shape, np.inf)
+        return np.zeros(mi.shape), inf, inf
+    dof = np.maximum(nn - 1.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ne = mi * mi / q  # electrons per ring per frame (the ring sum's Poisson equivalent)
+        if method == "Omega":
+            return np.sqrt(2.0 / dof) / ne, nn * ne * ne / 2.0, ne
+        if pm is None:  # per-position centres: no per-pixel table (descan, r and re only)
+            floor, pairs = _ring_shot_floor(mi, k0, dof, nn, ring_geometry)
+            return floor, pairs, ne
+        lam = pm / k0  # electrons per pixel per frame
+        pairs = nn * _ring(wc, lam * lam) / 2.0
+        if method == "VImage":
+            ok = pm > 0
+            var_p = np.where(ok, 2.0 / dof / lam**2, 0.0)
+            return np.sqrt(_ring(w2c, var_p)) / _ring(wc, ok.astype(float)), pairs, ne
+        lam_k = mi / (k0 * area)
+        p_eff = area * area / np.asarray(w2c.sum(axis=1)).ravel()
+        return np.sqrt(2.0 / (p_eff * dof)) / lam_k, pairs, ne
+
+
+def _ring_shot_floor(mi, k0, dof, nn, ring_geometry):
+    """``r``/``re`` shot floor from ring means alone (per-position centres keep no per-pixel
+    table; ``mi`` are then ring means per pixel): the ring's ``P = A^2 / sum w^2`` effective
+    pixels of ``mi / k0`` electrons each, ``A`` and ``sum w^2`` those of the reference
+    geometry ``ring_geometry = (A, sum w^2)``."""
+    if ring_geometry is None:
+        return np.zeros(mi.shape), np.full(mi.shape, np.inf)
+    area, sq = ring_geometry
+    lam_k = mi / k0
+    p_eff = area * area / sq
+    return np.sqrt(2.0 / (p_eff * dof)) / lam_k, nn * area * lam_k * lam_k / 2.0
+
+
 def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
-             subtract_nonuniformity=False):
+             subtract_nonuniformity=False, curvature=None):
     """Compute FEM variance estimators, their jackknife standard errors, per group and combined.
 
-    Every shot-noise term is the exact finite-``N`` expectation for Poisson counts where
-    one exists (``N`` = frames of the group): ``Omega`` and ``VImage`` for any weights,
-    ``r`` and ``re`` for hard bins on a uniform ring, ``re`` with
-    ``subtract_nonuniformity`` for any weights and any static mean pattern; first order
-    otherwise. See the module docstring and the estimators page of the user guide.
+    Every corrected estimator has expectation 0 on structure-free Poisson data where a
+    closed form exists (``N`` = frames of the group): ``Omega`` and ``VImage`` for any
+    weights, ``r`` and ``re`` for hard bins (uniform ring or not; on structured data they
+    then estimate the noise-free value without bias), ``re`` with
+    ``subtract_nonuniformity`` for any weights and any static mean pattern; second order in
+    the relative shot noise otherwise. See the module docstring and the estimators page of
+    the user guide.
 
     Parameters
     ----------
@@ -324,22 +427,36 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         Any of :data:`METHODS`.
     gain : float or None
         Counting model: detector units per electron, ``k0 = gain`` and shot weights
-        ``gain * W**2`` (the moments' ``Q`` accumulated with the default
-        ``shot_weights=None`` of :func:`accumulate`). None: no shot-noise correction
-        unless ``k0`` is given.
+        ``gain * W**2`` (the moments accumulated with ``shot_weights=weights.squared`` and,
+        for ``r``, ``shot_scale=gain``: :func:`femlib.moments.accumulate_moments`). None:
+        no shot-noise correction unless ``k0`` is given.
     k0 : float or None
         A noise model's kernel at zero lag (``Var(D_p) / <D_p>``, detector units); the
         moments' ``Q`` must then have been accumulated with that model's shot weights
-        (in detector units). Not together with ``gain``.
+        (in detector units, ``shot_scale=1``). Not together with ``gain``.
     subtract_nonuniformity : bool
         Subtract the static ring non-uniformity (``ring_nonuniformity`` below) from
         ``r`` and ``re``; the other methods are unchanged.
+    curvature : (float, float) or None
+        A noise model's second-order term ``(c_y, c_x)`` (pixels^2, e.g.
+        :attr:`femlib.noise.DetectorNoise.curvature`): the per-pixel noise variance of
+        ``r``, ``re`` and ``VImage`` is then ``k0 (m_p + c_y d^2 m / dy^2 + c_x d^2 m /
+        dx^2)`` of the measured mean pattern ``m``, not ``k0 m_p``. None or zeros: the
+        locally flat form.
 
     Returns
     -------
     dict
         ``variance``, ``standard_error``: ``(G, M, K)`` per group, method and bin;
-        ``counts``: ``(G,)`` frames per group; ``combined``, ``combined_standard_error``:
+        ``standard_error`` is the larger of ``jackknife_standard_error`` (delete-a-block)
+        and ``shot_standard_error`` (what the shot noise alone gives, first order; see
+        the estimators page of the user guide); ``standard_error_trusted``
+        ``(G, M, K)``: False where ``V`` rests on fewer than :data:`MIN_PAIRS` expected
+        coincident electron pairs (``shot_pairs``; ``shot_electrons``: electrons per bin
+        and frame), so that its distribution is far from normal and no standard error
+        describes it (always True without a correction); ``counts``: ``(G,)`` frames per
+        group; ``combined``,
+        ``combined_standard_error`` (and ``combined_standard_error_trusted``):
         ``(M, K)``, the frame-weighted mean over the groups with at least 2 frames;
         ``used_groups``: bool ``(G,)``; ``methods``; ``jackknife`` ``(G, B, M, K)`` and
         ``combined_jackknife`` ``(B, M, K)``: the leave-one-block-out estimates (NaN where a
@@ -353,7 +470,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     ------
     ValueError
         If no group has two or more frames, if both ``gain`` and ``k0`` are given, or if
-        the moments lack what a method needs.
+        the moments lack what a method needs (or hold ``r``'s products for another gain).
     TypeError
         For a non-numeric ``gain`` or ``k0`` or a non-boolean ``subtract_nonuniformity``.
 
@@ -368,11 +485,12 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     Pure Poisson frames (gain 3): every corrected estimator is zero within its error.
 
     >>> import numpy as np
-    >>> from femlib import integration, variance
+    >>> from femlib import integration, moments, variance
     >>> rng = np.random.default_rng(0)
     >>> frames = 3.0 * rng.poisson(20.0, size=(200, 16, 16))
     >>> w = integration.build_weights((16, 16), (7.5, 7.5), npt=3, radial_range=(2.0, 7.0))
-    >>> m = variance.accumulate(frames, w, variance.frame_states(200), pixels=True)
+    >>> m = moments.accumulate_moments(frames, w, shot_weights=w.squared,
+    ...                                methods=variance.METHODS, shot_scale=3.0)
     >>> res = variance.estimate(m, w, variance.METHODS, gain=3.0)
     >>> res["variance"].shape
     (1, 4, 3)
@@ -382,6 +500,17 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     methods = check_method(methods)
     gain = check_gain(gain)
     k0 = check_gain(k0, "k0")
+    if curvature is not None:
+        try:
+            curvature = tuple(float(c) for c in curvature)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"curvature must be None or two numbers (c_y, c_x), got {curvature!r}"
+            ) from err
+        if len(curvature) != 2 or not np.all(np.isfinite(curvature)):
+            raise ValueError(
+                f"curvature must be None or two finite numbers (c_y, c_x), got {curvature!r}"
+            )
     if gain is not None and k0 is not None:
         raise ValueError(
             "give gain (the counting model) or k0 (a noise model's kernel at zero lag), "
@@ -402,6 +531,19 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         )
     # k0 multiplies the per-pixel (A / I) terms; qs turns the stored Q into detector units.
     kk, qs = (gain, gain) if gain is not None else (k0, 1.0) if k0 is not None else (0.0, 0.0)
+    if "r" in methods and qs:
+        if not moments.ratio:
+            raise ValueError(
+                "r with a shot-noise correction needs the per-frame products of the pass: "
+                "accumulate with shot weights and methods including 'r'"
+            )
+        if moments.shot_scale != qs:
+            raise ValueError(
+                f"the moments hold r's per-frame products for shot_scale="
+                f"{moments.shot_scale:g}, but estimate was given "
+                + (f"gain={gain:g}" if gain is not None else "k0 (shot_scale 1)")
+                + ": accumulate with shot_scale equal to the gain (1 for a noise model)"
+            )
     gcount = moments.count.reshape(moments.n_groups, moments.n_blocks)
     shape_ring = (moments.n_groups, moments.n_blocks)
     count = gcount
@@ -413,6 +555,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     if moments.pix_m2 is not None:
         pq = moments.pix_m2.reshape(shape_ring + moments.pix_m2.shape[1:])
     full = _reduce(count, mean, m2, pm, pq, axis=1)
+    _check_range(full[1], kk, qs, gain, k0)
     loo = _leave_one_out(count, mean, m2, pm, pq)
     counts = full[0]
     used = counts >= 2
@@ -421,19 +564,42 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     wc = weights.matrix[:, weights.touched] if pm is not None else None
     area = weights.area
     sub = bool(subtract_nonuniformity)
-    args = (kk, qs, area, wc)
+    lap = None
+    if curvature is not None and kk and pm is not None and np.any(curvature):
+        lap = _Curvature(curvature, weights.touched, weights.detector_shape)
+    args = (kk, qs, area, wc, lap)
     v = np.stack([_estimators(*full, m, *args, sub) for m in methods], axis=1)
     vj = np.stack([_estimators(*loo, m, *args, sub) for m in methods], axis=2)
     # vj: (G, B, M, K); a block with no frame in a group does not count for that group.
     present = count > 0  # (G, B)
-    se = _jackknife_se(vj, present)
+    # The jackknife, but never below what the shot noise alone gives (with few frames or
+    # few counts the leave-one-block-out values scatter too little; user guide).
+    w2c = weights.squared[:, weights.touched] if pm is not None else None
+    floor, pairs, electrons = (
+        np.stack(x, axis=1)  # (G, M, K)
+        for x in zip(*(_shot_floor(full[0], full[1], full[3], m, kk, qs, area, wc, w2c,
+                                   getattr(weights, "ring_geometry", None))
+                       for m in methods), strict=True)
+    )
+    se_jk = _jackknife_se(vj, present)
+    se = np.fmax(se_jk, floor)
     comb, comb_se, comb_j = _combine(v, vj, counts, count, used, present)
+    wg = np.where(used, counts, 0.0) / np.where(used, counts, 0.0).sum()
+    comb_floor = np.sqrt(np.tensordot(wg**2, np.where(used[:, None, None], floor, 0.0) ** 2,
+                                      axes=(0, 0)))
+    comb_pairs = np.where(used[:, None, None], pairs, 0.0).sum(axis=0)
     out = {
         "variance": v,
         "standard_error": se,
+        "standard_error_trusted": pairs >= MIN_PAIRS,
+        "jackknife_standard_error": se_jk,
+        "shot_standard_error": floor,
+        "shot_pairs": pairs,
+        "shot_electrons": electrons,
         "counts": counts.astype(int),
         "combined": comb,
-        "combined_standard_error": comb_se,
+        "combined_standard_error": np.fmax(comb_se, comb_floor),
+        "combined_standard_error_trusted": comb_pairs >= MIN_PAIRS,
         "used_groups": used,
         "methods": methods,
         "jackknife": np.where(present[:, :, None, None], vj, np.nan),
@@ -444,8 +610,8 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         "combined_ring_nonuniformity_standard_error": None,
     }
     if pm is not None:
-        nu = _nonuniformity(full[0], full[1], full[3], kk, qs, area, wc)[:, None]
-        nuj = _nonuniformity(loo[0], loo[1], loo[3], kk, qs, area, wc)[:, :, None]
+        nu = _nonuniformity(full[0], full[1], full[3], kk, qs, area, wc, lap)[:, None]
+        nuj = _nonuniformity(loo[0], loo[1], loo[3], kk, qs, area, wc, lap)[:, :, None]
         nu_comb, nu_comb_se, _ = _combine(nu, nuj, counts, count, used, present)
         out.update(
             ring_nonuniformity=nu[:, 0],
@@ -456,6 +622,22 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     if qs or kk:
         _warn_large_correction(full, methods, used, args, gain, k0)
     return out
+
+
+def _check_range(mean, kk, qs, gain, k0):
+    """Refuse a gain (or data) so large that the shot-noise terms overflow float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mi, q = np.abs(mean[..., _I, :]), np.abs(mean[..., _Q, :])
+        ok = np.isfinite(mi * mi) & np.isfinite(qs * q) & np.isfinite(kk * mi)
+        ok &= np.isfinite(qs * q * mi) & (mi * mi < 1e300)
+    if not ok.all():
+        what = (f"gain={gain:g}" if gain is not None else f"k0={k0:g}" if k0 is not None
+                else "the data")
+        raise ValueError(
+            f"{what} with ring sums up to {float(np.nanmax(mi)):.3g} overflows float64 in "
+            "the shot-noise terms: the gain must be in detector units per electron (at "
+            "most the data's own scale) and the data must not exceed about 1e150"
+        )
 
 
 def _combine(v, vj, counts, count, used, present):
@@ -510,12 +692,14 @@ _UNDEFINED_CAUSE = {
 
 
 def warn_undefined(result, radial_centers):
-    """Warn about NaN values in an estimate, naming the method and the cause.
+    """Warn about NaN values and untrustworthy standard errors, naming method and cause.
 
     One warning per method with undefined values (e.g. ``Omega`` on a ring that never
-    received a count, ``r`` where a frame's ring mean is <= 0), and one where a value is
-    defined but its standard error is not. Groups left out for having fewer than two
-    frames are not looked at.
+    received a count, ``r`` where a frame's ring mean is <= 0), one where a value is
+    defined but its standard error is not, and one where the standard error cannot be
+    trusted (``standard_error_trusted`` False: fewer than :data:`MIN_PAIRS` expected
+    coincident electron pairs), naming the electrons per bin and frame. Groups left out
+    for having fewer than two frames are not looked at.
 
     Parameters
     ----------
@@ -528,9 +712,9 @@ def warn_undefined(result, radial_centers):
     --------
     >>> import warnings
     >>> import numpy as np
-    >>> from femlib import integration, variance
+    >>> from femlib import integration, moments, variance
     >>> w = integration.build_weights((8, 8), (3.5, 3.5), npt=2, radial_range=(1.0, 3.0))
-    >>> m = variance.accumulate(np.zeros((4, 8, 8)), w, variance.frame_states(4))
+    >>> m = moments.accumulate_moments(np.zeros((4, 8, 8)), w)
     >>> res = variance.estimate(m, w, ["Omega"])
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
@@ -558,6 +742,22 @@ def warn_undefined(result, radial_centers):
                 RuntimeWarning,
                 stacklevel=3,
             )
+        trusted = result.get("standard_error_trusted")
+        shaky = ~bad & np.isfinite(se[:, i])
+        shaky &= np.zeros_like(shaky) if trusted is None else ~trusted[used][:, i]
+        if shaky.any():
+            k = np.unique(np.nonzero(shaky)[-1])
+            e = result["shot_electrons"][used][:, i][shaky]
+            p = result["shot_pairs"][used][:, i][shaky]
+            warnings.warn(
+                f"the standard error of V(k) is not trustworthy in {k.size} radial bin(s) "
+                f"(radius {radii(k)}) for method {method!r}: V rests on {p.min():.2g}-"
+                f"{p.max():.2g} expected coincident electron pairs ({e.min():.2g}-"
+                f"{e.max():.2g} electrons per bin per frame), fewer than {MIN_PAIRS:g}; "
+                "use more patterns, wider bins or Omega",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         bad_se = ~bad & ~np.isfinite(se[:, i])
         if bad_se.any():
             k = np.unique(np.nonzero(bad_se)[-1])
@@ -568,40 +768,3 @@ def warn_undefined(result, radial_centers):
                 RuntimeWarning,
                 stacklevel=3,
             )
-
-
-def accumulate_dask(darr, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=False,
-                    squares=True, shot_weights=None):
-    """Lazy :func:`accumulate` over a dask array (one task per chunk, merged as a tree).
-
-    Kept for callers of femlib 0.1; the pass is :func:`femlib.moments.accumulate_moments`.
-
-    Parameters
-    ----------
-    darr : dask.array.Array, shape (..., rows, columns)
-    weights : femlib.integration.AzimuthalWeights
-    states : int ndarray, shape nav
-        :func:`femlib.moments.frame_states`, reshaped to the navigation shape.
-    n_groups, n_blocks : int
-    pixels, squares, shot_weights
-        As :func:`accumulate`.
-
-    Returns
-    -------
-    dask.delayed.Delayed
-        Computing it gives the merged :class:`femlib.moments.Moments`.
-    """
-    import dask.array as da
-
-    from femlib import moments as _m
-    from femlib.integration import prepare_chunks
-
-    darr = prepare_chunks(darr)
-    nav = darr.ndim - 2
-    states = np.asarray(states, dtype=np.int64).reshape(darr.shape[:nav])
-    sblocks = da.from_array(states, chunks=darr.chunks[:nav]).to_delayed().ravel()
-    plan = _m._Plan(n_groups, n_blocks, bool(squares), bool(squares), bool(pixels or squares),
-                    bool(pixels))
-    shot = weights.squared if shot_weights is None else shot_weights
-    sdata = _m._shot_data(weights, shot)
-    return _m._accumulate_tree(darr.to_delayed().reshape(-1), sblocks, weights, sdata, plan)

@@ -362,6 +362,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             raise ValueError(
                 f"thickness has shape {t.shape} but the navigation shape is {tuple(nav_shape)}"
             )
+        n_pos = int(np.prod(nav_shape))
+        if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool) and bins > n_pos:
+            # Refused before anything is allocated (the pass keeps moments per bin).
+            raise ValueError(
+                f"bins={int(bins)} asks for more thickness bins than there are probe "
+                f"positions ({n_pos}); a bin needs 2 or more: use at most {max(n_pos // 2, 1)}"
+            )
         return _thickness.bin_by_thickness(t, bins)
 
     def _navigation_mask(self, navigation_mask):
@@ -506,7 +513,9 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             curves (blocks first) used by :meth:`FEMVariance1D.find_peaks`. ``metadata.FEM`` holds
             ``method``, ``gain``, ``npt``, ``radial_range``, ``number_of_patterns``,
             ``Calibration`` (the centre and affine used),
-            ``standard_error`` (jackknife, shape of the data) and, when binned,
+            ``standard_error`` (jackknife, never below the shot noise's own, shape of the
+            data), ``standard_error_trusted`` (False where ``V`` rests on too few counts
+            for any error bar; a warning names them) and, when binned,
             ``thickness_edges``, ``counts``, ``labels``, ``combined`` and
             ``combined_standard_error`` (frame-weighted mean over the bins; also
             :meth:`FEMVariance1D.combined`). When ``r`` or ``re`` is asked for, also
@@ -582,7 +591,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             shot = w.squared if noise is None else noise.shot_weights(w)
         work = _moments.accumulate_moments(
             self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
-            compute=False,
+            compute=False, shot_scale=1.0 if gain is None else gain,
         )
         moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
         if moments.n_nonfinite:
@@ -609,21 +618,34 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             counts = moments.count.reshape(n_groups, -1).sum(axis=1).astype(int)
             if counts.max() < 2:
                 raise ValueError(
-                    f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
+                    "no thickness bin holds 2 or more patterns (counts "
+                    f"{_short_list(counts)}): "
                     "use fewer or wider bins"
                 )
         # Descan moments hold per-frame ring means (each frame's own bin areas): the
         # estimators then take unit areas (femlib.moments, descan).
-        est_w = types.SimpleNamespace(area=np.ones(w.npt), matrix=None, touched=None) if (
-            descan) else w
+        # ring_geometry: the reference geometry's A and sum w^2, for r's and re's shot floor.
+        est_w = types.SimpleNamespace(
+            area=np.ones(w.npt), matrix=None, touched=None,
+            ring_geometry=(w.area, np.asarray(w.reference.squared.sum(axis=1)).ravel()),
+        ) if descan else w
         res = _variance.estimate(
             moments, est_w, methods, gain, k0=None if noise is None else float(noise.k0),
             subtract_nonuniformity=subtract_nonuniformity,
+            curvature=None if noise is None else getattr(noise, "curvature", None),
         )
         _variance.warn_undefined(res, w.radial_centers)
         result = self._variance_signal(
             res, w, methods, method, gain if noise is None else float(noise.gain), edges, layout
         )
+        # The trust flags in the layout of the data (the same path as V, quietly).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flags = self._variance_signal(
+                dict(res, variance=res["standard_error_trusted"].astype(float)), w, methods,
+                method, gain, edges, layout,
+            ).data
+        result.metadata.FEM.standard_error_trusted = flags > 0.5
         if noise is not None:
             result.metadata.FEM.noise_model = {
                 "gain": float(noise.gain),
@@ -840,6 +862,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             axes.append({"name": "Method", "size": len(methods), "units": "", "navigate": True})
         fem.update(extra, jackknife=jack)
         return self._wrap_variance(v, se, axes, w, fem)
+
+
+def _short_list(values, most=10):
+    """``[a, b, ...]`` with at most ``most`` items shown (messages stay short)."""
+    values = [int(v) for v in np.ravel(values)[: most + 1]]
+    more = len(values) > most
+    return "[" + ", ".join(str(v) for v in values[:most]) + (", ...]" if more else "]")
 
 
 def _axis_name(name, default):
