@@ -12,7 +12,9 @@ biases ``V(k)`` downwards. Each test here targets a signature that the amorphous
 does not produce:
 
 * **Bad pixels** (:func:`pixel_statistics`, :func:`classify_pixels`): per pixel the
-  temporal mean ``<D>`` and variance ``s^2`` over the scan. *Dead*: no counts (or a constant
+  temporal mean ``<D>`` and variance ``s^2`` (the median of the variances of up to 32
+  consecutive sub-blocks of the scan, so that a few bright frames, Bragg spots sweeping
+  over a ring, do not make a pixel noisy). *Dead*: no counts (or a constant
   value) where the dimmer neighbours (25th percentile) give at least 20 electrons over the
   scan. *Hot*: a mean
   ``hot`` times above the neighbours'. *Noisy*: ``s^2`` ``noisy`` times above the noise
@@ -80,18 +82,17 @@ _MAD = 1.4826  # MAD -> standard deviation of a normal distribution
 def _numba_kernels():
     import numba
 
-    @numba.njit(cache=True, nogil=True, fastmath=False)
-    def pixel_moments(flat, shift, n, s1, s2):  # pragma: no cover - compiled
-        # Sums of (x - shift) and (x - shift)^2 per pixel, non-finite values skipped.
+    @numba.njit(cache=True, nogil=True)
+    def pixel_moments(flat, sub, shift, s1, s2):  # pragma: no cover - compiled
+        # Sums of (x - shift) and (x - shift)^2 per sub-block and pixel (branch-free: a
+        # non-finite value makes its sub-block's sums non-finite, found afterwards).
         nf, npix = flat.shape
         for f in range(nf):
+            x, r1, r2 = flat[f], s1[sub[f]], s2[sub[f]]  # rows: the loop below vectorises
             for p in range(npix):
-                d = flat[f, p] - shift[p]
-                ok = d - d == 0.0
-                d = d if ok else 0.0
-                s1[p] += d
-                s2[p] += d * d
-                n[p] += 1.0 if ok else 0.0
+                d = x[p] - shift[p]
+                r1[p] += d
+                r2[p] += d * d
 
     @numba.njit(cache=True, nogil=True)
     def label_add(flat, labels, out):  # pragma: no cover - compiled
@@ -100,8 +101,9 @@ def _numba_kernels():
             lab = labels[f]
             if lab < 0:
                 continue
+            x, o = flat[f], out[lab]
             for p in range(npix):
-                out[lab, p] += flat[f, p]
+                o[p] += x[p]
 
     return pixel_moments, label_add
 
@@ -124,32 +126,52 @@ def _native(block):
 
 
 # ----------------------------------------------------------------------------- passes
-def _moments_block(block):
+#: Frames are grouped into at most this many consecutive sub-blocks; the per-pixel
+#: variance is also kept per sub-block, whose median is blind to a few bright frames.
+N_SUB_BLOCKS = 32
+_MIN_SUB_FRAMES = 16
+
+
+def sub_block_size(n_frames):
+    """Frames per sub-block of :func:`pixel_statistics` (whole scan order)."""
+    return max(_MIN_SUB_FRAMES, -(-int(n_frames) // N_SUB_BLOCKS))
+
+
+def _moments_block(block, start, size):
+    """Per sub-block (count, mean, centred sum of squares) of one block of frames, the
+    block's frames being ``start, start + 1, ...`` of the scan."""
     flat = _native(block)
-    npix = flat.shape[1]
-    n, s1, s2 = np.zeros(npix), np.zeros(npix), np.zeros(npix)
-    shift = np.zeros(npix)
-    if flat.shape[0]:
-        first = flat[0].astype(np.float64)
-        shift = np.where(np.isfinite(first), first, 0.0)
-        _kernels()[0](flat, shift, n, s1, s2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, shift + s1 / np.maximum(n, 1), 0.0)
-        m2 = np.where(n > 0, s2 - s1 * s1 / np.maximum(n, 1), 0.0)
-    return n, mean, np.maximum(m2, 0.0)
+    nf, npix = flat.shape
+    if nf == 0:
+        return {}
+    index = (start + np.arange(nf)) // size
+    lo = int(index[0])
+    sub = (index - lo).astype(np.int64)
+    nsub = int(sub[-1]) + 1
+    s1, s2 = np.zeros((nsub, npix)), np.zeros((nsub, npix))
+    shift = flat[0].astype(np.float64)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    _kernels()[0](flat, sub, shift, s1, s2)
+    n = np.bincount(sub, minlength=nsub).astype(np.float64)[:, None]
+    mean = shift + s1 / n
+    m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
+    return {lo + b: (n[b, 0], mean[b], m2[b]) for b in range(nsub)}
 
 
-def _merge_moments(a, b):
-    """Chan's pairwise merge of per-pixel (count, mean, centred sum of squares)."""
+def _chan(a, b):
     na, ma, qa = a
     nb, mb, qb = b
     n = na + nb
-    with np.errstate(invalid="ignore", divide="ignore"):
-        delta = mb - ma
-        frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
-        mean = ma + delta * frac
-        m2 = qa + qb + delta * delta * na * frac
-    return n, mean, m2
+    delta = mb - ma
+    return n, ma + delta * (nb / n), qa + qb + delta * delta * (na * nb / n)
+
+
+def _merge_moments(a, b):
+    """Merge two blocks' sub-block moments (Chan's formulas where a sub-block straddles)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _chan(out[key], value) if key in out else value
+    return out
 
 
 def _tree(parts, merge):
@@ -199,10 +221,14 @@ def _compute(work, lazy, compute):
 def pixel_statistics(frames, compute=True):
     """Per-pixel temporal count, mean and variance of a scan, in one pass.
 
-    Each block of frames is reduced by a compiled loop to per-pixel sums of ``x - x_0`` and
-    ``(x - x_0)^2`` in float64 (``x_0`` the block's first frame, so no precision is lost to
-    large means), the blocks are merged with Chan's pairwise formulas. Non-finite values are
-    skipped and counted.
+    The frames are cut (in scan order) into at most :data:`N_SUB_BLOCKS` consecutive
+    sub-blocks of :func:`sub_block_size` frames. A compiled loop reduces each block of
+    frames to per-pixel sums of ``x - x_0`` and ``(x - x_0)^2`` in float64 per sub-block
+    (``x_0`` the block's first frame, so no precision is lost to large means); blocks and
+    sub-blocks merge with Chan's pairwise formulas, so the result does not depend on the
+    chunking. Besides the scan's variance, the median over the sub-blocks of their
+    variance is kept: a few bright frames (Bragg spots, cosmic rays) raise the variance of
+    a few sub-blocks only, a noisy pixel that of every one.
 
     Parameters
     ----------
@@ -215,9 +241,11 @@ def pixel_statistics(frames, compute=True):
     Returns
     -------
     dict
-        ``n_frames`` (int), ``count`` (rows, columns: finite values per pixel), ``mean``
-        and ``variance`` (rows, columns; the unbiased sample variance, 0 where fewer than two
-        finite values).
+        ``n_frames`` (int), ``mean`` and ``variance`` (rows, columns; the unbiased sample
+        variance over the scan), ``median_variance`` (the median over the sub-blocks of
+        their unbiased variance), ``finite`` (bool: no NaN or infinity in the pixel; a
+        non-finite pixel's statistics come from its finite sub-blocks) and
+        ``sub_block_size``.
 
     Examples
     --------
@@ -234,21 +262,49 @@ def pixel_statistics(frames, compute=True):
     blocks, sizes, lazy = _frame_blocks(frames)
     shape = tuple(np.shape(frames)[-2:])
     n_frames = int(sum(sizes))
-    parts = [dask.delayed(_moments_block, pure=True)(b) for b in blocks]
+    size = sub_block_size(n_frames)
+    starts = np.cumsum((0,) + tuple(sizes))[:-1]
+    parts = [dask.delayed(_moments_block, pure=True)(b, int(s), size)
+             for b, s in zip(blocks, starts, strict=True)]
+    if not parts:
+        raise ValueError("frames hold no pattern")
     work = dask.delayed(_finish_moments, pure=True)(_tree(parts, _merge_moments), shape,
-                                                     n_frames)
+                                                     n_frames, size)
     return _compute(work, lazy, compute)
 
 
-def _finish_moments(moments, shape, n_frames):
-    n, mean, m2 = moments
+def _finish_moments(moments, shape, n_frames, size):
+    keys = sorted(moments)
+    n = np.array([moments[k][0] for k in keys])[:, None]
+    mean = np.stack([moments[k][1] for k in keys])
+    m2 = np.stack([moments[k][2] for k in keys])
+    ok = np.isfinite(mean) & np.isfinite(m2)
+    finite = ok.all(axis=0)
+    w = np.where(ok, n, 0.0)
+    total = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.where(n > 1, m2 / np.maximum(n - 1, 1), 0.0)
+        mu = np.where(ok, mean, 0.0)
+        grand = (w * mu).sum(axis=0) / np.maximum(total, 1)
+        sq = (np.where(ok, m2, 0.0) + w * (mu - grand) ** 2).sum(axis=0)
+        var = np.where(total > 1, sq / np.maximum(total - 1, 1), 0.0)
+        sub_var = np.where(ok & (n > 1), m2 / np.maximum(n - 1, 1), np.nan)
+    enough = (n[:, 0] >= max(2, size // 2))  # a short last sub-block is left out
+    if enough.any():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(sub_var[enough], axis=0)
+    else:
+        med = var
+    med = np.where(np.isfinite(med), med, var)
     return {
         "n_frames": n_frames,
-        "count": n.reshape(shape),
-        "mean": mean.reshape(shape),
+        "mean": grand.reshape(shape),
         "variance": var.reshape(shape),
+        "median_variance": med.reshape(shape),
+        "finite": finite.reshape(shape),
+        "sub_block_size": size,
     }
 
 
@@ -358,8 +414,8 @@ def _check_factor(value, name, minimum=1.0):
 
 
 def _neighbour_quantile(image, valid, q=75.0, size=5):
-    """``q``-th percentile of the other valid pixels of the ``size`` x ``size`` square
-    around each pixel (NaN where none is valid)."""
+    """``q``-th percentile (linear interpolation) of the other valid pixels of the ``size``
+    x ``size`` square around each pixel (NaN where none is valid)."""
     half = size // 2
     padded = np.pad(np.where(valid, image, np.nan), half, constant_values=np.nan)
     ny, nx = image.shape
@@ -369,11 +425,15 @@ def _neighbour_quantile(image, valid, q=75.0, size=5):
         for dx in range(size)
         if (dy, dx) != (half, half)
     ])
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
-        return np.nanpercentile(stack, q, axis=0)
+    stack.sort(axis=0)  # NaN last
+    count = np.isfinite(stack).sum(axis=0)
+    pos = np.maximum(count - 1, 0) * (q / 100.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    a = np.take_along_axis(stack, lo[None], 0)[0]
+    b = np.take_along_axis(stack, hi[None], 0)[0]
+    out = a + (b - a) * (pos - lo)
+    return np.where(count > 0, out, np.nan)
 
 
 def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, min_z=5.0):
@@ -437,13 +497,13 @@ def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, mi
     hot = _check_factor(hot, "hot")
     noisy = _check_factor(noisy, "noisy")
     min_z = _check_factor(min_z, "min_z", 0.0)
-    mean, var, count = stats["mean"], stats["variance"], stats["count"]
+    mean, var = stats["mean"], stats["median_variance"]
     shape = mean.shape
     n = max(int(stats["n_frames"]), 1)
     masked = np.zeros(shape, bool) if mask is None else np.asarray(mask, bool)
     if masked.shape != shape:
         raise ValueError(f"mask has shape {masked.shape} but the detector is {shape}")
-    nonfinite = (count < n) & ~masked
+    nonfinite = ~stats["finite"] & ~masked
     usable = ~masked & ~nonfinite
     lit = usable & (mean > 0)
     factor = gain if gain is not None else k0
@@ -462,7 +522,8 @@ def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, mi
     with np.errstate(invalid="ignore", divide="ignore"):
         noise_score = np.where(lit, var / np.where(prediction > 0, prediction, np.inf), 0.0)
         electrons = np.maximum(mean, 1e-300) / g
-        se_rel = np.sqrt((2.0 + 1.0 / electrons) / n)
+        # Standard error of a median of sub-block variances (about 1.25x that of a mean).
+        se_rel = 1.25 * np.sqrt((2.0 + 1.0 / electrons) / n)
         noisy_z = (noise_score - 1.0) / se_rel
     is_noisy = lit & (noise_score > noisy) & (noisy_z > min_z)
     near_mean = _neighbour_quantile(mean, usable)
