@@ -287,16 +287,10 @@ def _finish_moments(moments, shape, n_frames, size):
         grand = (w * mu).sum(axis=0) / np.maximum(total, 1)
         sq = (np.where(ok, m2, 0.0) + w * (mu - grand) ** 2).sum(axis=0)
         var = np.where(total > 1, sq / np.maximum(total - 1, 1), 0.0)
-        sub_var = np.where(ok & (n > 1), m2 / np.maximum(n - 1, 1), np.nan)
+        # (non-finite sub-blocks count as infinitely noisy; their pixel is flagged anyway)
+        sub_var = np.where(ok & (n > 1), m2 / np.maximum(n - 1, 1), np.inf)
     enough = (n[:, 0] >= max(2, size // 2))  # a short last sub-block is left out
-    if enough.any():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(sub_var[enough], axis=0)
-    else:
-        med = var
+    med = np.median(sub_var[enough], axis=0) if enough.any() else var
     med = np.where(np.isfinite(med), med, var)
     return {
         "n_frames": n_frames,
