@@ -194,7 +194,7 @@ def test_find_centers_recovers_a_descan(artefacts, lazy):
     err = centres.data - sim.centers
     assert np.sqrt(np.mean(np.sum(err**2, -1))) < 0.1
     md = centres.metadata.Screening.descan
-    assert md.tile_centers.shape == (64, 2) and md.tile_ok.sum() >= 60
+    assert md.tile_centers.shape == (16, 2) and md.tile_ok.sum() >= 15
     assert md.rms_residual < 0.5
     np.testing.assert_allclose(md.tile_centers[md.tile_ok] - md.residual[md.tile_ok],
                                md.tile_centers[md.tile_ok] - md.residual[md.tile_ok])

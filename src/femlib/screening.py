@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "N_SUB_BLOCKS",
     "REASONS_PIXEL",
     "REASONS_PATTERN",
     "classify_pixels",
@@ -66,6 +67,7 @@ __all__ = [
     "pixel_statistics",
     "plot_descan",
     "polar_outliers",
+    "sub_block_size",
     "tile_labels",
 ]
 
@@ -133,7 +135,22 @@ _MIN_SUB_FRAMES = 16
 
 
 def sub_block_size(n_frames):
-    """Frames per sub-block of :func:`pixel_statistics` (whole scan order)."""
+    """Frames per sub-block of :func:`pixel_statistics`: ``max(16, ceil(n / 32))``.
+
+    Parameters
+    ----------
+    n_frames : int
+        Number of frames of the scan.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> sub_block_size(1600), sub_block_size(100)
+    (50, 16)
+    """
     return max(_MIN_SUB_FRAMES, -(-int(n_frames) // N_SUB_BLOCKS))
 
 
@@ -180,7 +197,7 @@ def _tree(parts, merge):
     parts = list(parts)
     while len(parts) > 1:
         parts = [
-            dask.delayed(merge, pure=True)(parts[i], parts[i + 1]) if i + 1 < len(parts)
+            dask.delayed(merge, pure=False)(parts[i], parts[i + 1]) if i + 1 < len(parts)
             else parts[i]
             for i in range(0, len(parts), 2)
         ]
@@ -264,11 +281,11 @@ def pixel_statistics(frames, compute=True):
     n_frames = int(sum(sizes))
     size = sub_block_size(n_frames)
     starts = np.cumsum((0,) + tuple(sizes))[:-1]
-    parts = [dask.delayed(_moments_block, pure=True)(b, int(s), size)
+    parts = [dask.delayed(_moments_block, pure=False)(b, int(s), size)
              for b, s in zip(blocks, starts, strict=True)]
     if not parts:
         raise ValueError("frames hold no pattern")
-    work = dask.delayed(_finish_moments, pure=True)(_tree(parts, _merge_moments), shape,
+    work = dask.delayed(_finish_moments, pure=False)(_tree(parts, _merge_moments), shape,
                                                      n_frames, size)
     return _compute(work, lazy, compute)
 
@@ -389,11 +406,11 @@ def label_sums(frames, labels, n_labels=None, compute=True):
     blocks, sizes, lazy = _frame_blocks(frames)
     bounds = np.cumsum((0,) + tuple(sizes))
     parts = [
-        dask.delayed(_label_block, pure=True)(b, lab[i:j], n_labels)
+        dask.delayed(_label_block, pure=False)(b, lab[i:j], n_labels)
         for b, i, j in zip(blocks, bounds[:-1], bounds[1:], strict=True)
     ]
     shape = tuple(np.shape(frames)[-2:])
-    work = dask.delayed(np.reshape, pure=True)(_tree(parts, np.add), (n_labels,) + shape)
+    work = dask.delayed(np.reshape, pure=False)(_tree(parts, np.add), (n_labels,) + shape)
     return _compute(work, lazy, compute)
 
 
@@ -678,7 +695,7 @@ def _design(yx, model):
 
 
 def fit_centers(tile_images, tile_positions, navigation_positions, start_center, affine=None,
-                radial_range=None, mask=None, model="plane", n_azimuth=90):
+                radial_range=None, mask=None, model="plane", n_azimuth=90, max_iter=3):
     """Per-position pattern centres: a ring fit on every tile sum, smoothed by a model.
 
     Each tile image is fitted with :func:`femlib.ellipse.refine_center_affine` (from
@@ -708,6 +725,9 @@ def fit_centers(tile_images, tile_positions, navigation_positions, start_center,
         what a linear descan gives), plus ``x^2, xy, y^2`` (quadratic), or one centre.
     n_azimuth : int
         Azimuthal sectors of the ring fits.
+    max_iter : int
+        Iterations of each tile's refinement (it starts from the scan's fit, a few pixels
+        off at most).
 
     Returns
     -------
@@ -746,19 +766,29 @@ def fit_centers(tile_images, tile_positions, navigation_positions, start_center,
     start = np.asarray(start_center, dtype=float)
     raw = np.full((len(images), 2), np.nan)
     errors = {}
-    for t, image in enumerate(images):
+
+    def fit(t):
+        image = images[t]
         if not np.isfinite(image).any() or not image.any():
-            errors[t] = "no counts"
-            continue
+            return t, None, "no counts"
         try:
             c, _ = refine_center_affine(
                 image, start[::-1], affine, radial_range=radial_range, mask=mask,
-                n_azimuth=n_azimuth, units="pixel",
+                n_azimuth=n_azimuth, units="pixel", max_iter=max_iter,
             )
         except (EllipseFitError, ValueError, np.linalg.LinAlgError) as err:
-            errors[t] = str(err)
-            continue
-        raw[t] = c[::-1]
+            return t, None, str(err)
+        return t, c[::-1], None
+
+    # The fits are independent and mostly in scipy.ndimage (which releases the GIL).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor() as pool:
+        for t, c, err in pool.map(fit, range(len(images))):
+            if err is None:
+                raw[t] = c
+            else:
+                errors[t] = err
     ok = np.isfinite(raw).all(axis=1)
     fit_model = model
     need = _MODELS[fit_model]

@@ -154,7 +154,7 @@ def find_centers(signal, mask, tiles, radial_range, model, navigation_mask, n_az
         )
     grid_shape = nav_shape if len(nav_shape) == 2 else (1,) + nav_shape
     if tiles is None:
-        tiles = tuple(max(1, n // 8) for n in grid_shape)
+        tiles = tuple(max(1, n // 4) for n in grid_shape)
     labels, grid = _screening.tile_labels(grid_shape, tiles)
     excluded = signal._navigation_mask(navigation_mask).reshape(grid_shape)
     labels = np.where(excluded, -1, labels)

@@ -896,7 +896,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         mask : bool array, boolean Signal2D or None
             Beam stop and bad pixels (True = excluded). Default: ``calibration.mask``.
         tiles : (int, int) or None
-            Positions per tile ``(ty, tx)``. Default: an 8 x 8 grid of tiles.
+            Positions per tile ``(ty, tx)``. Default: a 4 x 4 grid of tiles.
         radial_range : (float, float) or None
             The ring to fit, calibrated units. Default: the brightest ring of the sum.
         model : {"plane", "quadratic", "constant"}
