@@ -40,7 +40,7 @@ _SPOT_K = 4.3  # nm^-1: Bragg spots of a nanocrystal on the strongest ring
 _SPOT_SIGMA = 0.2  # nm^-1, Gaussian width of a spot (about a nanobeam's disc)
 _SPOT_CONTRAST = 30.0  # spot peak / mean intensity density of the pattern at _SPOT_K
 _HOT_RANGE = (3.0, 5.75)  # nm^-1: hot pixels lie in this corrected-radius range
-_HOT_AMPLITUDE = (0.25, 3.0)  # telegraph offset / mean detector value of the pixel
+_HOT_AMPLITUDE = (0.25, 8.0)  # telegraph offset / mean detector value of the pixel
 _HOT_FLIP = 0.1  # probability per frame that a hot pixel switches state
 
 
