@@ -183,7 +183,7 @@ def find_centers(signal, mask, tiles, radial_range, model, navigation_mask, n_az
     total = sums.sum(axis=0)
     scale = float(abs(signal.axes_manager.signal_axes[0].scale))
     try:
-        rc, affine = determine_ellipse(total, mask=mask)[:2]
+        rc, affine = determine_ellipse(total, mask=mask, num_points=200)[:2]
         rr = None if radial_range is None else tuple(float(r) / scale for r in radial_range)
         rc, affine = refine_center_affine(total, rc, affine, radial_range=rr, mask=mask,
                                           n_azimuth=n_azimuth, units="pixel")
