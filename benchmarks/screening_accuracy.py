@@ -184,11 +184,8 @@ def main():
             f"{_fmt([r['moved_se'] for r in rs], '{:.2f}')} |"
         )
     print()
-    print("| step | time / read pass (in-run, single-threaded read) |")
-    print("| --- | --- |")
-    for step in ("bad", "centers", "outliers"):
-        ratios = [r["times"][step] / r["times"]["read"] for rs in results.values() for r in rs]
-        print(f"| find_{step if step != 'bad' else 'bad_pixels'} | {_fmt(ratios, '{:.1f}')} |")
+    print("# timing: see benchmarks/bench_screening.py (these scans are too small and the "
+          "first calls compile)")
 
 
 if __name__ == "__main__":
