@@ -645,6 +645,29 @@ def synthetic_fem(
         bit-for-bit those of earlier versions. With a PSF the beam-stop edge is blurred, so
         ``summed < 10000`` is no longer exactly the beam stop: use
         ``metadata.Simulation.beam_stop_mask``.
+    descan : float, (dx, dy) or None, default None
+        Real-scan artefact: the pattern moves linearly over the scan under the fixed beam
+        stop (and the fixed dead pixels). ``(dx, dy)`` px is the shift at the far scan
+        corner relative to the first position (whose centre is ``center``); in between
+        the centre is the plane ``c + (dx (3 fx + fy) / 4, dy (fx + 3 fy) / 4)``, ``fx``,
+        ``fy`` in [0, 1] the fractional scan column and row. A float ``d`` is
+        ``(0.8 d, -0.6 d)``. Every pattern is evaluated analytically around its own centre
+        (nothing is interpolated). At most 1/8 of the detector's smaller side.
+    crystals : float, default 0
+        Real-scan artefact: the fraction of positions (chosen at random) over a
+        nanocrystal, whose pattern gains four Bragg spots (two Friedel pairs, random
+        orientation) on the strongest ring (corrected radius 4.3 nm^-1): Gaussians of 0.2
+        nm^-1 whose peak is 30 times the mean pattern's intensity density there, counted
+        with the rest (Poisson).
+    hot_pixels : int, default 0
+        Real-scan artefact: pixels (chosen at random among the unmasked ones with
+        corrected radius in 3.0-5.75 nm^-1) with random-telegraph offsets: each switches
+        between 0 and an offset of 0.25 to 8 times its mean value (uniform) with
+        probability 0.1 per frame, added after the gain.
+
+        The artefacts draw from their own generators: adding one leaves the others' and
+        the clean scan's random draws unchanged (the Poisson draws of a scan row change
+        only when a crystal lies in it), and the defaults give exactly the clean data.
 
     Returns
     -------
@@ -659,18 +682,25 @@ def synthetic_fem(
         ``modulation_components`` ((J, 3): ``k_j, v_j, w_j``), ``mean_pattern`` (expected
         electrons per pixel per frame at the mean thickness, ``T · λ0``), ``beam_stop_mask``
         (bool, detector shaped, dead pixels included), ``dead_pixels`` ((10, 2) x, y),
-        ``modulation``, ``thickness_gradient``, ``psf_sigma`` and ``seed``. With a PSF
+        ``modulation``, ``thickness_gradient``, ``psf_sigma``, ``seed`` and the
+        artefacts' truth: ``centers`` (navigation shape + (2,), x, y px per position;
+        ``center`` everywhere without descan), ``descan`` (far-corner shift, px),
+        ``crystals`` and ``outliers`` (bool, scan shaped), ``hot_pixels`` ((H, 2) x, y),
+        ``hot_pixel_amplitude`` (detector units), ``hot_pixel_mask`` and ``bad_pixels``
+        (bool, detector shaped: the hot and the dead pixels). With a PSF
         ``mean_pattern`` is the blurred expectation ``h ∗ (T · λ0)``.
 
     Raises
     ------
     ValueError
         For a bad shape, a non-positive ``dose``, ``gain`` or ``scale``, an ``ellipticity``
-        outside ``[0, 1)``, a negative ``psf_sigma``, a centre outside the detector or bad
-        ``chunks``.
+        outside ``[0, 1)``, a negative ``psf_sigma``, a centre outside the detector, bad
+        ``chunks``, a descan larger than the detector allows, ``crystals`` outside [0, 1]
+        or more hot pixels than the ring holds.
     TypeError
-        For a non-numeric parameter, a dtype that is neither float nor integer, or a seed that
-        is not a non-negative integer.
+        For a non-numeric parameter, a dtype that is neither float nor integer, a seed that
+        is not a non-negative integer, a ``descan`` that is not a number or pair, or a
+        ``hot_pixels`` that is not a non-negative integer.
 
     References
     ----------
@@ -687,6 +717,14 @@ def synthetic_fem(
     >>> mask = s.sum() < 10000  # the beam stop, as stored in the ground truth
     >>> bool((mask.data == s.metadata.Simulation.beam_stop_mask).all())
     True
+
+    A real scan's artefacts, with their truth:
+
+    >>> r = femlib.data.synthetic_fem(navigation_shape=(10, 10), detector_shape=(64, 64),
+    ...                               descan=(2.0, 1.0), crystals=0.05, hot_pixels=3)
+    >>> sim = r.metadata.Simulation
+    >>> sim.centers[-1, -1] - sim.centers[0, 0], int(sim.outliers.sum()), len(sim.hot_pixels)
+    (array([2., 1.]), 5, 3)
     """
     navigation_shape = _check_shape(navigation_shape, "navigation_shape", 1)
     detector_shape = _check_shape(detector_shape, "detector_shape", _MIN_DETECTOR)
