@@ -540,3 +540,90 @@ def test_synthetic_fem_bad_parameters(kw, exc, message):
     kw = {"navigation_shape": (2, 2), "detector_shape": (32, 32), **kw}
     with pytest.raises(exc, match=re.escape(message)):
         femlib.data.synthetic_fem(**kw)
+
+
+# ----------------------------------------------------------------------------- artefacts
+ART = {"navigation_shape": (6, 5), "detector_shape": (48, 48)}
+
+
+def test_artefacts_default_is_the_clean_scan_and_truth_is_stored():
+    clean = synthetic_fem(**ART)
+    sim = clean.metadata.Simulation
+    assert not sim.crystals.any() and not sim.outliers.any() and sim.hot_pixels.shape == (0, 2)
+    np.testing.assert_array_equal(sim.centers, np.broadcast_to(sim.center, (6, 5, 2)))
+    np.testing.assert_array_equal(sim.descan, [0.0, 0.0])
+    np.testing.assert_array_equal(sim.bad_pixels, _dead_mask(sim))
+    again = synthetic_fem(descan=None, crystals=0.0, hot_pixels=0, **ART)
+    np.testing.assert_array_equal(again.data, clean.data)
+
+
+def _dead_mask(sim):
+    m = np.zeros(sim.beam_stop_mask.shape, bool)
+    x, y = sim.dead_pixels.T
+    m[y, x] = True
+    return m
+
+
+def test_hot_pixels_only_touch_their_pixels():
+    clean = synthetic_fem(**ART)
+    hot = synthetic_fem(hot_pixels=5, **ART)
+    sim = hot.metadata.Simulation
+    changed = (hot.data != clean.data).any(axis=(0, 1))
+    np.testing.assert_array_equal(changed, sim.hot_pixel_mask)
+    x, y = sim.hot_pixels.T
+    k = np.hypot(*(sim.affine[:2, :2] @ np.stack([x - sim.center[0], y - sim.center[1]])))
+    assert (k * sim.scale >= 3.0).all() and (k * sim.scale <= 5.75).all()
+    offsets = (hot.data - clean.data)[..., y, x].reshape(-1, 5)
+    for j, a in enumerate(sim.hot_pixel_amplitude):  # telegraph: 0 or the amplitude
+        assert np.allclose(np.unique(offsets[:, j].round(2)), [0, round(a, 2)], atol=0.02) or \
+            np.allclose(np.unique(offsets[:, j].round(2)), [round(a, 2)], atol=0.02)
+
+
+def test_descan_centres_are_a_plane_with_the_far_corner_shift():
+    s = synthetic_fem(descan=(3.0, -2.0), **ART)
+    sim = s.metadata.Simulation
+    c = sim.centers
+    np.testing.assert_allclose(c[-1, -1] - c[0, 0], [3.0, -2.0])
+    np.testing.assert_allclose(c[0, 0], sim.center)
+    np.testing.assert_allclose(sim.descan, [3.0, -2.0])
+    # a plane: second differences vanish
+    np.testing.assert_allclose(np.diff(c, 2, axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(np.diff(c, 2, axis=1), 0, atol=1e-12)
+    # the pattern moves, the beam stop does not: the first frame's ring is centred on c[0,0]
+    far = synthetic_fem(descan=(3.0, -2.0), modulation=False, **{**ART, "navigation_shape": (2, 2)})
+    assert far.metadata.Simulation.beam_stop_mask.sum() == sim.beam_stop_mask.sum()
+    d = np.abs(synthetic_fem(descan=1.5, **ART).metadata.Simulation.descan)
+    np.testing.assert_allclose(np.hypot(*d), 1.5)
+
+
+def test_crystals_are_bragg_spots_on_the_ring():
+    kw = {**ART, "detector_shape": (80, 80)}  # the ring (30.7 px) on the detector
+    clean = synthetic_fem(**kw)
+    s = synthetic_fem(crystals=0.2, **kw)
+    sim = s.metadata.Simulation
+    assert sim.crystals.sum() == 6 and (sim.outliers == sim.crystals).all()
+    extra = s.data.astype(float) - clean.data
+    quiet = ~sim.crystals.any(axis=1)  # each scan row has its own generator
+    assert quiet.any() and np.abs(extra[quiet]).max() == 0
+    gain = sim.gain
+    spot = extra[sim.crystals].reshape(6, -1).sum(1) / gain
+    assert (spot > 1000).all()  # thousands of electrons in the spots
+
+
+@pytest.mark.parametrize("lazy_chunks", [1, 4])
+def test_artefacts_lazy_equals_eager(lazy_chunks):
+    kw = {"descan": 2.0, "crystals": 0.1, "hot_pixels": 3, **ART}
+    eager = synthetic_fem(**kw)
+    lazy = synthetic_fem(lazy=True, chunks=lazy_chunks, **kw)
+    np.testing.assert_array_equal(lazy.data.compute(), eager.data)
+
+
+def test_artefacts_bad_input():
+    with pytest.raises(ValueError, match="larger than this detector allows"):
+        synthetic_fem(descan=20.0, **ART)
+    with pytest.raises(TypeError, match="descan"):
+        synthetic_fem(descan=(1.0, 2.0, 3.0), **ART)
+    with pytest.raises(ValueError, match="crystals"):
+        synthetic_fem(crystals=1.5, **ART)
+    with pytest.raises(TypeError, match="hot_pixels"):
+        synthetic_fem(hot_pixels=-1, **ART)

@@ -106,6 +106,38 @@ az = s.get_azimuthal_integral2d(npt=100, radial_range=(2.0, 8.0), mask=mask, mea
 az.plot(cmap="magma")
 
 # %%
+# Screen the scan: bad pixels, descan, outlier patterns
+# -----------------------------------------------------
+# A real scan carries artefacts that FEM's statistics do not forgive: a noisy pixel inside
+# the ring adds variance that no shot-noise term removes, a crystal under the probe puts
+# Bragg spots on the ring, and a descan moves the pattern under the fixed beam stop. Each
+# step below is one streaming pass (see :doc:`/user_guide/real_scans`). Dead, hot and
+# noisy pixels (temporal variance far above ``G <D>``) join the mask:
+bad = s.find_bad_pixels(gain=4.2, mask=mask)
+print(bad.metadata.Screening.bad_pixels.counts)
+mask = mask | bad
+
+# %%
+# The pattern centre of every position, from ring fits on tiles of the scan, smoothed by a
+# plane. The counts are never shifted: when the centre moves, ``calibration.center`` takes
+# one ``(x, y)`` per position and the integration moves the geometry instead.
+centres = s.find_centers(mask=mask)
+drift = np.ptp(centres.data.reshape(-1, 2), axis=0)
+print("descan across the scan (x, y) px:", drift.round(3))
+femlib.screening.plot_descan(centres)
+plt.show()
+if drift.max() > 0.1:
+    s.calibration.center = centres
+
+# %%
+# Patterns to leave out: Bragg spots (a few azimuthal sectors of a ring far above the
+# ring), beam blanking or dose jumps, non-finite frames, each judged against the scan's own
+# distribution. No test looks at how much a pattern fluctuates as a whole: that is the
+# signal.
+flags = s.find_outlier_patterns(radial_range=(3.0, 5.75), mask=mask)
+print(flags.metadata.Screening.outliers.counts)
+
+# %%
 # The variance V(k)
 # -----------------
 # With ring means :math:`I_n(k) = \sum_p w_{kp} D_n(p) / \sum_p w_{kp}` (pixel-splitting
@@ -120,7 +152,9 @@ az.plot(cmap="magma")
 # form :math:`G/\langle S\rangle` over-subtracts and drives ``V`` negative for narrow bins
 # (Daulton et al., Ultramicroscopy 110 (2010) 1279). The band is one standard error
 # (jackknife over probe positions). Everything comes from one pass over the data.
-variance = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75), mask=mask)
+variance = s.get_variance(npt=50, gain=4.2, radial_range=(3.0, 5.75), mask=mask,
+                          navigation_mask=flags)
+print("left out:", variance.metadata.FEM.navigation_mask)
 variance.plot()
 
 # %%

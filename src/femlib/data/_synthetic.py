@@ -35,6 +35,13 @@ _SUBPIXELS = 3  # the pattern is averaged over 3x3 samples per pixel
 _CHUNK_BYTES = 48e6  # target size of one lazy chunk
 _DEFAULT_CENTER_SHIFT = (0.87, -0.69)  # true centre minus detector middle, per 128 pixels
 _MIN_DETECTOR = 16
+# Real-scan artefacts (off by default).
+_SPOT_K = 4.3  # nm^-1: Bragg spots of a nanocrystal on the strongest ring
+_SPOT_SIGMA = 0.2  # nm^-1, Gaussian width of a spot (about a nanobeam's disc)
+_SPOT_CONTRAST = 30.0  # spot peak / mean intensity density of the pattern at _SPOT_K
+_HOT_RANGE = (3.0, 5.75)  # nm^-1: hot pixels lie in this corrected-radius range
+_HOT_AMPLITUDE = (0.25, 8.0)  # telegraph offset / mean detector value of the pixel
+_HOT_FLIP = 0.1  # probability per frame that a hot pixel switches state
 
 
 def _profile(k):
@@ -114,6 +121,228 @@ def _beam_stop(detector_shape, center, scale):
     return disk | arm
 
 
+def _subpixel_grid(detector_shape):
+    """Sub-pixel sample coordinates ``x`` (column), ``y`` (row), broadcast to (ny, nx, S, S)."""
+    ny_det, nx_det = detector_shape
+    offsets = (np.arange(_SUBPIXELS) - (_SUBPIXELS - 1) / 2) / _SUBPIXELS
+    y = np.arange(ny_det)[:, None, None, None] + offsets[None, None, :, None]
+    x = np.arange(nx_det)[None, :, None, None] + offsets[None, None, None, :]
+    return x, y
+
+
+def _pattern_terms(center, detector_shape, affine, scale, dose, components, transmission):
+    """Expected counts ``base`` (P,) and modulation basis (J, P) of a pattern centred on
+    ``center`` (x, y) px, averaged over the sub-pixel samples, times the fixed detector
+    ``transmission`` (beam stop, dead pixels)."""
+    x, y = _subpixel_grid(detector_shape)
+    k_sub = _corrected_radius(x, y, center, affine, scale)  # (ny, nx, S, S)
+    pixel_area = scale**2 * abs(np.linalg.det(affine[:2, :2]))
+    lam_sub = dose * pixel_area / _profile_integral() * _profile(k_sub)
+    base = lam_sub.mean(axis=(2, 3)).ravel() * transmission
+    basis = np.empty((len(components), detector_shape[0] * detector_shape[1]))
+    for j, (kj, vj, wj) in enumerate(components):
+        shape_j = np.sqrt(vj) * np.exp(-((k_sub - kj) ** 2) / (2 * wj**2))
+        basis[j] = (lam_sub * shape_j).mean(axis=(2, 3)).ravel() * transmission
+    return base, basis
+
+
+def _spot_terms(center, angles, detector_shape, affine, scale, dose, transmission):
+    """Expected counts (P,) of the Bragg spots of a crystalline frame: Gaussians of
+    ``_SPOT_SIGMA`` at corrected radius ``_SPOT_K`` and azimuths ``angles``, peak
+    ``_SPOT_CONTRAST`` times the mean pattern's intensity density at that radius, averaged
+    over the sub-pixel samples like the rest of the pattern."""
+    x, y = _subpixel_grid(detector_shape)
+    a = affine[:2, :2]
+    dx, dy = x - center[0], y - center[1]
+    u = (a[0, 0] * dx + a[0, 1] * dy) * scale
+    v = (a[1, 0] * dx + a[1, 1] * dy) * scale
+    density = np.zeros(u.shape)
+    for phi in angles:
+        du, dv = u - _SPOT_K * math.cos(phi), v - _SPOT_K * math.sin(phi)
+        density += np.exp(-(du**2 + dv**2) / (2 * _SPOT_SIGMA**2))
+    density *= _SPOT_CONTRAST * float(_profile(_SPOT_K))
+    pixel_area = scale**2 * abs(np.linalg.det(a))
+    lam = dose * pixel_area / _profile_integral() * density
+    return lam.mean(axis=(2, 3)).ravel() * transmission
+
+
+class _Artefacts:
+    """Real-scan artefacts of :func:`synthetic_fem`, applied frame by frame in
+    :func:`_simulate_rows`: per-position centres (descan) under the fixed beam stop, Bragg
+    spots on crystalline positions, and random-telegraph offsets on hot pixels."""
+
+    def __init__(self, geometry, center, centers, crystal, spot_angles, hot_index,
+                 hot_amplitude, hot_state):
+        self.geometry = geometry  # (detector_shape, affine, scale, dose, components, T)
+        self.center = center  # (2,) the centre without descan
+        self.centers = centers  # (ny, nx, 2) or None
+        self.crystal = crystal  # (ny, nx) bool
+        self.spot_angles = spot_angles  # (ny, nx, 4)
+        self.hot_index = hot_index  # (H,) flat pixel indices
+        self.hot_amplitude = hot_amplitude  # (H,) detector units
+        self.hot_state = hot_state  # (ny, nx, H) bool
+
+    def expected(self, row, cols, base, basis, coefficients):
+        """Expected electrons per pixel of the frames ``cols`` of scan row ``row``."""
+        c = coefficients[row, cols]
+        if self.centers is None:
+            lam = base[None, :] + c @ basis
+        else:
+            lam = np.empty((c.shape[0], base.size))
+            for i, col in enumerate(range(cols.start, cols.stop)):
+                b, bb = _pattern_terms(self.centers[row, col], *self.geometry)
+                lam[i] = b + c[i] @ bb
+        detector_shape, affine, scale, dose, _, transmission = self.geometry
+        for i, col in enumerate(range(cols.start, cols.stop)):
+            if self.crystal[row, col]:
+                centre = self.center if self.centers is None else self.centers[row, col]
+                lam[i] += _spot_terms(
+                    centre, self.spot_angles[row, col], detector_shape, affine, scale, dose,
+                    transmission,
+                )
+        return lam
+
+    def add_offsets(self, row, cols, values):
+        """Telegraph offsets (detector units) added to the hot pixels of these frames."""
+        if self.hot_index.size:
+            values = np.asarray(values, dtype=np.float64)
+            values[:, self.hot_index] += self.hot_amplitude * self.hot_state[row, cols]
+        return values
+
+
+def _descan_centers(descan, center, navigation_shape, detector_shape):
+    """Per-position centres (ny, nx, 2) of a linear descan, or None for no descan.
+
+    ``descan`` is the shift (dx, dy) px of the pattern at the far scan corner relative to
+    the first position (a float ``d`` is ``(0.8 d, -0.6 d)``); in between the shift is the
+    plane ``(dx (3 fx + fy) / 4, dy (fx + 3 fy) / 4)``, ``fx``, ``fy`` in [0, 1] the
+    fractional scan column and row, so that both components vary along both scan axes.
+    """
+    if descan is None:
+        return None
+    if isinstance(descan, numbers.Real) and not isinstance(descan, bool):
+        d = float(descan)
+        shift = np.array([0.8 * d, -0.6 * d])
+    else:
+        try:
+            shift = np.array(descan, dtype=float)
+        except (TypeError, ValueError):
+            shift = np.zeros(0)
+        if shift.shape != (2,):
+            raise TypeError(
+                "descan must be None, a float (px at the far scan corner) or a pair "
+                f"(dx, dy) px, got {descan!r}"
+            )
+    if not np.all(np.isfinite(shift)):
+        raise ValueError(f"descan must be finite, got {tuple(shift.tolist())}")
+    if not shift.any():
+        return None
+    limit = min(detector_shape) / 8
+    if np.hypot(*shift) > limit:
+        raise ValueError(
+            f"descan of {np.hypot(*shift):.3g} px at the far corner is larger than this "
+            f"detector allows (at most {limit:.3g} px, 1/8 of {min(detector_shape)} pixels: "
+            "the pattern must stay around the beam stop)"
+        )
+    ny, nx = navigation_shape
+    fx = (np.arange(nx) / (nx - 1) if nx > 1 else np.zeros(1))[None, :]
+    fy = (np.arange(ny) / (ny - 1) if ny > 1 else np.zeros(1))[:, None]
+    centers = np.empty((ny, nx, 2))
+    centers[..., 0] = center[0] + shift[0] * (3 * fx + fy) / 4
+    centers[..., 1] = center[1] + shift[1] * (fx + 3 * fy) / 4
+    hi = np.array([detector_shape[1] - 1, detector_shape[0] - 1])
+    if (centers < 0).any() or (centers > hi).any():
+        raise ValueError(
+            f"descan {tuple(shift.tolist())} px moves the centre off the detector; "
+            "use a smaller descan or a centre further from the edge"
+        )
+    return centers
+
+
+def _check_fraction(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def _check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _make_artefacts(geometry, center, centers, crystals, hot_pixels, navigation_shape, stop,
+                    dead, base, gain, seed):
+    """The :class:`_Artefacts` of a scan, or None when it has none (the clean data).
+
+    Each artefact draws from its own generator, so adding one leaves the others' draws (and
+    the clean scan's) unchanged."""
+    if centers is None and crystals == 0 and hot_pixels == 0:
+        return None
+    ny, nx = navigation_shape
+    n_frames = ny * nx
+    rng = np.random.default_rng([seed, 0, 1])
+    crystal = np.zeros(n_frames, bool)
+    crystal[rng.choice(n_frames, size=int(round(crystals * n_frames)), replace=False)] = True
+    phi0 = rng.uniform(0.0, 2 * math.pi, n_frames)
+    delta = rng.uniform(math.pi / 6, 5 * math.pi / 6, n_frames)
+    angles = np.stack([phi0, phi0 + math.pi, phi0 + delta, phi0 + delta + math.pi], axis=1)
+    detector_shape, affine, scale = geometry[:3]
+    rng = np.random.default_rng([seed, 0, 2])
+    y, x = np.mgrid[0 : detector_shape[0], 0 : detector_shape[1]].astype(float)
+    k = _corrected_radius(x, y, center, affine, scale).ravel()
+    ok = ~stop.ravel() & (k >= _HOT_RANGE[0]) & (k <= _HOT_RANGE[1])
+    ok[dead] = False
+    candidates = np.flatnonzero(ok)
+    if hot_pixels > candidates.size:
+        raise ValueError(
+            f"hot_pixels={hot_pixels} but only {candidates.size} pixels lie in the range "
+            f"{_HOT_RANGE} nm^-1 of this detector"
+        )
+    hot = np.sort(rng.choice(candidates, size=hot_pixels, replace=False))
+    amplitude = rng.uniform(*_HOT_AMPLITUDE, size=hot_pixels) * gain * base[hot]
+    start = rng.random(hot_pixels) < 0.5
+    flips = rng.random((n_frames, hot_pixels)) < _HOT_FLIP
+    state = start[None, :] ^ (np.cumsum(flips, axis=0) % 2 == 1)
+    return _Artefacts(
+        geometry, center, centers, crystal.reshape(ny, nx), angles.reshape(ny, nx, 4), hot,
+        amplitude, state.reshape(ny, nx, hot_pixels),
+    )
+
+
+def _artefact_truth(artefacts, center, centers, navigation_shape, dead, detector_shape):
+    """The artefacts' ground truth for ``metadata.Simulation`` (also for a clean scan)."""
+    ny, nx = navigation_shape
+    if centers is None:
+        centers = np.broadcast_to(np.asarray(center, float), (ny, nx, 2)).copy()
+    descan = centers[-1, -1] - centers[0, 0]
+    hot_mask = np.zeros(detector_shape, bool)
+    if artefacts is None:
+        crystal = np.zeros(navigation_shape, bool)
+        hot = np.zeros(0, np.int64)
+        amplitude = np.zeros(0)
+    else:
+        crystal = artefacts.crystal.copy()
+        hot, amplitude = artefacts.hot_index, artefacts.hot_amplitude
+    hot_y, hot_x = np.unravel_index(hot, detector_shape)
+    hot_mask.ravel()[hot] = True
+    bad = hot_mask.copy()
+    bad.ravel()[dead] = True
+    return {
+        "descan": descan,
+        "centers": centers,
+        "crystals": crystal,
+        "outliers": crystal.copy(),
+        "hot_pixels": np.stack([hot_x, hot_y], axis=1).reshape(-1, 2),
+        "hot_pixel_amplitude": np.asarray(amplitude, dtype=float),
+        "hot_pixel_mask": hot_mask,
+        "bad_pixels": bad,
+    }
+
+
 def _thickness_map(navigation_shape, gradient):
     """Thickness (nm) per probe position: linear ramps along scan x (±10 %) and y (±1 %)."""
     ny, nx = navigation_shape
@@ -153,7 +382,8 @@ def _apply_psf(counts, profile):
 
 
 def _simulate_rows(
-    start, stop, base, basis, coefficients, tau, seed, gain, dtype, frame_shape, psf=None
+    start, stop, base, basis, coefficients, tau, seed, gain, dtype, frame_shape, psf=None,
+    artefacts=None,
 ):
     """Frames of scan rows ``start`` to ``stop``: ``gain · (h ∗ Poisson(λ_n))``.
 
@@ -161,6 +391,10 @@ def _simulate_rows(
     depend on how the rows are grouped into chunks. Within a row the frames are drawn a few at a
     time to bound the float64 temporaries (about 8 MB); a ``Generator`` consumes its stream
     sequentially, so this gives the same numbers as one draw for the whole row.
+
+    ``artefacts`` (an :class:`_Artefacts` or None) replaces the fixed ``base``/``basis`` by
+    each frame's own (descan), adds Bragg spots to the expected counts of its crystalline
+    frames and telegraph offsets to its hot pixels after the gain; None gives the clean data.
     """
     nx = tau.shape[1]
     npix = base.size
@@ -172,7 +406,10 @@ def _simulate_rows(
         rng = np.random.default_rng([seed, row])
         for j in range(0, nx, step):
             cols = slice(j, min(j + step, nx))
-            lam = base[None, :] + coefficients[row, cols] @ basis  # (frames, pixels)
+            if artefacts is None:
+                lam = base[None, :] + coefficients[row, cols] @ basis  # (frames, pixels)
+            else:
+                lam = artefacts.expected(row, cols, base, basis, coefficients)
             lam *= tau[row, cols, None]
             np.maximum(lam, 0.0, out=lam)  # exact zeros stay zeros; guards rounding only
             if psf is None:
@@ -180,6 +417,8 @@ def _simulate_rows(
             else:
                 counts = rng.poisson(lam).reshape((-1,) + tuple(frame_shape))
                 values = gain * _apply_psf(counts, psf).reshape(counts.shape[0], npix)
+            if artefacts is not None:
+                values = artefacts.add_offsets(row, cols, values)
             if integer:
                 values = np.minimum(np.rint(values), top)
             out[i, cols] = values
@@ -292,6 +531,9 @@ def synthetic_fem(
     chunks=None,
     two_regions=False,
     psf_sigma=0.0,
+    descan=None,
+    crystals=0.0,
+    hot_pixels=0,
 ):
     r"""Simulate a 4D-STEM FEM dataset of an amorphous film, with its ground truth.
 
@@ -403,6 +645,29 @@ def synthetic_fem(
         bit-for-bit those of earlier versions. With a PSF the beam-stop edge is blurred, so
         ``summed < 10000`` is no longer exactly the beam stop: use
         ``metadata.Simulation.beam_stop_mask``.
+    descan : float, (dx, dy) or None, default None
+        Real-scan artefact: the pattern moves linearly over the scan under the fixed beam
+        stop (and the fixed dead pixels). ``(dx, dy)`` px is the shift at the far scan
+        corner relative to the first position (whose centre is ``center``); in between
+        the centre is the plane ``c + (dx (3 fx + fy) / 4, dy (fx + 3 fy) / 4)``, ``fx``,
+        ``fy`` in [0, 1] the fractional scan column and row. A float ``d`` is
+        ``(0.8 d, -0.6 d)``. Every pattern is evaluated analytically around its own centre
+        (nothing is interpolated). At most 1/8 of the detector's smaller side.
+    crystals : float, default 0
+        Real-scan artefact: the fraction of positions (chosen at random) over a
+        nanocrystal, whose pattern gains four Bragg spots (two Friedel pairs, random
+        orientation) on the strongest ring (corrected radius 4.3 nm^-1): Gaussians of 0.2
+        nm^-1 whose peak is 30 times the mean pattern's intensity density there, counted
+        with the rest (Poisson).
+    hot_pixels : int, default 0
+        Real-scan artefact: pixels (chosen at random among the unmasked ones with
+        corrected radius in 3.0-5.75 nm^-1) with random-telegraph offsets: each switches
+        between 0 and an offset of 0.25 to 8 times its mean value (uniform) with
+        probability 0.1 per frame, added after the gain.
+
+        The artefacts draw from their own generators: adding one leaves the others' and
+        the clean scan's random draws unchanged (the Poisson draws of a scan row change
+        only when a crystal lies in it), and the defaults give exactly the clean data.
 
     Returns
     -------
@@ -417,18 +682,25 @@ def synthetic_fem(
         ``modulation_components`` ((J, 3): ``k_j, v_j, w_j``), ``mean_pattern`` (expected
         electrons per pixel per frame at the mean thickness, ``T · λ0``), ``beam_stop_mask``
         (bool, detector shaped, dead pixels included), ``dead_pixels`` ((10, 2) x, y),
-        ``modulation``, ``thickness_gradient``, ``psf_sigma`` and ``seed``. With a PSF
+        ``modulation``, ``thickness_gradient``, ``psf_sigma``, ``seed`` and the
+        artefacts' truth: ``centers`` (navigation shape + (2,), x, y px per position;
+        ``center`` everywhere without descan), ``descan`` (far-corner shift, px),
+        ``crystals`` and ``outliers`` (bool, scan shaped), ``hot_pixels`` ((H, 2) x, y),
+        ``hot_pixel_amplitude`` (detector units), ``hot_pixel_mask`` and ``bad_pixels``
+        (bool, detector shaped: the hot and the dead pixels). With a PSF
         ``mean_pattern`` is the blurred expectation ``h ∗ (T · λ0)``.
 
     Raises
     ------
     ValueError
         For a bad shape, a non-positive ``dose``, ``gain`` or ``scale``, an ``ellipticity``
-        outside ``[0, 1)``, a negative ``psf_sigma``, a centre outside the detector or bad
-        ``chunks``.
+        outside ``[0, 1)``, a negative ``psf_sigma``, a centre outside the detector, bad
+        ``chunks``, a descan larger than the detector allows, ``crystals`` outside [0, 1]
+        or more hot pixels than the ring holds.
     TypeError
-        For a non-numeric parameter, a dtype that is neither float nor integer, or a seed that
-        is not a non-negative integer.
+        For a non-numeric parameter, a dtype that is neither float nor integer, a seed that
+        is not a non-negative integer, a ``descan`` that is not a number or pair, or a
+        ``hot_pixels`` that is not a non-negative integer.
 
     References
     ----------
@@ -445,6 +717,14 @@ def synthetic_fem(
     >>> mask = s.sum() < 10000  # the beam stop, as stored in the ground truth
     >>> bool((mask.data == s.metadata.Simulation.beam_stop_mask).all())
     True
+
+    A real scan's artefacts, with their truth:
+
+    >>> r = femlib.data.synthetic_fem(navigation_shape=(10, 10), detector_shape=(64, 64),
+    ...                               descan=(2.0, 1.0), crystals=0.05, hot_pixels=3)
+    >>> sim = r.metadata.Simulation
+    >>> sim.centers[-1, -1] - sim.centers[0, 0], int(sim.outliers.sum()), len(sim.hot_pixels)
+    (array([2., 1.]), 5, 3)
     """
     navigation_shape = _check_shape(navigation_shape, "navigation_shape", 1)
     detector_shape = _check_shape(detector_shape, "detector_shape", _MIN_DETECTOR)
@@ -464,6 +744,8 @@ def synthetic_fem(
     dtype = _check_dtype(dtype)
     seed = _check_seed(seed)
     psf_sigma = _check_psf_sigma(psf_sigma)
+    crystals = _check_fraction(crystals, "crystals")
+    hot_pixels = _check_count(hot_pixels, "hot_pixels")
     ny_det, nx_det = detector_shape
     if center is None:
         center = np.array(
@@ -485,6 +767,7 @@ def synthetic_fem(
                 f"0 <= y <= {ny_det - 1}, got {tuple(center.tolist())}"
             )
     rows_per_chunk = _rows_per_chunk(chunks, navigation_shape, detector_shape, dtype.itemsize)
+    centers = _descan_centers(descan, center, navigation_shape, detector_shape)
 
     affine = _distortion_affine(ellipticity, rotation)
     components = np.array(_MODULATION if modulation else [], dtype=float).reshape(-1, 3)
@@ -517,25 +800,20 @@ def synthetic_fem(
         components = np.concatenate([components, right])
 
     # Mean pattern and modulation basis per pixel, averaged over sub-pixel samples.
-    offsets = (np.arange(_SUBPIXELS) - (_SUBPIXELS - 1) / 2) / _SUBPIXELS
-    y = np.arange(ny_det)[:, None, None, None] + offsets[None, None, :, None]
-    x = np.arange(nx_det)[None, :, None, None] + offsets[None, None, None, :]
-    k_sub = _corrected_radius(x, y, center, affine, scale)  # (ny, nx, S, S)
-    pixel_area = scale**2 * abs(np.linalg.det(affine[:2, :2]))
-    lam_sub = dose * pixel_area / _profile_integral() * _profile(k_sub)
     transmission = np.where(stop, _BEAM_STOP_TRANSMISSION, 1.0).ravel()
     transmission[dead] = 0.0
-    base = lam_sub.mean(axis=(2, 3)).ravel() * transmission
-    basis = np.empty((len(components), ny_det * nx_det))
-    for j, (kj, vj, wj) in enumerate(components):
-        shape_j = np.sqrt(vj) * np.exp(-((k_sub - kj) ** 2) / (2 * wj**2))
-        basis[j] = (lam_sub * shape_j).mean(axis=(2, 3)).ravel() * transmission
+    geometry = (detector_shape, affine, scale, dose, components, transmission)
+    base, basis = _pattern_terms(center, *geometry)
 
     thickness = _thickness_map(navigation_shape, thickness_gradient)
     tau = thickness / _MEAN_THICKNESS
     coefficients = coefficients.reshape(navigation_shape + (len(components),))
     args = (base, basis, coefficients, tau, seed, gain, dtype, detector_shape)
     psf = _psf_profile(psf_sigma) if psf_sigma > 0 else None
+    artefacts = _make_artefacts(
+        geometry, center, centers, crystals, hot_pixels, navigation_shape, stop, dead, base,
+        gain, seed,
+    )
 
     ny, nx = navigation_shape
     if lazy:
@@ -544,7 +822,7 @@ def synthetic_fem(
 
         def block(block_info=None):
             (start, stop_), *_ = block_info[None]["array-location"]
-            return _simulate_rows(start, stop_, *args, psf=psf)
+            return _simulate_rows(start, stop_, *args, psf=psf, artefacts=artefacts)
 
         row_chunks = (rows_per_chunk,) * (ny // rows_per_chunk)
         if ny % rows_per_chunk:
@@ -554,10 +832,12 @@ def synthetic_fem(
             chunks=(row_chunks, (nx,), (ny_det,), (nx_det,)),
             dtype=dtype,
             meta=np.empty((0, 0, 0, 0), dtype=dtype),
-            name="femlib-synthetic-" + tokenize(args, rows_per_chunk, psf_sigma),
+            name="femlib-synthetic-"
+            + tokenize(args, rows_per_chunk, psf_sigma, None if artefacts is None else (
+                centers, crystals, hot_pixels)),
         )
     else:
-        data = _simulate_rows(0, ny, *args, psf=psf)
+        data = _simulate_rows(0, ny, *args, psf=psf, artefacts=artefacts)
 
     from femlib.signals import FEMDiffraction2D, LazyFEMDiffraction2D
 
@@ -628,6 +908,9 @@ def synthetic_fem(
         "psf_sigma": psf_sigma,
         "seed": seed,
     }
+    truth.update(
+        _artefact_truth(artefacts, center, centers, navigation_shape, dead, detector_shape)
+    )
     if two_regions:
         truth["two_regions"] = True
         truth["region"] = region

@@ -17,6 +17,7 @@ from femlib import moments as _moments
 from femlib import thickness as _thickness
 from femlib import variance as _variance
 from femlib.calibration import Calibration, azimuth_fraction_on_detector
+from femlib.signals import _screening as _screen
 from femlib.signals._state import CalibrationStateMixin, take_positions
 from femlib.signals.polar import FEMPolar2D, LazyFEMPolar2D
 from femlib.signals.variance import FEMVariance1D
@@ -654,6 +655,9 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             }
         binned = edges is not None or layout is not None
         _store_nonuniformity(result, res, binned, subtract_nonuniformity)
+        if navigation_mask is not None:
+            result.metadata.set_item("FEM.navigation_mask", _screen.left_out_summary(
+                navigation_mask, self._navigation_mask(navigation_mask)))
         return result
 
     def _group_labels(self, thickness, bins, navigation_mask, groups=None, tiles=None):
@@ -862,6 +866,189 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             axes.append({"name": "Method", "size": len(methods), "units": "", "navigate": True})
         fem.update(extra, jackknife=jack)
         return self._wrap_variance(v, se, axes, w, fem)
+
+    # ------------------------------------------------------------------ screening
+    def find_bad_pixels(self, gain=None, noise=None, mask=None, hot=3.0, noisy=2.0,
+                        min_z=5.0, show_progressbar=None):
+        """Dead, hot and noisy detector pixels, from one pass over the scan.
+
+        Per pixel the pass keeps the temporal mean ``<D>`` and variance (float64 sums,
+        merged across chunks); see :mod:`femlib.screening` for the tests. *Dead*: no counts
+        (or a constant value) where the dimmer neighbours give at least 20 electrons over
+        the scan. *Hot*: a mean ``hot`` times its neighbours'. *Noisy*: a temporal variance
+        ``noisy`` times the noise model's prediction (``gain * <D>``, ``noise.k0 * <D>``,
+        or the neighbours' when neither is given or when they show more), at ``min_z``
+        standard errors at least. Combine with the beam-stop mask by ``mask | bad``.
+
+        Parameters
+        ----------
+        gain : float or None
+            Detector units per electron (counting detector).
+        noise : noise model or None
+            E.g. a :class:`femlib.noise.DetectorNoise`; its ``k0`` gives the prediction.
+            Give ``gain`` or ``noise``, not both; with neither the prediction comes from
+            the pixels themselves.
+        mask : bool array, boolean Signal2D or None
+            Pixels already excluded (beam stop): not flagged, not used as neighbours.
+            Default: ``calibration.mask``.
+        hot, noisy : float
+            Factors above the neighbours' mean and above the predicted variance.
+        min_z : float
+            Significance required, in standard errors.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+
+        Returns
+        -------
+        Signal2D
+            Boolean, detector shaped (True = bad), computed for lazy input too.
+            ``metadata.Screening.bad_pixels`` holds ``n_bad``, ``counts`` per reason,
+            ``pixels`` ((M, 2) x, y), ``reasons`` (one string per pixel, e.g.
+            ``"noisy"``), ``noise_score`` (variance over prediction) and ``hot_score``
+            (mean over the neighbours') per pixel, the full ``reason_map``, the noise
+            ``model``, ``gain_estimate`` and the thresholds.
+
+        Raises
+        ------
+        ValueError
+            Both ``gain`` and ``noise``, a non-positive gain, thresholds <= 1, a mask of the
+            wrong shape.
+
+        Examples
+        --------
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8), detector_shape=(64, 64),
+        ...                               hot_pixels=4)
+        >>> sim = s.metadata.Simulation
+        >>> bad = s.find_bad_pixels(gain=4.2, mask=sim.beam_stop_mask & ~sim.bad_pixels,
+        ...                         show_progressbar=False)
+        >>> counts = bad.metadata.Screening.bad_pixels.counts
+        >>> counts["dead"], counts["noisy"]
+        (10, 4)
+        >>> bool((bad.data == sim.bad_pixels).all())  # the dead and the hot pixels
+        True
+        >>> mask = (s.sum() < 10000) | bad  # the mask for get_variance
+        """
+        return _screen.find_bad_pixels(self, gain, noise, mask, hot, noisy, min_z,
+                                       show_progressbar)
+
+    def find_outlier_patterns(self, radial_range=None, mask=None, npt=4, npt_azim=32,
+                              crystal=6.0, dose=8.0, show_progressbar=None):
+        """Patterns to leave out of ``V(k)``: crystalline, dose jumps, non-finite; one pass.
+
+        One polar transform of every pattern over ``radial_range`` (``npt`` bands by
+        ``npt_azim`` sectors, :meth:`get_azimuthal_integral2d` with ``mean=True``, so it
+        uses the calibration, per-position centres included) gives two scores, judged
+        against the scan's own distribution (median and MAD): the largest sector contrast
+        (a Bragg spot puts a few sectors of a ring far above the ring's mean) and the
+        intensity against the scan neighbours' (beam blanking, dose jumps). No test looks
+        at how much a pattern's rings fluctuate as a whole, which is what ``V(k)``
+        measures: see :mod:`femlib.screening`.
+
+        Parameters
+        ----------
+        radial_range : (float, float) or None
+            The range of :meth:`get_variance` (calibrated units). Default: the detector.
+        mask : bool array, boolean Signal2D or None
+            Detector pixels to exclude (beam stop, bad pixels). Default: ``calibration.mask``.
+        npt, npt_azim : int
+            Radial bands and azimuthal sectors of the polar transform.
+        crystal, dose : float
+            Thresholds, in robust standard deviations of the scan's scores.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+
+        Returns
+        -------
+        Signal2D
+            Boolean, navigation shaped (a Signal1D for a line scan), True = outlier; pass it
+            as ``get_variance(..., navigation_mask=flags)``. ``metadata.Screening.outliers``
+            holds ``n_outliers``, ``counts`` per reason, the per-pattern ``reason`` codes
+            (bits ``reason_bits``), ``crystal_score``, ``dose_score``, ``contrast`` and
+            ``intensity`` (navigation shaped) and the thresholds.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`get_azimuthal_integral2d`; thresholds <= 0.
+
+        Examples
+        --------
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(10, 10), detector_shape=(64, 64),
+        ...                               crystals=0.05)
+        >>> sim = s.metadata.Simulation
+        >>> s.calibration.center, s.calibration.affine = sim.center, sim.affine
+        >>> flags = s.find_outlier_patterns(radial_range=(3.0, 5.75), mask=sim.beam_stop_mask,
+        ...                                 show_progressbar=False)
+        >>> bool((flags.data == sim.outliers).all())
+        True
+        >>> v = s.get_variance(npt=20, gain=4.2, radial_range=(3.0, 5.75),
+        ...                    mask=sim.beam_stop_mask, navigation_mask=flags,
+        ...                    show_progressbar=False)
+        >>> v.metadata.FEM.navigation_mask.n_excluded
+        5
+        """
+        return _screen.find_outlier_patterns(self, radial_range, mask, npt, npt_azim, crystal,
+                                             dose, show_progressbar)
+
+    def find_centers(self, mask=None, tiles=None, radial_range=None, model="plane",
+                     navigation_mask=None, n_azimuth=90, show_progressbar=None):
+        """The pattern centre of every probe position (descan), from the data; one pass.
+
+        The pass sums the patterns of every scan tile. The scan's sum gives a starting
+        centre and affine (:func:`femlib.ellipse.determine_ellipse`, then
+        :func:`femlib.ellipse.refine_center_affine`); each tile's sum is then refined from
+        there on the same ring, and the tile centres are fitted with a low-order model of
+        the scan position (a plane by default: descan is linear), evaluated at every
+        position. The counts are never moved: set the result as ``calibration.center`` and
+        the integration moves the geometry instead.
+
+        Parameters
+        ----------
+        mask : bool array, boolean Signal2D or None
+            Beam stop and bad pixels (True = excluded). Default: ``calibration.mask``.
+        tiles : (int, int) or None
+            Positions per tile ``(ty, tx)``. Default: a 4 x 4 grid of tiles.
+        radial_range : (float, float) or None
+            The ring to fit, calibrated units. Default: the brightest ring of the sum.
+        model : {"plane", "quadratic", "constant"}
+            Model of the centre over the scan.
+        navigation_mask : bool array or None
+            Positions left out of the tile sums (e.g. outlier patterns).
+        n_azimuth : int
+            Azimuthal sectors of the ring fits.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+
+        Returns
+        -------
+        Signal1D
+            Navigation shaped, signal axis ``Centre`` of size 2: ``(x, y)`` px of every
+            position (data of shape ``navigation shape + (2,)``, what
+            ``calibration.center`` takes per position). ``metadata.Screening.descan``
+            holds the raw per-tile fits (``tile_centers``, ``tile_positions`` in scan steps,
+            ``tile_ok``), ``residual`` and ``rms_residual`` (px), the model
+            ``coefficients`` and the global ``center`` and ``affine``;
+            :func:`femlib.screening.plot_descan` draws them.
+
+        Raises
+        ------
+        ValueError
+            Too few positions or tiles for the model, no ring in the sum, or too few tile
+            fits; the message says what to pass.
+
+        Examples
+        --------
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(16, 16), detector_shape=(64, 64),
+        ...                               descan=(2.0, 1.0))
+        >>> sim = s.metadata.Simulation
+        >>> centers = s.find_centers(mask=sim.beam_stop_mask, show_progressbar=False)
+        >>> centers.data.shape
+        (16, 16, 2)
+        >>> bool(np.sqrt(((centers.data - sim.centers) ** 2).sum(-1).mean()) < 0.1)
+        True
+        """
+        return _screen.find_centers(self, mask, tiles, radial_range, model, navigation_mask,
+                                    n_azimuth, show_progressbar)
 
 
 def _short_list(values, most=10):

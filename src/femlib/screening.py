@@ -1,0 +1,919 @@
+r"""Screening a real scan: bad pixels, outlier patterns and descan, from one pass each.
+
+Pure numerical core (numpy, numba, dask; no HyperSpy): the passes take frames (a numpy or
+dask array ``(..., rows, columns)``) and return arrays; the decisions take those arrays and
+return flags, scores and fits. :class:`femlib.signals.FEMDiffraction2D` wraps them as
+``find_bad_pixels``, ``find_outlier_patterns`` and ``find_centers``.
+
+**Why screening must not look at the variance.** FEM measures the fluctuations of the
+diffracted intensity. A criterion that leaves out the patterns that fluctuate most (a cut
+on the ring intensity, on its variance, on a chi-square of the pattern against the mean)
+biases ``V(k)`` downwards. Each test here targets a signature that the amorphous structure
+does not produce:
+
+* **Bad pixels** (:func:`pixel_statistics`, :func:`classify_pixels`): per pixel the
+  temporal mean ``<D>`` and variance ``s^2`` (the median of the variances of up to 32
+  consecutive sub-blocks of the scan, so that a few bright frames, Bragg spots sweeping
+  over a ring, do not make a pixel noisy). *Dead*: no counts (or a constant
+  value) where the dimmer neighbours (25th percentile) give at least 20 electrons over the
+  scan. *Hot*: a mean
+  ``hot`` times above the neighbours'. *Noisy*: ``s^2`` ``noisy`` times above the noise
+  model's prediction ``G <D>`` (``gain=G``) or ``K(0) <D>`` (a detector noise model), or
+  above what the neighbouring pixels show when that is more (structure, thickness), with a
+  significance of at least ``min_z`` standard errors of ``s^2``. Without a noise model the
+  prediction is ``s^2`` of the neighbours. The neighbours are the 24 other pixels of the
+  5x5 square (unmasked and finite ones), summarised by their 75th percentile, so that a
+  pixel on the lit side of a beam-stop edge is compared with lit pixels.
+* **Outlier patterns** (:func:`polar_outliers`): from a polar transform of every pattern
+  over ``radial_range`` (a few radial bands by ``npt_azim`` sectors), the *crystalline*
+  score of a pattern is the largest sector contrast ``m_ka / m_k - 1`` (sector mean over
+  ring mean, same band), robust-standardised over the scan (median and MAD): Bragg spots
+  put a few sectors of a ring far above the ring, an amorphous speckle does not (and the
+  ring-averaged fluctuations that make ``V`` cancel in the contrast). *Dose* jumps and beam
+  blanking: the log of the pattern's intensity in the radial range against the median of
+  its scan neighbours, robust-standardised. *Non-finite* frames. Thresholds are in robust
+  standard deviations of the scan's own distribution.
+* **Descan** (:func:`label_sums`, :func:`fit_centers`): sums of neighbouring patterns
+  (scan tiles), a ring (ellipse) fit on each with :func:`femlib.ellipse.refine_center_affine`,
+  smoothed by a low-order model of the centre over the scan (a plane by default, as descan
+  is), evaluated at every position.
+
+Examples
+--------
+>>> import femlib
+>>> from femlib import screening
+>>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8), detector_shape=(64, 64),
+...                               hot_pixels=3)
+>>> sim = s.metadata.Simulation
+>>> stats = screening.pixel_statistics(s.data)
+>>> found = screening.classify_pixels(stats, gain=4.2,
+...                                   mask=sim.beam_stop_mask & ~sim.bad_pixels)
+>>> bool((found["bad"] == sim.bad_pixels).all())  # 10 dead and 3 hot pixels
+True
+"""
+
+import math
+import numbers
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "N_SUB_BLOCKS",
+    "REASONS_PIXEL",
+    "REASONS_PATTERN",
+    "classify_pixels",
+    "fit_centers",
+    "label_sums",
+    "pixel_statistics",
+    "plot_descan",
+    "polar_outliers",
+    "sub_block_size",
+    "tile_labels",
+]
+
+#: Bit of each reason in the pixel ``reason`` codes.
+REASONS_PIXEL = {"dead": 1, "hot": 2, "noisy": 4, "nonfinite": 8}
+#: Bit of each reason in the pattern ``reason`` codes.
+REASONS_PATTERN = {"crystalline": 1, "dose": 2, "nonfinite": 4}
+_BLOCK_BYTES = 64 * 2**20
+_MIN_ELECTRONS = 20.0  # a dead pixel is one with no counts where neighbours expect >= this
+_MAD = 1.4826  # MAD -> standard deviation of a normal distribution
+
+
+# ----------------------------------------------------------------------------- kernels
+def _numba_kernels():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def pixel_moments(flat, sub, shift, s1, s2):  # pragma: no cover - compiled
+        # Sums of (x - shift) and (x - shift)^2 per sub-block and pixel, four frames of a
+        # sub-block at a time (one load and store of the sums per four frames; the pixel
+        # loop vectorises). Branch-free: a non-finite value makes its sub-block's sums
+        # non-finite, found afterwards.
+        nf, npix = flat.shape
+        f = 0
+        while f < nf:
+            b = sub[f]
+            r1, r2 = s1[b], s2[b]
+            if f + 3 < nf and sub[f + 3] == b:
+                x0, x1, x2, x3 = flat[f], flat[f + 1], flat[f + 2], flat[f + 3]
+                for p in range(npix):
+                    c = shift[p]
+                    d0 = x0[p] - c
+                    d1 = x1[p] - c
+                    d2 = x2[p] - c
+                    d3 = x3[p] - c
+                    r1[p] += (d0 + d1) + (d2 + d3)
+                    r2[p] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                f += 4
+            else:
+                x = flat[f]
+                for p in range(npix):
+                    d = x[p] - shift[p]
+                    r1[p] += d
+                    r2[p] += d * d
+                f += 1
+
+    @numba.njit(cache=True, nogil=True)
+    def label_add(flat, labels, out):  # pragma: no cover - compiled
+        # out[label] += frame, four frames of one label at a time where they follow.
+        nf, npix = flat.shape
+        f = 0
+        while f < nf:
+            lab = labels[f]
+            if lab < 0:
+                f += 1
+                continue
+            o = out[lab]
+            if f + 3 < nf and labels[f + 1] == lab and labels[f + 2] == lab \
+                    and labels[f + 3] == lab:
+                x0, x1, x2, x3 = flat[f], flat[f + 1], flat[f + 2], flat[f + 3]
+                for p in range(npix):
+                    o[p] += (np.float64(x0[p]) + x1[p]) + (np.float64(x2[p]) + x3[p])
+                f += 4
+            else:
+                x = flat[f]
+                for p in range(npix):
+                    o[p] += x[p]
+                f += 1
+
+    return pixel_moments, label_add
+
+
+_KERNELS = None
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _numba_kernels()
+    return _KERNELS
+
+
+def _native(block):
+    from femlib.integration import as_native_frames
+
+    block = np.asarray(block)
+    return as_native_frames(block, block.shape[-2:])
+
+
+# ----------------------------------------------------------------------------- passes
+#: Frames are grouped into at most this many consecutive sub-blocks; the per-pixel
+#: variance is also kept per sub-block, whose median is blind to a few bright frames.
+N_SUB_BLOCKS = 32
+_MIN_SUB_FRAMES = 16
+
+
+def sub_block_size(n_frames):
+    """Frames per sub-block of :func:`pixel_statistics`: ``max(16, ceil(n / 32))``.
+
+    Parameters
+    ----------
+    n_frames : int
+        Number of frames of the scan.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> sub_block_size(1600), sub_block_size(100)
+    (50, 16)
+    """
+    return max(_MIN_SUB_FRAMES, -(-int(n_frames) // N_SUB_BLOCKS))
+
+
+def _moments_block(block, start, size):
+    """Per sub-block (count, mean, centred sum of squares) of one block of frames, the
+    block's frames being ``start, start + 1, ...`` of the scan."""
+    flat = _native(block)
+    nf, npix = flat.shape
+    if nf == 0:
+        return {}
+    index = (start + np.arange(nf)) // size
+    lo = int(index[0])
+    sub = (index - lo).astype(np.int64)
+    nsub = int(sub[-1]) + 1
+    s1, s2 = np.zeros((nsub, npix)), np.zeros((nsub, npix))
+    shift = flat[0].astype(np.float64)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    _kernels()[0](flat, sub, shift, s1, s2)
+    n = np.bincount(sub, minlength=nsub).astype(np.float64)[:, None]
+    mean = shift + s1 / n
+    m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
+    return {lo + b: (n[b, 0], mean[b], m2[b]) for b in range(nsub)}
+
+
+def _chan(a, b):
+    na, ma, qa = a
+    nb, mb, qb = b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), qa + qb + delta * delta * (na * nb / n)
+
+
+def _merge_moments(a, b):
+    """Merge two blocks' sub-block moments (Chan's formulas where a sub-block straddles)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _chan(out[key], value) if key in out else value
+    return out
+
+
+def _tree(parts, merge):
+    import dask
+
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(merge, pure=False)(parts[i], parts[i + 1]) if i + 1 < len(parts)
+            else parts[i]
+            for i in range(0, len(parts), 2)
+        ]
+    return parts[0]
+
+
+def _frame_blocks(frames):
+    """Blocks of whole frames: a dask array's chunks (Delayed) or views of a numpy array,
+    with the number of frames of each and whether the input is lazy."""
+    import dask.array as da
+
+    from femlib.integration import prepare_chunks
+
+    if isinstance(frames, da.Array):
+        if frames.ndim < 3:
+            raise ValueError(f"frames must be (..., rows, columns), got shape {frames.shape}")
+        darr = prepare_chunks(frames)
+        darr = darr.reshape((-1,) + darr.shape[-2:], merge_chunks=False)
+        return list(darr.to_delayed().ravel()), darr.chunks[0], True
+    arr = np.asarray(frames)
+    if arr.ndim < 3:
+        raise ValueError(f"frames must be (..., rows, columns), got shape {arr.shape}")
+    flat = arr.reshape((-1,) + arr.shape[-2:])
+    step = max(1, int(_BLOCK_BYTES // max(flat[0].nbytes if len(flat) else 1, 1)))
+    blocks = [flat[i : i + step] for i in range(0, len(flat), step)]
+    return blocks, tuple(len(b) for b in blocks), False
+
+
+def _compute(work, lazy, compute):
+    if not compute:
+        return work
+    import dask
+
+    (out,) = dask.compute(work, scheduler=None if lazy else "threads")
+    return out
+
+
+def pixel_statistics(frames, compute=True):
+    """Per-pixel temporal count, mean and variance of a scan, in one pass.
+
+    The frames are cut (in scan order) into at most :data:`N_SUB_BLOCKS` consecutive
+    sub-blocks of :func:`sub_block_size` frames. A compiled loop reduces each block of
+    frames to per-pixel sums of ``x - x_0`` and ``(x - x_0)^2`` in float64 per sub-block
+    (``x_0`` the block's first frame, so no precision is lost to large means); blocks and
+    sub-blocks merge with Chan's pairwise formulas, so the result does not depend on the
+    chunking. Besides the scan's variance, the median over the sub-blocks of their
+    variance is kept: a few bright frames (Bragg spots, cosmic rays) raise the variance of
+    a few sub-blocks only, a noisy pixel that of every one.
+
+    Parameters
+    ----------
+    frames : ndarray or dask.array.Array, shape (..., rows, columns)
+        Any real dtype. Eager input runs as dask tasks on threads, lazy input on the active
+        scheduler (a ``distributed`` client too).
+    compute : bool
+        If False, return a ``dask.delayed.Delayed`` of the result.
+
+    Returns
+    -------
+    dict
+        ``n_frames`` (int), ``mean`` and ``variance`` (rows, columns; the unbiased sample
+        variance over the scan), ``median_variance`` (the median over the sub-blocks of
+        their unbiased variance), ``finite`` (bool: no NaN or infinity in the pixel; a
+        non-finite pixel's statistics come from its finite sub-blocks) and
+        ``sub_block_size``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> frames = rng.poisson(50.0, (400, 8, 8)).astype("float32")
+    >>> st = pixel_statistics(frames)
+    >>> bool(np.allclose(st["mean"], frames.mean(0), rtol=1e-6))
+    True
+    >>> bool(np.allclose(st["variance"], frames.var(0, ddof=1), rtol=1e-6))
+    True
+    """
+    import dask
+
+    blocks, sizes, lazy = _frame_blocks(frames)
+    shape = tuple(np.shape(frames)[-2:])
+    n_frames = int(sum(sizes))
+    size = sub_block_size(n_frames)
+    starts = np.cumsum((0,) + tuple(sizes))[:-1]
+    parts = [dask.delayed(_moments_block, pure=False)(b, int(s), size)
+             for b, s in zip(blocks, starts, strict=True)]
+    if not parts:
+        raise ValueError("frames hold no pattern")
+    work = dask.delayed(_finish_moments, pure=False)(_tree(parts, _merge_moments), shape,
+                                                     n_frames, size)
+    return _compute(work, lazy, compute)
+
+
+def _finish_moments(moments, shape, n_frames, size):
+    keys = sorted(moments)
+    n = np.array([moments[k][0] for k in keys])[:, None]
+    mean = np.stack([moments[k][1] for k in keys])
+    m2 = np.stack([moments[k][2] for k in keys])
+    ok = np.isfinite(mean) & np.isfinite(m2)
+    finite = ok.all(axis=0)
+    w = np.where(ok, n, 0.0)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = np.where(ok, mean, 0.0)
+        grand = (w * mu).sum(axis=0) / np.maximum(total, 1)
+        sq = (np.where(ok, m2, 0.0) + w * (mu - grand) ** 2).sum(axis=0)
+        var = np.where(total > 1, sq / np.maximum(total - 1, 1), 0.0)
+        # (non-finite sub-blocks count as infinitely noisy; their pixel is flagged anyway)
+        sub_var = np.where(ok & (n > 1), m2 / np.maximum(n - 1, 1), np.inf)
+    enough = (n[:, 0] >= max(2, size // 2))  # a short last sub-block is left out
+    med = np.median(sub_var[enough], axis=0) if enough.any() else var
+    med = np.where(np.isfinite(med), med, var)
+    return {
+        "n_frames": n_frames,
+        "mean": grand.reshape(shape),
+        "variance": var.reshape(shape),
+        "median_variance": med.reshape(shape),
+        "finite": finite.reshape(shape),
+        "sub_block_size": size,
+    }
+
+
+def tile_labels(navigation_shape, tiles):
+    """Label of every probe position by scan tile, and the tile grid.
+
+    Parameters
+    ----------
+    navigation_shape : tuple of int
+        ``(rows, columns)`` of the scan (a 1D scan is one row).
+    tiles : (int, int)
+        Positions per tile ``(ty, tx)``; edge tiles are smaller.
+
+    Returns
+    -------
+    labels : ndarray of int64, navigation shaped
+    grid : (int, int)
+        Number of tiles along the scan rows and columns.
+
+    Examples
+    --------
+    >>> labels, grid = tile_labels((4, 6), (2, 3))
+    >>> grid, labels[3, 5]
+    ((2, 2), np.int64(3))
+    """
+    nav = tuple(int(n) for n in navigation_shape)
+    if len(nav) == 1:
+        nav = (1,) + nav
+    if len(nav) != 2:
+        raise ValueError(f"navigation_shape must have 1 or 2 dimensions, got {nav}")
+    try:
+        ty, tx = (int(t) for t in tiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"tiles must be two positive integers (ty, tx), got {tiles!r}") from None
+    if ty < 1 or tx < 1:
+        raise ValueError(f"tiles must be two positive integers (ty, tx), got {tiles!r}")
+    gy, gx = -(-nav[0] // ty), -(-nav[1] // tx)
+    iy = np.arange(nav[0]) // ty
+    ix = np.arange(nav[1]) // tx
+    labels = (iy[:, None] * gx + ix[None, :]).astype(np.int64)
+    return labels.reshape(tuple(int(n) for n in navigation_shape)), (gy, gx)
+
+
+def _label_block(block, labels, n_labels):
+    flat = _native(block)
+    out = np.zeros((n_labels, flat.shape[1]))
+    _kernels()[1](flat, np.ascontiguousarray(labels, dtype=np.int64), out)
+    return out
+
+
+def label_sums(frames, labels, n_labels=None, compute=True):
+    """Sum of the frames of every label (e.g. scan tiles), in one pass, float64.
+
+    Parameters
+    ----------
+    frames : ndarray or dask.array.Array, shape (..., rows, columns)
+    labels : int array_like, shape ``frames.shape[:-2]``
+        Label per frame; -1 leaves a frame out.
+    n_labels : int or None
+        Default ``labels.max() + 1``.
+    compute : bool
+        If False, return a ``dask.delayed.Delayed``.
+
+    Returns
+    -------
+    (n_labels, rows, columns) ndarray
+        Non-finite values propagate into their label's sum.
+
+    Examples
+    --------
+    >>> frames = np.arange(4 * 2 * 2, dtype=float).reshape(4, 2, 2)
+    >>> label_sums(frames, [0, 1, 0, -1])[0].tolist()
+    [[8.0, 10.0], [12.0, 14.0]]
+    """
+    import dask
+
+    nav = tuple(np.shape(frames)[:-2])
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers (-1 = left out), got {lab.dtype}")
+    if lab.shape != nav and lab.size != int(np.prod(nav)):
+        raise ValueError(f"labels must have the navigation shape {nav}, got {lab.shape}")
+    lab = lab.astype(np.int64).ravel()
+    if n_labels is None:
+        n_labels = int(lab.max(initial=-1)) + 1
+    if lab.max(initial=-1) >= n_labels or lab.min(initial=0) < -1:
+        raise ValueError(f"labels must be -1 or in [0, n_labels={n_labels})")
+    blocks, sizes, lazy = _frame_blocks(frames)
+    bounds = np.cumsum((0,) + tuple(sizes))
+    parts = [
+        dask.delayed(_label_block, pure=False)(b, lab[i:j], n_labels)
+        for b, i, j in zip(blocks, bounds[:-1], bounds[1:], strict=True)
+    ]
+    shape = tuple(np.shape(frames)[-2:])
+    work = dask.delayed(np.reshape, pure=False)(_tree(parts, np.add), (n_labels,) + shape)
+    return _compute(work, lazy, compute)
+
+
+# ----------------------------------------------------------------------------- bad pixels
+def _check_factor(value, name, minimum=1.0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number > {minimum}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= minimum:
+        raise ValueError(f"{name} must be a finite number > {minimum}, got {value}")
+    return value
+
+
+def _neighbour_quantile(image, valid, q=75.0, size=5):
+    """``q``-th percentile (linear interpolation) of the other valid pixels of the ``size``
+    x ``size`` square around each pixel (NaN where none is valid)."""
+    half = size // 2
+    padded = np.pad(np.where(valid, image, np.nan), half, constant_values=np.nan)
+    ny, nx = image.shape
+    stack = np.stack([
+        padded[dy : dy + ny, dx : dx + nx]
+        for dy in range(size)
+        for dx in range(size)
+        if (dy, dx) != (half, half)
+    ])
+    stack.sort(axis=0)  # NaN last
+    count = np.isfinite(stack).sum(axis=0)
+    pos = np.maximum(count - 1, 0) * (q / 100.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    a = np.take_along_axis(stack, lo[None], 0)[0]
+    b = np.take_along_axis(stack, hi[None], 0)[0]
+    out = a + (b - a) * (pos - lo)
+    return np.where(count > 0, out, np.nan)
+
+
+def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, min_z=5.0):
+    """Dead, hot and noisy pixels from the per-pixel statistics of a scan.
+
+    Parameters
+    ----------
+    stats : dict
+        :func:`pixel_statistics` of the scan.
+    gain : float or None
+        Detector units per electron of a counting detector: the noise model predicts the
+        temporal variance ``gain * <D>``.
+    k0 : float or None
+        The noise kernel at zero lag, ``K(0)`` of a :class:`femlib.noise.DetectorNoise`:
+        the prediction is ``k0 * <D>``. Give at most one of ``gain`` and ``k0``; with
+        neither, the gain is estimated as the median of ``s^2 / <D>`` over the pixels
+        (reported as ``gain_estimate``) and noisy pixels are judged against their
+        neighbours only.
+    mask : (rows, columns) bool array or None
+        Pixels already excluded (beam stop): never flagged, never used as neighbours.
+    hot : float
+        A pixel is hot when its mean exceeds ``hot`` times its neighbours' (and by
+        ``min_z`` standard errors).
+    noisy : float
+        A pixel is noisy when its variance exceeds ``noisy`` times the prediction (and by
+        ``min_z`` standard errors of the variance).
+    min_z : float
+        Significance required of a hot or noisy pixel, in standard errors.
+
+    Returns
+    -------
+    dict
+        ``bad`` (bool, detector shaped), ``reason`` (int codes, bits of
+        :data:`REASONS_PIXEL`), ``noise_score`` (variance over prediction), ``hot_score``
+        (mean over the neighbours'), ``prediction`` (the predicted variance),
+        ``gain_estimate`` and the thresholds.
+
+    Raises
+    ------
+    ValueError
+        For both ``gain`` and ``k0``, a non-positive one, thresholds <= 1 or a mask of the
+        wrong shape.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> frames = 4.2 * rng.poisson(30.0, (500, 16, 16))
+    >>> frames[:, 5, 7] += 300 * (rng.random(500) < 0.5)  # a telegraph pixel
+    >>> found = classify_pixels(pixel_statistics(frames), gain=4.2)
+    >>> np.argwhere(found["bad"]).tolist(), int(found["reason"][5, 7])
+    ([[5, 7]], 4)
+    """
+    from femlib import variance as _variance
+
+    if gain is not None and k0 is not None:
+        raise ValueError("give gain or a noise model (k0), not both")
+    if gain is not None:
+        gain = _variance.check_gain(gain)
+    if k0 is not None:
+        k0 = _variance.check_gain(k0, name="noise.k0")
+    hot = _check_factor(hot, "hot")
+    noisy = _check_factor(noisy, "noisy")
+    min_z = _check_factor(min_z, "min_z", 0.0)
+    mean, var = stats["mean"], stats["median_variance"]
+    shape = mean.shape
+    n = max(int(stats["n_frames"]), 1)
+    masked = np.zeros(shape, bool) if mask is None else np.asarray(mask, bool)
+    if masked.shape != shape:
+        raise ValueError(f"mask has shape {masked.shape} but the detector is {shape}")
+    nonfinite = ~stats["finite"] & ~masked
+    usable = ~masked & ~nonfinite
+    lit = usable & (mean > 0)
+    factor = gain if gain is not None else k0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(lit, var / np.where(lit, mean, 1.0), np.nan)
+    estimate = float(np.nanmedian(ratio)) if lit.any() else float("nan")
+    g = factor if factor is not None else estimate
+    if not (g > 0):
+        g = 1.0
+    # Temporal variance over the noise model, and the neighbours' level of it (structure
+    # and thickness add variance to every pixel of a region alike; a bad pixel is alone).
+    near_ratio = _neighbour_quantile(ratio / g, lit)
+    level = np.where(np.isfinite(near_ratio), near_ratio, 1.0)
+    level = np.maximum(level, 1.0) if factor is not None else level
+    prediction = g * mean * level
+    with np.errstate(invalid="ignore", divide="ignore"):
+        noise_score = np.where(lit, var / np.where(prediction > 0, prediction, np.inf), 0.0)
+        electrons = np.maximum(mean, 1e-300) / g
+        # Standard error of a median of sub-block variances (about 1.25x that of a mean).
+        se_rel = 1.25 * np.sqrt((2.0 + 1.0 / electrons) / n)
+        noisy_z = (noise_score - 1.0) / se_rel
+    is_noisy = lit & (noise_score > noisy) & (noisy_z > min_z)
+    near_mean = _neighbour_quantile(mean, usable)
+    near_var = _neighbour_quantile(var, usable)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hot_score = np.where(
+            usable & (near_mean > 0), mean / np.where(near_mean > 0, near_mean, 1.0), 0.0
+        )
+        hot_z = (mean - near_mean) / np.sqrt(np.maximum(near_var, g * near_mean) / n)
+    is_hot = usable & (hot_score > hot) & (hot_z > min_z)
+    # Dead: judged against the dimmer neighbours (25th percentile), so that a pixel just
+    # behind a beam-stop edge, half of whose neighbours are lit, is not dead.
+    low_mean = _neighbour_quantile(mean, usable, q=25.0)
+    expected = np.where(np.isfinite(low_mean), low_mean, 0.0) * n / g
+    is_dead = usable & (var == 0) & (expected >= _MIN_ELECTRONS) & (mean < low_mean)
+    reason = (
+        REASONS_PIXEL["dead"] * is_dead
+        + REASONS_PIXEL["hot"] * is_hot
+        + REASONS_PIXEL["noisy"] * is_noisy
+        + REASONS_PIXEL["nonfinite"] * nonfinite
+    ).astype(np.int64)
+    return {
+        "bad": reason > 0,
+        "reason": reason,
+        "noise_score": noise_score,
+        "hot_score": hot_score,
+        "prediction": prediction,
+        "gain_estimate": estimate,
+        "model": "gain" if gain is not None else ("noise" if k0 is not None else "estimated"),
+        "hot": hot,
+        "noisy": noisy,
+        "min_z": min_z,
+    }
+
+
+# ----------------------------------------------------------------------------- patterns
+def _robust_z(x, valid):
+    """``(x - median) / (1.4826 MAD)`` over the valid entries (0 elsewhere)."""
+    z = np.zeros(x.shape)
+    if valid.sum() < 3:
+        return z
+    v = x[valid]
+    med = np.median(v)
+    mad = _MAD * np.median(np.abs(v - med))
+    if not mad > 0:
+        mad = max(np.std(v), np.finfo(float).tiny)
+    z[valid] = (v - med) / mad
+    return z
+
+
+def polar_outliers(profiles, coverage=None, crystal=6.0, dose=8.0, min_coverage=0.5):
+    """Outlier patterns from their polar transforms over the ring(s).
+
+    Parameters
+    ----------
+    profiles : ndarray, shape navigation + (K, A)
+        Mean intensity per pixel in K radial bands by A azimuthal sectors of every pattern
+        (e.g. ``get_azimuthal_integral2d(npt=K, npt_azim=A, mean=True)``).
+    coverage : (K, A) ndarray or None
+        Covered fraction of every bin; sectors below ``min_coverage`` of their band's best
+        one are ignored (beam-stop arm, detector edge). None: all used.
+    crystal : float
+        Threshold on the crystalline score, in robust standard deviations.
+    dose : float
+        Threshold on the dose score (both signs), in robust standard deviations.
+    min_coverage : float
+        See ``coverage``.
+
+    Returns
+    -------
+    dict
+        ``outlier`` (bool, navigation shaped), ``reason`` (int codes, bits of
+        :data:`REASONS_PATTERN`), ``crystal_score`` and ``dose_score`` (robust z, navigation
+        shaped), ``contrast`` (the largest sector contrast of each pattern), ``intensity``
+        (mean intensity in the range) and the thresholds.
+
+    Notes
+    -----
+    Crystalline score: ``c_n = max_{k,a} (m_nka / m_nk - 1)`` with ``m_nk`` the mean of
+    band ``k`` over its used sectors, standardised as ``(c_n - median c) / (1.4826 MAD c)``
+    over the scan. Dose score: ``d_n = log T_n - median_{3x3} log T`` with ``T_n`` the
+    band-averaged intensity, standardised likewise; a pattern with ``T_n <= 0`` (blanked) is
+    a dose outlier. Neither depends on the ring-averaged fluctuations that make ``V(k)``:
+    they cancel in the contrast, and the dose threshold lies far outside them.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> prof = rng.poisson(400.0, (10, 10, 2, 16)) / 1.0
+    >>> prof[3, 4, 1, 5] *= 4  # a Bragg spot
+    >>> prof[7, 2] = 0.0       # beam blanked
+    >>> out = polar_outliers(prof)
+    >>> np.argwhere(out["outlier"]).tolist()
+    [[3, 4], [7, 2]]
+    """
+    crystal = _check_factor(crystal, "crystal", 0.0)
+    dose = _check_factor(dose, "dose", 0.0)
+    p = np.asarray(profiles, dtype=np.float64)
+    if p.ndim < 3:
+        raise ValueError(f"profiles must be navigation + (K, A), got shape {p.shape}")
+    nav, (k, a) = p.shape[:-2], p.shape[-2:]
+    flat = p.reshape(-1, k, a)
+    use = np.ones((k, a), bool)
+    if coverage is not None:
+        cov = np.asarray(coverage, dtype=float).reshape(k, a)
+        best = cov.max(axis=1, keepdims=True)
+        use = (cov > 0) & (cov >= min_coverage * best)
+    finite = np.isfinite(flat[:, use]).all(axis=1)
+    clean = np.where(np.isfinite(flat), flat, 0.0)
+    n_use = use.sum(axis=1)
+    band = (clean * use).sum(axis=2) / np.maximum(n_use, 1)  # (N, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        contrast = np.where(use, clean / band[:, :, None] - 1.0, -np.inf)
+    contrast = np.where(np.isfinite(contrast), contrast, -np.inf)
+    c = contrast.reshape(len(flat), -1).max(axis=1)
+    total = (band * (n_use > 0)).sum(axis=1) / max(int((n_use > 0).sum()), 1)
+    lit = finite & (total > 0)
+    c = np.where(lit & np.isfinite(c), c, 0.0)
+    crystal_z = _robust_z(c, lit)
+    logt = np.log(np.where(lit, total, 1.0))
+    grid = logt.reshape(nav if len(nav) == 2 else (1, -1))
+    valid_grid = lit.reshape(grid.shape)
+    fill = np.median(logt[lit]) if lit.any() else 0.0
+    local = ndimage.median_filter(np.where(valid_grid, grid, fill), size=3, mode="nearest")
+    d = (grid - local).ravel()
+    dose_z = _robust_z(d, lit)
+    is_crystal = lit & (crystal_z > crystal)
+    is_dose = finite & ((~lit) | (np.abs(dose_z) > dose))
+    reason = (
+        REASONS_PATTERN["crystalline"] * is_crystal
+        + REASONS_PATTERN["dose"] * is_dose
+        + REASONS_PATTERN["nonfinite"] * ~finite
+    ).astype(np.int64)
+    return {
+        "outlier": (reason > 0).reshape(nav),
+        "reason": reason.reshape(nav),
+        "crystal_score": crystal_z.reshape(nav),
+        "dose_score": dose_z.reshape(nav),
+        "contrast": c.reshape(nav),
+        "intensity": total.reshape(nav),
+        "crystal": crystal,
+        "dose": dose,
+    }
+
+
+# ----------------------------------------------------------------------------- descan
+_MODELS = {"constant": 1, "plane": 3, "quadratic": 6}
+
+
+def _design(yx, model):
+    y, x = yx[:, 0], yx[:, 1]
+    cols = [np.ones_like(y)]
+    if model in ("plane", "quadratic"):
+        cols += [x, y]
+    if model == "quadratic":
+        cols += [x * x, x * y, y * y]
+    return np.column_stack(cols)
+
+
+def fit_centers(tile_images, tile_positions, navigation_positions, start_center, affine=None,
+                radial_range=None, mask=None, model="plane", n_azimuth=90, max_iter=3):
+    """Per-position pattern centres: a ring fit on every tile sum, smoothed by a model.
+
+    Each tile image is fitted with :func:`femlib.ellipse.refine_center_affine` (from
+    ``start_center`` and ``affine``, on the ring in ``radial_range``); the tile centres are
+    then fitted by least squares with a low-order polynomial of the scan position (tiles
+    further than 4 robust standard deviations from a first fit are dropped, then refitted),
+    which is evaluated at every position.
+
+    Parameters
+    ----------
+    tile_images : (T, rows, columns) ndarray
+        Sum of the patterns of every tile.
+    tile_positions : (T, 2) ndarray
+        Mean scan position ``(row, column)`` (in scan steps) of every tile's patterns.
+    navigation_positions : (N, 2) ndarray
+        Scan positions ``(row, column)`` to evaluate the model at.
+    start_center : (2,) array_like
+        Starting centre ``(x, y)`` px (e.g. from the scan's sum).
+    affine : (3, 3) array_like or None
+        Starting affine (the rings' distortion).
+    radial_range : (float, float) or None
+        Ring to fit, corrected pixels; None: the brightest ring about the start.
+    mask : (rows, columns) bool or None
+        Excluded pixels (beam stop, bad pixels): rays crossing them are dropped.
+    model : {"plane", "quadratic", "constant"}
+        Smoothing model of the centre over the scan: ``c(y, x) = a + b x + c y`` (plane,
+        what a linear descan gives), plus ``x^2, xy, y^2`` (quadratic), or one centre.
+    n_azimuth : int
+        Azimuthal sectors of the ring fits.
+    max_iter : int
+        Iterations of each tile's refinement (it starts from the scan's fit, a few pixels
+        off at most).
+
+    Returns
+    -------
+    dict
+        ``centers`` (N, 2) x, y px; ``tile_centers`` (T, 2) x, y px of the raw fits (NaN
+        where a fit failed); ``tile_ok`` (T,) fitted and kept; ``residual`` (T, 2) raw minus
+        model; ``rms_residual`` (px, over the kept tiles); ``coefficients`` (2, M);
+        ``model``; ``errors`` (message per failed tile).
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or fewer usable tiles than the model has parameters (with the
+        number of failed fits and a suggestion).
+
+    Examples
+    --------
+    >>> rows, cols = np.mgrid[:64, :64]
+    >>> def ring(cx, cy):
+    ...     return 100 * np.exp(-(np.hypot(cols - cx, rows - cy) - 20) ** 2 / 4) + 10
+    >>> pos = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    >>> images = np.stack([ring(31.5 + 0.5 * c, 30.0 + 0.3 * r) for r, c in pos])
+    >>> fit = fit_centers(images, pos, pos, (31.5, 30.0), radial_range=(12, 28))
+    >>> fit["centers"].round(3).tolist()
+    [[31.5, 30.0], [32.0, 30.0], [31.5, 30.3], [32.0, 30.3]]
+    """
+    from femlib.ellipse import EllipseFitError, refine_center_affine
+
+    if model not in _MODELS:
+        raise ValueError(
+            f"model must be one of 'plane', 'quadratic', 'constant', got {model!r}"
+        )
+    images = np.asarray(tile_images, dtype=float)
+    tpos = np.asarray(tile_positions, dtype=float).reshape(-1, 2)
+    npos = np.asarray(navigation_positions, dtype=float).reshape(-1, 2)
+    start = np.asarray(start_center, dtype=float)
+    raw = np.full((len(images), 2), np.nan)
+    errors = {}
+
+    def fit(t):
+        image = images[t]
+        if not np.isfinite(image).any() or not image.any():
+            return t, None, "no counts"
+        try:
+            c, _ = refine_center_affine(
+                image, start[::-1], affine, radial_range=radial_range, mask=mask,
+                n_azimuth=n_azimuth, units="pixel", max_iter=max_iter,
+            )
+        except (EllipseFitError, ValueError, np.linalg.LinAlgError) as err:
+            return t, None, str(err)
+        return t, c[::-1], None
+
+    # The fits are independent and mostly in scipy.ndimage (which releases the GIL).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor() as pool:
+        for t, c, err in pool.map(fit, range(len(images))):
+            if err is None:
+                raw[t] = c
+            else:
+                errors[t] = err
+    ok = np.isfinite(raw).all(axis=1)
+    fit_model = model
+    need = _MODELS[fit_model]
+    if ok.sum() < need:
+        detail = f" (first failure: {next(iter(errors.values()))})" if errors else ""
+        raise ValueError(
+            f"only {int(ok.sum())} of {len(images)} tiles gave a ring fit but model="
+            f"{model!r} needs {need}{detail}; use larger tiles, model='constant', give "
+            "radial_range around a ring and a mask of the beam stop"
+        )
+    design = _design(tpos, fit_model)
+    keep = ok.copy()
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(design[keep], raw[keep], rcond=None)
+        res = raw - design @ coef
+        dist = np.hypot(res[:, 0], res[:, 1])
+        scale = _MAD * np.median(dist[keep]) if keep.sum() > need else 0.0
+        new = ok & (dist <= 4 * max(scale, 0.02))
+        if new.sum() < need or (new == keep).all():
+            break
+        keep = new
+    coef, *_ = np.linalg.lstsq(design[keep], raw[keep], rcond=None)
+    res = raw - design @ coef
+    centers = _design(npos, fit_model) @ coef
+    return {
+        "centers": centers,
+        "tile_centers": raw,
+        "tile_positions": tpos,
+        "tile_ok": keep,
+        "residual": res,
+        "rms_residual": float(np.sqrt(np.mean(np.sum(res[keep] ** 2, axis=1)))),
+        "coefficients": coef.T,
+        "model": model,
+        "errors": errors,
+    }
+
+
+def plot_descan(fit, ax=None, scale=None):
+    """Figure of a descan fit: the raw tile centres and the model, as shifts over the scan.
+
+    Parameters
+    ----------
+    fit : dict or signal
+        The result of :func:`fit_centers`, or the signal returned by
+        ``FEMDiffraction2D.find_centers`` (its ``metadata.Screening.descan``).
+    ax : (2,) matplotlib Axes or None
+        Two axes (shift field, residuals); None makes a new figure.
+    scale : float or None
+        Arrow scale (matplotlib ``quiver``); None is automatic.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> rows, cols = np.mgrid[:64, :64]
+    >>> images = np.stack([100 * np.exp(-(np.hypot(cols - 31.5 - 0.5 * c, rows - 30) - 20)
+    ...                    ** 2 / 4) + 10 for c in range(4)])
+    >>> pos = np.column_stack([np.zeros(4), np.arange(4.0)])
+    >>> fig = plot_descan(fit_centers(images, pos, pos, (31.5, 30), radial_range=(12, 28)))
+    >>> len(fig.axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(fit, dict):
+        md = fit.metadata.Screening.descan
+        fit = md.as_dictionary() if hasattr(md, "as_dictionary") else dict(md)
+    raw = np.asarray(fit["tile_centers"], dtype=float)
+    res = np.asarray(fit["residual"], dtype=float)
+    pos = np.asarray(fit["tile_positions"], dtype=float)
+    ok = np.asarray(fit["tile_ok"], dtype=bool)
+    model = raw - res
+    if ax is None:
+        fig, ax = plt.subplots(1, 2, figsize=(9, 4))
+    else:
+        fig = ax[0].figure
+    ref = np.nanmean(model[ok], axis=0)
+    ax[0].quiver(pos[ok, 1], pos[ok, 0], *(raw[ok] - ref).T, color="k", angles="xy",
+                 scale=scale, label="tile fits")
+    ax[0].quiver(pos[ok, 1], pos[ok, 0], *(model[ok] - ref).T, color="C1", angles="xy",
+                 scale=scale, alpha=0.7, label=f"{fit['model']} model")
+    if (~ok).any():
+        ax[0].plot(pos[~ok, 1], pos[~ok, 0], "rx", label="failed / dropped")
+    ax[0].set(xlabel="scan x (steps)", ylabel="scan y (steps)",
+              title="pattern centre minus its mean (px)")
+    ax[0].invert_yaxis()
+    ax[0].legend(loc="upper right", fontsize="small")
+    ax[1].plot(res[ok, 0], res[ok, 1], "o", ms=3)
+    ax[1].axhline(0, color="0.7")
+    ax[1].axvline(0, color="0.7")
+    ax[1].set(xlabel="residual x (px)", ylabel="residual y (px)",
+              title=f"fit residual, rms {fit['rms_residual']:.3f} px")
+    ax[1].set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    return fig
