@@ -34,11 +34,12 @@ workers. Nested numba threading inside dask tasks oversubscribes the cores, mult
 per-thread buffers, and aborts under numba's workqueue threading layer.
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from femlib._jit import njit
 
 _JIT = {"nogil": True, "cache": True, "fastmath": False}
 
@@ -139,7 +140,7 @@ def _make_dots(with_q, with_j):
     return dots
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _rows(f0, n):  # pragma: no cover
     """The eight frame rows of the step at ``f0``; past the last frame, the last frame again
     (its results are not written)."""
@@ -148,7 +149,7 @@ def _rows(f0, n):  # pragma: no cover
             min(f0 + 4, last), min(f0 + 5, last), min(f0 + 6, last), min(f0 + 7, last))
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _load8(frames, r, p):  # pragma: no cover
     """Pixel ``p`` of the eight frame rows ``r``, as float64."""
     return (np.float64(frames[r[0], p]), np.float64(frames[r[1], p]),
@@ -165,7 +166,7 @@ _dots_j = _make_dots(False, True)
 _dots_qj = _make_dots(True, True)
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,  # noqa: C901
                  pixsum, pixsq, with_q, with_j):  # pragma: no cover
     """The FEM pass (:func:`ring_moments`); pixel sums where ``pixsum`` (and squares where
@@ -372,7 +373,7 @@ def _polar_block(typingctx, out, f0, k0, xt, indptr, cindex, wdata, scale, z):  
     return sig, codegen
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def apply_tiled(frames, touched, indptr, cindex, wdata, scale, out, bad):  # pragma: no cover
     """``out[f, k] = scale[k] * sum_p w[k, p] * frames[f, p]``, bin-major (many bins).
 
