@@ -854,6 +854,8 @@ def run_fem(args, progress=None, command=None):
             thickness=thickness, bins=args.thickness_bins, show_progressbar=False,
             **correction,
         )
+        if var._lazy:  # lazy input gives a lazy V(k): the pass runs here
+            var.compute(show_progressbar=False)
     if annulus is not None:
         _relabel_relative_bins(var)
     # The transform is linear: transforming the summed pattern once gives the sum of the

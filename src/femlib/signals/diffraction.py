@@ -1,6 +1,8 @@
 """``FEMDiffraction2D``: a stack of nanobeam diffraction patterns (4D-STEM)."""
 
 import copy
+import functools
+import math
 import warnings
 
 import numpy as np
@@ -18,7 +20,7 @@ from femlib import variance as _variance
 from femlib.calibration import Calibration, azimuth_fraction_on_detector
 from femlib.signals._state import CalibrationStateMixin, take_positions
 from femlib.signals.polar import FEMPolar2D, LazyFEMPolar2D
-from femlib.signals.variance import FEMVariance1D
+from femlib.signals.variance import FEMVariance1D, LazyFEMVariance1D
 
 __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
 
@@ -215,7 +217,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
-            Default: HyperSpy's preference.
+            Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
+            eager data then draw the bar only for passes longer than a second.
 
         Returns
         -------
@@ -274,7 +277,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
-            Default: HyperSpy's preference.
+            Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
+            eager data then draw the bar only for passes longer than a second.
 
         Returns
         -------
@@ -414,7 +418,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             Thickness bins: a count of equal-width bins or explicit edges. ``V(k)`` is
             computed inside every bin in the same pass.
         show_progressbar : bool or None
-            Default: HyperSpy's preference.
+            Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
+            eager data then draw the bar only for passes longer than a second.
         subtract_nonuniformity : bool
             Subtract the static within-ring non-uniformity of the mean pattern from ``r``
             and ``re`` (see :func:`femlib.variance.estimate`); other methods unchanged.
@@ -455,8 +460,26 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             :meth:`FEMVariance1D.combined`). When ``r`` or ``re`` is asked for, also
             ``ring_nonuniformity`` and ``ring_nonuniformity_standard_error`` (per radial
             bin, and per thickness bin when binned, plus ``combined_ring_nonuniformity``)
-            and ``subtract_nonuniformity``. The result is computed (not lazy) for lazy
-            input too: a few hundred numbers from one streaming pass.
+            and ``subtract_nonuniformity``. When all-zero patterns were left out (see
+            Warns), ``number_of_zero_patterns``.
+
+            Lazy input gives a :class:`~femlib.signals.LazyFEMVariance1D`: nothing is read
+            until its ``compute()``, which runs the one pass and fills the standard error
+            and the metadata that need it (``number_of_patterns``, counts, jackknife,
+            combined curves; before it, ``metadata.FEM`` holds what the call fixes) and
+            issues the pass's warnings; its axes are known at once. ``dask.compute`` of
+            several such results reads the data once for all of them.
+
+        Warns
+        -----
+        UserWarning
+            Patterns with NaN or infinite weighted pixels (left out, counted). Patterns
+            exactly 0 in every radial bin while the others' mean dose makes that
+            improbable (chance below 1e-6 under Poisson statistics with ``gain``, or with
+            counts taken as electrons without one): left out as missing data (a missing
+            chunk of a zarr store reads as zeros) and counted; where such zeros are
+            plausible they are kept. ``npt=1`` or a radial range narrower than one pixel
+            (V(k) means nothing there).
 
         Raises
         ------
@@ -496,6 +519,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             )
         w = self._weights(npt, 1, radial_range, None, mask)
         _check_no_empty_bins(w)
+        _warn_meaningless_bins(w, npt, radial_range, self.calibration.geometry(mask=mask))
         labels, n_groups, edges, layout = self._group_labels(
             thickness, bins, navigation_mask, groups, tiles
         )
@@ -508,19 +532,42 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
             compute=False,
         )
-        moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
-        if moments.n_nonfinite:
+        cal = self.calibration
+        finish = functools.partial(
+            self._finish_variance, w=w, methods=methods, method=method, gain=gain,
+            noise=noise, n_groups=n_groups, edges=edges, layout=layout,
+            subtract_nonuniformity=bool(subtract_nonuniformity),
+            calibration={
+                "center": cal.center,
+                "affine": np.eye(3) if cal.affine is None else cal.affine,
+            },
+        )
+        if self._lazy:
+            return _lazy_variance(work, finish, labels, n_groups, methods, shot is not None, w)
+        return finish(_compute(work, show_progressbar, scheduler="threads"))
+
+    def _finish_variance(self, moments, w, methods, method, gain, noise, n_groups, edges,
+                         layout, subtract_nonuniformity, calibration, quiet=False):
+        """The FEMVariance1D of the moments of one pass (eager, or a lazy result's
+        compute). ``quiet``: no warnings (the lazy result's template)."""
+        n_zero = 0 if moments.zero_count is None else int(moments.zero_count.sum())
+        if n_zero:
+            moments = _zero_patterns(moments, n_zero, w, gain, noise, quiet)
+        if moments.n_nonfinite and not quiet:
             warnings.warn(
                 f"{moments.n_nonfinite} pattern(s) with NaN or infinite values in unmasked "
                 "pixels of the radial range were left out (mask those pixels, or exclude the "
                 "positions with navigation_mask)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
+        left_out = 0 if moments.zero_count is None else int(moments.zero_count.sum())
         if moments.n_frames < 2:
             raise ValueError(
                 f"only {moments.n_frames} usable pattern(s) (after navigation_mask, thickness "
-                f"edges and {moments.n_nonfinite} non-finite): V(k) needs at least 2"
+                + (f"edges, {moments.n_nonfinite} non-finite and {left_out} all-zero)"
+                   if left_out else f"edges and {moments.n_nonfinite} non-finite)")
+                + ": V(k) needs at least 2"
             )
         if edges is not None:
             counts = moments.count.reshape(n_groups, -1).sum(axis=1).astype(int)
@@ -529,14 +576,20 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                     f"no thickness bin holds 2 or more patterns (counts {counts.tolist()}): "
                     "use fewer or wider bins"
                 )
-        res = _variance.estimate(
-            moments, w, methods, gain, k0=None if noise is None else float(noise.k0),
-            subtract_nonuniformity=subtract_nonuniformity,
-        )
-        _variance.warn_undefined(res, w.radial_centers)
-        result = self._variance_signal(
-            res, w, methods, method, gain if noise is None else float(noise.gain), edges, layout
-        )
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            res = _variance.estimate(
+                moments, w, methods, gain, k0=None if noise is None else float(noise.k0),
+                subtract_nonuniformity=subtract_nonuniformity,
+            )
+            _variance.warn_undefined(res, w.radial_centers)
+            result = self._variance_signal(
+                res, w, methods, method, gain if noise is None else float(noise.gain), edges,
+                layout, calibration=calibration,
+            )
+        if left_out:
+            result.metadata.FEM.number_of_zero_patterns = left_out
         if noise is not None:
             result.metadata.FEM.noise_model = {
                 "gain": float(noise.gain),
@@ -593,7 +646,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             "axes": [(ax.name, ax.units) for ax in (nav[1], nav[0])],
         }
 
-    def _variance_signal(self, res, w, methods, method, gain, edges, layout=None):
+    def _variance_signal(self, res, w, methods, method, gain, edges, layout=None,
+                         calibration=None):
         single = len(methods) == 1
         fem = {
             "method": methods[0] if single else list(methods),
@@ -602,7 +656,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             "npt": w.npt,
             "radial_range": tuple(float(x) for x in w.radial_edges[[0, -1]]),
             "number_of_patterns": int(res["counts"][res["used_groups"]].sum()),
-            "Calibration": {
+            "Calibration": calibration or {
                 "center": self.calibration.center,
                 "affine": np.eye(3) if self.calibration.affine is None else self.calibration.affine,
             },
@@ -795,6 +849,109 @@ def _check_noise(gain, noise):
     return None, noise
 
 
+#: An all-zero pattern less probable than this under Poisson statistics is taken for
+#: missing data (and left out).
+_ZERO_PROBABILITY = 1e-6
+
+
+def _zero_patterns(moments, n_zero, w, gain, noise, quiet):
+    """Leave out (with a warning) or put back the patterns that are exactly 0 in every
+    radial bin: left out when the other patterns' dose makes a zero improbable (chance
+    below :data:`_ZERO_PROBABILITY` under Poisson statistics), else put back."""
+    n = moments.n_frames
+    total = float((moments.count[:, None] * moments.mean[:, 0, :]).sum()) / max(n, 1)
+    g = gain if gain is not None else float(noise.gain) if noise is not None else 1.0
+    electrons = total / g
+    assumed = "" if gain is not None or noise is not None else (
+        " (detector units taken as electrons: no gain given)")
+    chance = math.exp(-electrons) if n else 1.0
+    if chance >= _ZERO_PROBABILITY:
+        return _moments.with_zero_frames(moments)  # plausible shot noise at this dose
+    if not quiet:
+        r0, r1 = (float(r) for r in w.radial_edges[[0, -1]])
+        warnings.warn(
+            f"{n_zero} pattern(s) are exactly 0 in the whole radial range ({r0:.4g}, "
+            f"{r1:.4g}) while the other {n} hold {electrons:.4g} electrons there on average"
+            f"{assumed}"
+            f" (chance of an empty pattern {chance:.2g}): left out as missing data (a "
+            "missing chunk of a zarr store reads as zeros). metadata.FEM."
+            "number_of_zero_patterns holds the count",
+            UserWarning,
+            stacklevel=4,
+        )
+    return moments
+
+
+def _warn_meaningless_bins(w, npt, radial_range, geo):
+    """One warning when the bins asked for cannot give a meaningful V(k): a single radial
+    bin, or a radial range narrower than one detector pixel."""
+    given = "the default radial range" if radial_range is None else (
+        f"radial_range={tuple(radial_range)!r}")
+    r0, r1 = (float(r) for r in w.radial_edges[[0, -1]])
+    pixel = float(np.mean(np.abs(geo["scale"])))
+    if r1 - r0 < pixel:
+        warnings.warn(
+            f"{given} is narrower ({r1 - r0:.4g}) than one detector pixel ({pixel:.4g} "
+            "calibrated units): every bin holds fractions of the same few pixels and V(k) "
+            "means nothing; widen the range",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif npt == 1:
+        warnings.warn(
+            f"npt=1 gives a single radial bin over {given} ({r0:.4g}, {r1:.4g}): V is one "
+            "number averaged over the rings, not a curve of k; use npt >= 2 (e.g. 50)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _lazy_variance(work, finish, labels, n_groups, methods, shot, w):
+    """A LazyFEMVariance1D of the pass ``work``: ``compute()`` runs it and ``finish``.
+
+    Its axes are those of ``finish`` on stand-in moments with the frame counts the labels
+    give (the pass's own unless frames turn out non-finite or all-zero); metadata that
+    needs the pass (standard error, counts, jackknife, combined curves) and the warnings
+    come with ``compute()``.
+    """
+    import dask
+    import dask.array as da
+
+    need = _moments.needs(methods, shot)
+    nb = _moments.N_BLOCKS
+    states = _moments.frame_states(labels.size, labels.ravel(), n_groups, nb)
+    n_states = n_groups * nb
+    count = np.bincount(states[states >= 0], minlength=n_states).astype(float)
+    k, p = w.area.size, w.touched.size
+    stand_in = _moments.Moments(
+        count, np.ones((n_states, len(_moments.COLUMNS), k)), np.ones((n_states, k)),
+        np.ones((n_states, p)) if need["pixel_means"] else None,
+        np.ones((n_states, p)) if need["pixel_squares"] else None,
+        n_groups, nb, 0, need["squares"], shot, need["ratio"], np.zeros(n_states),
+    )
+    template = finish(stand_in, quiet=True)
+    data = da.from_delayed(
+        dask.delayed(_variance_data, pure=False)(work, finish), template.data.shape,
+        dtype=template.data.dtype,
+    )
+    md = template.metadata.as_dictionary()
+    md.get("Signal", {}).pop("Noise_properties", None)
+    md["FEM"] = {key: value for key, value in md["FEM"].items() if key in _CALL_KEYS}
+    result = LazyFEMVariance1D(data, axes=template.axes_manager._get_axes_dicts(),
+                               metadata=md)
+    result._femlib_pending = {"work": work, "finish": finish, "run": _compute, "data": data}
+    return result
+
+
+#: metadata.FEM keys of a lazy V(k) before compute(): those the call fixes.
+_CALL_KEYS = ("method", "methods", "gain", "npt", "radial_range", "Calibration",
+              "thickness_edges", "tiles", "noise_model", "subtract_nonuniformity")
+
+
+def _variance_data(moments, finish):
+    return finish(moments).data
+
+
 def _warn_off_detector(geo, weights):
     """One warning when the centre looks unset or the radial range mostly misses the
     detector (the integral would then be taken around the wrong point)."""
@@ -842,20 +999,30 @@ def _nav_axis(name, units, values):
     return {"name": name, "units": units, "axis": values, "navigate": True}
 
 
-def _compute(work, show_progressbar, scheduler=None):
-    """Compute with dask (the active scheduler, or ``scheduler``), with dask's progress bar
-    on local schedulers when asked (default: HyperSpy's preference)."""
+def _compute(work, show_progressbar, scheduler=None, **kwargs):
+    """Compute with dask (the active scheduler, or ``scheduler``; ``kwargs`` go to
+    ``dask.compute``), with dask's progress bar on local schedulers when asked (default:
+    HyperSpy's preference, ``hs.preferences.General.show_progressbar``; eager data then
+    draw it only for passes longer than a second)."""
     import contextlib
 
     import dask
 
     from femlib._progress import ProgressBar
 
+    # With the default (HyperSpy's preference), a pass over eager data draws its bar only
+    # when it lasts over a second: most take a fraction of one, and a bar per call fills a
+    # notebook or a script's output.
+    minimum = 1.0 if show_progressbar is None and scheduler == "threads" else 0.0
     if show_progressbar is None:
         show_progressbar = preferences.General.show_progressbar
-    ctx = ProgressBar() if show_progressbar else contextlib.nullcontext()
+    ctx = ProgressBar(minimum=minimum) if show_progressbar else contextlib.nullcontext()
+    if scheduler == "threads":
+        # The threaded scheduler itself: named by its string, dask first imports
+        # distributed (a second of the first call) to look for a client it then ignores.
+        from dask.threaded import get as scheduler
     with ctx:
-        (result,) = dask.compute(work, scheduler=scheduler)
+        (result,) = dask.compute(work, scheduler=scheduler, **kwargs)
     return result
 
 
