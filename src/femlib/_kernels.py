@@ -168,9 +168,11 @@ _dots_qj = _make_dots(True, True)
 
 @njit(**_JIT)
 def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,  # noqa: C901
-                 pixsum, pixsq, with_q, with_j):  # pragma: no cover
+                 pixsum, pixsq, with_j):  # pragma: no cover
     """The FEM pass (:func:`ring_moments`); pixel sums where ``pixsum`` (and squares where
-    ``pixsq``) has columns."""
+    ``pixsq``) has columns. ``sdata`` None: no ``Q``; ``with_j`` None: no ``J``. Both are
+    told apart by type, so each variant of the bin sums is a specialisation of its own,
+    compiled on first use (numba prunes the ``is None`` branches before typing)."""
     n = rows.size
     nbins = out.shape[2]
     n_out = out.shape[0]
@@ -211,14 +213,15 @@ def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, ou
                             pixsq[st[i], j] += x[i] * x[i]
         for k in range(nbins):
             lo, hi = indptr[k], indptr[k + 1]
-            if with_q and with_j:
-                _dots_qj(res, xt, cindex, wdata, sdata, lo, hi)
-            elif with_q:
+            if sdata is None:
+                if with_j is None:
+                    _dots_i(res, xt, cindex, wdata, wdata, lo, hi)
+                else:
+                    _dots_j(res, xt, cindex, wdata, wdata, lo, hi)
+            elif with_j is None:
                 _dots_q(res, xt, cindex, wdata, sdata, lo, hi)
-            elif with_j:
-                _dots_j(res, xt, cindex, wdata, sdata, lo, hi)
             else:
-                _dots_i(res, xt, cindex, wdata, sdata, lo, hi)
+                _dots_qj(res, xt, cindex, wdata, sdata, lo, hi)
             for c in range(n_out):
                 for i in range(nf):
                     out[c, f0 + i, k] = res[c, i]
@@ -269,9 +272,8 @@ def ring_moments(frames, touched, indptr, cindex, wdata, states, nstates, rows=N
     pixsum = np.zeros((nstates, touched.size) if pixel_means else (0, 0))
     pixsq = np.zeros((nstates, touched.size) if pixel_squares else (0, 0))
     if n:
-        _ring_kernel(frames, rows, touched, indptr, cindex, wdata,
-                     wdata if sdata is None else sdata, states, out, pixsum, pixsq, with_q,
-                     bool(with_j))
+        _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,
+                     pixsum, pixsq, True if with_j else None)
     return out, (pixsum if pixel_means else None), (pixsq if pixel_squares else None)
 
 
