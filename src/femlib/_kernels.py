@@ -149,15 +149,6 @@ def _rows(f0, n):  # pragma: no cover
             min(f0 + 4, last), min(f0 + 5, last), min(f0 + 6, last), min(f0 + 7, last))
 
 
-@njit(**_JIT)
-def _load8(frames, r, p):  # pragma: no cover
-    """Pixel ``p`` of the eight frame rows ``r``, as float64."""
-    return (np.float64(frames[r[0], p]), np.float64(frames[r[1], p]),
-            np.float64(frames[r[2], p]), np.float64(frames[r[3], p]),
-            np.float64(frames[r[4], p]), np.float64(frames[r[5], p]),
-            np.float64(frames[r[6], p]), np.float64(frames[r[7], p]))
-
-
 # The four variants of the bin sums, as module globals: a kernel that reads them from its
 # globals is cached on disk by numba (one holding a fresh intrinsic in a closure is not).
 _dots_i = _make_dots(False, False)
@@ -195,7 +186,13 @@ def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, ou
         s0 = st[0]
         same = same and s0 >= 0
         for j in range(touched.size):
-            x = _load8(frames, r, touched[j])
+            # Pixel p of the eight frame rows, as float64 (written out here: a helper is
+            # one more compilation).
+            p = touched[j]
+            x = (np.float64(frames[r[0], p]), np.float64(frames[r[1], p]),
+                 np.float64(frames[r[2], p]), np.float64(frames[r[3], p]),
+                 np.float64(frames[r[4], p]), np.float64(frames[r[5], p]),
+                 np.float64(frames[r[6], p]), np.float64(frames[r[7], p]))
             for i in range(LANES):
                 xt[j, i] = x[i]
             if not with_pm:

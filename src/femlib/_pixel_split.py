@@ -177,13 +177,19 @@ def _sector_weights(
 
 
 @njit(**_JIT)
-def _grow(a, size):  # pragma: no cover
-    # An explicit loop: a slice assignment compiles numba's shape-mismatch message (string
+def _grow(out_bin, out_pix, out_w, size):  # pragma: no cover
+    """The three output arrays, copied into new ones of ``size`` entries (one helper for
+    the three: each helper is a compilation of its own)."""
+    # Explicit loops: a slice assignment compiles numba's shape-mismatch message (string
     # formatting), seconds of a cold compile.
-    b = np.empty(size, a.dtype)
-    for i in range(a.size):
-        b[i] = a[i]
-    return b
+    b = np.empty(size, np.int64)
+    p = np.empty(size, np.int64)
+    w = np.empty(size, np.float64)
+    for i in range(out_w.size):
+        b[i] = out_bin[i]
+        p[i] = out_pix[i]
+        w[i] = out_w[i]
+    return b, p, w
 
 
 @njit(**_JIT)
@@ -287,9 +293,7 @@ def split_pixels(
                 need = 2 * (redges.size + 1)
                 if count + need > out_w.size:
                     size = 2 * out_w.size + need
-                    out_bin = _grow(out_bin, size)
-                    out_pix = _grow(out_pix, size)
-                    out_w = _grow(out_w, size)
+                    out_bin, out_pix, out_w = _grow(out_bin, out_pix, out_w, size)
                 # One call site per helper (each call site is compiled on its own): the
                 # whole pixel (full circle), the sector between the edges of bin j, or its
                 # halves [a_j, mid] and [mid, a_j+1] (a sector wider than pi, npt_azim == 1).
