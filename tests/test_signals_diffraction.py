@@ -1124,3 +1124,17 @@ def test_variance_ordinary_bins_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         s.get_variance(npt=2, radial_range=(3.0, 4.0))
+
+
+def test_off_detector_warning_says_when_the_range_is_the_default():
+    s = _signal(_poisson(nav=(3,)))
+    s.calibration.center = (0.0, 0.0)
+    with pytest.warns(UserWarning) as caught:
+        s.get_azimuthal_integral1d(npt=4)
+    (msg,) = [str(w.message) for w in caught]
+    assert re.match(r"only \d+% of the azimuths of the radial range \(0, 21\.92\) \(the default "
+                    r"of radial_range=None: 0 to the farthest detector corner\) lie", msg)
+    with pytest.warns(UserWarning) as caught:
+        s.get_azimuthal_integral1d(npt=4, radial_range=(1.0, 7.0))
+    (msg,) = [str(w.message) for w in caught]
+    assert msg.startswith("only 30% of the azimuths of the radial range (1, 7) lie on")

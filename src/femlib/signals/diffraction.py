@@ -81,7 +81,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             azimuth_range=azimuth_range,
             mask=geo["mask"],
         )
-        _warn_off_detector(geo, weights)
+        _warn_off_detector(geo, weights, radial_range)
         return weights
 
     def _radius_axis(self, weights):
@@ -952,9 +952,10 @@ def _variance_data(moments, finish):
     return finish(moments).data
 
 
-def _warn_off_detector(geo, weights):
+def _warn_off_detector(geo, weights, radial_range=None):
     """One warning when the centre looks unset or the radial range mostly misses the
-    detector (the integral would then be taken around the wrong point)."""
+    detector (the integral would then be taken around the wrong point). The range is
+    named as the user gave it (or as the default when ``radial_range`` is None)."""
     fraction = float(
         azimuth_fraction_on_detector(
             geo["detector_shape"], geo["center"], geo["affine"], geo["scale"],
@@ -966,8 +967,12 @@ def _warn_off_detector(geo, weights):
         return
     cx, cy = (float(c) + 0.0 for c in geo["center"])  # + 0.0: no "-0" in the message
     r0, r1 = (float(r) for r in weights.radial_edges[[0, -1]])
+    given = f"the radial range ({r0:.4g}, {r1:.4g})" + (
+        "" if radial_range is not None
+        else " (the default of radial_range=None: 0 to the farthest detector corner)"
+    )
     msg = (
-        f"only {fraction:.0%} of the azimuths of the radial range ({r0:.4g}, {r1:.4g}) lie "
+        f"only {fraction:.0%} of the azimuths of {given} lie "
         f"on the detector around the centre ({cx:.4g}, {cy:.4g}) px"
     )
     if unset:
