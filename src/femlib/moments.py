@@ -79,7 +79,8 @@ class Moments:
         Frames left out because a weighted pixel was NaN or infinite.
     zero_count : (S,) ndarray or None
         Frames left out per state because every ring sum was exactly 0 (a missing chunk of
-        a zarr store reads as zeros); :func:`with_zero_frames` puts them back.
+        a zarr store reads as zeros), with ``leave_out_zero`` (else 0);
+        :func:`with_zero_frames` puts them back.
     squares : bool
         Whether ``J``, ``U`` and ``V`` were accumulated.
     shot : bool
@@ -202,6 +203,7 @@ class _Plan:
     ratio: bool
     pixel_means: bool
     pixel_squares: bool
+    leave_out_zero: bool = False
 
 
 def _shot_data(weights, shot_weights):
@@ -323,10 +325,10 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
         states = np.where(nonfinite, -1, states)
         if pixel_sums:
             _, pixsum, pixsq = run(states, ring=False)
-    # Frames exactly 0 in every bin are left out too and counted per state (the caller
-    # decides whether they are plausible shot noise, with_zero_frames, or missing data).
-    # They add nothing to the pixel sums: those need no second run.
-    zero = (states >= 0) & ~np.any(sums[0] != 0, axis=1)
+    # On request, frames exactly 0 in every bin are left out too and counted per state
+    # (the caller decides whether they are plausible shot noise, with_zero_frames, or
+    # missing data). They add nothing to the pixel sums: those need no second run.
+    zero = (states >= 0) & ~np.any(sums[0] != 0, axis=1) & plan.leave_out_zero
     zero_count = np.bincount(states[zero], minlength=nstates).astype(float)
     if zero.any():
         states = np.where(zero, -1, states)
@@ -433,7 +435,7 @@ def with_zero_frames(m):
     >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
     >>> f = np.ones((6, 16, 16))
     >>> f[2] = 0.0
-    >>> m = accumulate_moments(f, w, n_blocks=1)
+    >>> m = accumulate_moments(f, w, n_blocks=1, leave_out_zero=True)
     >>> m.n_frames, int(m.zero_count.sum()), with_zero_frames(m).n_frames
     (5, 1, 6)
     """
@@ -512,7 +514,7 @@ def _blocks(frames, block_bytes):
 
 def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=("Omega",),
                        n_groups=None, n_blocks=N_BLOCKS, compute=True,
-                       block_bytes=BLOCK_BYTES):
+                       block_bytes=BLOCK_BYTES, leave_out_zero=False):
     """The FEM pass: one read of the frames into the moments ``methods`` need.
 
     Eager (numpy) and lazy (dask) frames take the same path, a dask graph of one task per
@@ -547,6 +549,11 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         input wants ``scheduler="threads"``).
     block_bytes : int
         Size of the dask tasks that eager frames are cut into.
+    leave_out_zero : bool
+        Leave out the frames whose ring sums are all exactly 0 and count them per state
+        (:attr:`Moments.zero_count`; :func:`with_zero_frames` puts them back): the caller
+        tells missing data (a missing chunk of a zarr store reads as zeros) from shot noise
+        after the pass, still one pass.
 
     Returns
     -------
@@ -601,7 +608,7 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         bounds = np.cumsum((0,) + nav_chunks[0])
         sblocks = [states[i:j] for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
-                 need["pixel_squares"])
+                 need["pixel_squares"], bool(leave_out_zero))
     work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan)
     if not compute:
         return work

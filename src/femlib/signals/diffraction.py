@@ -530,7 +530,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         )
         work = _moments.accumulate_moments(
             self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
-            compute=False,
+            compute=False, leave_out_zero=True,
         )
         cal = self.calibration
         finish = functools.partial(
