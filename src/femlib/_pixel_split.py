@@ -194,7 +194,7 @@ def _grow(out_bin, out_pix, out_w, size):  # pragma: no cover
 
 @njit(**_JIT)
 def split_pixels(
-    cu, cw, corner_u, corner_w, pixels, redges, aedges, full_circle
+    cu, cw, corner_u, corner_w, pixels, redges, aedges, clip
 ):  # pragma: no cover
     """Exact overlap of every pixel with every (radial, azimuthal) bin.
 
@@ -209,8 +209,10 @@ def split_pixels(
         Flat indices of the pixels to split (unmasked, possibly in range).
     redges, aedges : float64
         Radial and azimuthal bin edges (``aedges`` increasing, span <= 2 pi).
-    full_circle : bool
-        One azimuthal bin covering the whole circle: no clipping at all.
+    clip : True or None
+        True: clip by the azimuthal bins; None: one azimuthal bin covering the whole
+        circle, no clipping at all. None is a type of its own: numba prunes the clipping
+        code before typing it, so a 1D integral never compiles it.
 
     Returns
     -------
@@ -265,7 +267,7 @@ def split_pixels(
         j_hi1 = npt_azim - 1
         j_lo2 = 0
         j_hi2 = -1
-        if rlo > 0.0 and not full_circle:
+        if clip is not None and rlo > 0.0:
             ca = math.atan2(cw[p], cu[p])
             dmin = 0.0
             dmax = 0.0
@@ -297,8 +299,8 @@ def split_pixels(
                 # One call site per helper (each call site is compiled on its own): the
                 # whole pixel (full circle), the sector between the edges of bin j, or its
                 # halves [a_j, mid] and [mid, a_j+1] (a sector wider than pi, npt_azim == 1).
-                for h in range(2 if halves and not full_circle else 1):
-                    if full_circle:
+                for h in range(1 if clip is None or not halves else 2):
+                    if clip is None:
                         n = four
                         for i in range(4):
                             sx[i] = px[i]
