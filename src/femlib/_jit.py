@@ -45,7 +45,7 @@ def njit(**options):
 
     Examples
     --------
-    >>> @njit(cache=True)
+    >>> @njit(nogil=True)
     ... def twice(x):
     ...     return 2 * x
     >>> twice(21)
