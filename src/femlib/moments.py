@@ -373,7 +373,7 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
         if plan.pixel_squares:
             pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
     return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
-                   n_nonfinite, plan.squares, shot, plan.ratio, zero_count)
+                   n_nonfinite, plan.squares, shot, plan.ratio, zero_count=zero_count)
 
 
 # ----------------------------------------------------------------------------- merging
@@ -410,7 +410,7 @@ def merge(a, b):
         a.zero_count + b.zero_count)
     return Moments(
         n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
-        a.squares and b.squares, a.shot and b.shot, a.ratio and b.ratio, zeros,
+        a.squares and b.squares, a.shot and b.shot, a.ratio and b.ratio, zero_count=zeros,
     )
 
 
@@ -448,7 +448,7 @@ def with_zero_frames(m):
     pm = None if m.pix_mean is None else np.zeros_like(m.pix_mean)
     pq = None if m.pix_m2 is None else np.zeros_like(m.pix_m2)
     zeros = Moments(z, mean, np.zeros_like(m.m2), pm, pq, m.n_groups, m.n_blocks, 0,
-                    m.squares, m.shot, m.ratio, np.zeros_like(z))
+                    m.squares, m.shot, m.ratio, zero_count=np.zeros_like(z))
     out = merge(m, zeros)
     out.zero_count = np.zeros_like(z)
     return out

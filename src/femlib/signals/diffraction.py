@@ -927,7 +927,7 @@ def _lazy_variance(work, finish, labels, n_groups, methods, shot, w):
         count, np.ones((n_states, len(_moments.COLUMNS), k)), np.ones((n_states, k)),
         np.ones((n_states, p)) if need["pixel_means"] else None,
         np.ones((n_states, p)) if need["pixel_squares"] else None,
-        n_groups, nb, 0, need["squares"], shot, need["ratio"], np.zeros(n_states),
+        n_groups, nb, 0, need["squares"], shot, need["ratio"], zero_count=np.zeros(n_states),
     )
     template = finish(stand_in, quiet=True)
     data = da.from_delayed(
