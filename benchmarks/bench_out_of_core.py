@@ -202,13 +202,17 @@ def child_step(a):
     if not step.startswith("read"):
         s.calibration.center = center
 
+    def _computed(v):
+        v.compute(show_progressbar=False)  # lazy input gives a lazy V(k)
+        return v
+
     def run(sig, thick):
         if step == "read":
             return da.sum(sig.data, axis=nav_axes).compute()
         if step == "read_max":
             return da.max(sig.data, axis=nav_axes).compute()
         if step == "variance_all":
-            return sig.get_variance(
+            return _computed(sig.get_variance(
                 npt=50,
                 gain=1.0,
                 radial_range=C.RADIAL_RANGE,
@@ -217,11 +221,11 @@ def child_step(a):
                 thickness=thick,
                 bins=4,
                 show_progressbar=False,
-            )
+            ))
         if step == "variance_omega":
-            return sig.get_variance(
+            return _computed(sig.get_variance(
                 npt=50, gain=1.0, radial_range=C.RADIAL_RANGE, mask=mask, show_progressbar=False
-            )
+            ))
         if step == "integral1d":
             az = sig.get_azimuthal_integral1d(npt=50, show_progressbar=False)
             return az.data.sum(axis=nav_axes).compute()

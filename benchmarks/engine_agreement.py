@@ -50,6 +50,7 @@ def compute(path, distributed=True):
         with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster):
             for m in ("Omega", "VImage"):
                 v = s.as_lazy().get_variance(method=m, gain=4.2, **kw)
+                v.compute()
                 out[f"{m}_distributed"] = np.asarray(v.data, float)
     np.savez(path, **out)
     print(f"saved {len(out)} arrays to {path}")

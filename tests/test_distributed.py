@@ -78,6 +78,7 @@ def test_femlib_never_creates_a_client(keep_small_chunks):
     s, thickness = make_signal()
     with dask.config.set(scheduler="threads"):
         lazy = lazy_chunked(s).get_variance(thickness=thickness, **VARIANCE_KWARGS)
+        lazy.compute()
         lazy_s = lazy_chunked(s)
         lazy_s.get_azimuthal_integral1d(npt=8, show_progressbar=False).compute()
     assert _get_global_client() is None
@@ -172,6 +173,7 @@ def test_lazy_get_variance_on_a_cluster_equals_eager(client, keep_small_chunks):
     eager = s.get_variance(thickness=thickness, **VARIANCE_KWARGS)
     with distributed.get_task_stream(client) as stream:
         lazy = lazy_chunked(s).get_variance(thickness=thickness, **VARIANCE_KWARGS)
+        lazy.compute()
     # It really ran on the workers: one accumulation task per chunk.
     ran = [dask.utils.key_split(t["key"]) for t in stream.data]
     assert ran.count("accumulate_block") == 6
@@ -200,6 +202,7 @@ def test_eager_signals_run_on_local_threads_even_with_a_client(client):
     assert stream.data == []
     with distributed.get_task_stream(client) as stream:  # the same client takes lazy work
         lazy = s.as_lazy().get_variance(thickness=thickness, **VARIANCE_KWARGS)
+        lazy.compute()
     assert "accumulate_block" in {dask.utils.key_split(t["key"]) for t in stream.data}
     assert_same_variance(lazy, eager)
 
@@ -235,6 +238,7 @@ def test_lazy_descan_variance_on_a_cluster_equals_eager(client, keep_small_chunk
     assert "descan" in eager.metadata.FEM.Calibration
     with distributed.get_task_stream(client) as stream:
         lazy = lazy_chunked(s).get_variance(thickness=thickness, **DESCAN_KWARGS)
+        lazy.compute()
     ran = [dask.utils.key_split(t["key"]) for t in stream.data]
     assert ran.count("accumulate_block") == 6
     assert_same_variance(lazy, eager)

@@ -251,6 +251,8 @@ def test_get_variance_is_the_estimators_on_the_reference_moments(lazy, keep_smal
     w = weights()
     for model, call in ((None, {"gain": G}), (_Kernel3(), {"noise": _Kernel3()}), (None, {})):
         v = t.get_variance(**kw, **call)
+        if lazy:  # a lazy V(k): the pass runs here
+            v.compute()
         # gain=G: the pass sums W^2 D and the estimators multiply by G; a noise model's
         # shot weights are in detector units and its k0 enters the estimators.
         shot = w.squared if model is None else model.shot_weights(w)

@@ -136,8 +136,14 @@ def no_warning_about(text):
 
 
 def _v(s, method="Omega", **kw):
+    """get_variance, computed: a lazy input gives a LazyFEMVariance1D, computed here (its
+    warnings and errors of the pass come with compute())."""
     kw.setdefault("radial_range", RR)
-    return s.get_variance(npt=4, method=method, **kw)
+    v = s.get_variance(npt=4, method=method, **kw)
+    if s._lazy:
+        assert type(v).__name__ == "LazyFEMVariance1D"
+        v.compute()
+    return v
 
 
 NONFINITE_MSG = (
@@ -734,7 +740,7 @@ def test_arguments_are_checked_before_the_data_are_read(kw, exc, message):
     with pytest.raises(exc, match=re.escape(message)):
         s.get_variance(**kw)
     with pytest.raises(RuntimeError, match="the data were read"):
-        s.get_variance(npt=4)
+        s.get_variance(npt=4).compute()
 
 
 @pytest.mark.parametrize("method", ["omega", "OMEGA", "all_of_them", [], ["Omega", "x"]])
@@ -1045,3 +1051,89 @@ def test_integral2d_azimuth_range_outside_or_reversed(lazy):
             ValueError, match=re.escape("npt_azim must be a positive integer, got 0")
         ):
             s.get_azimuthal_integral2d(npt=4, npt_azim=0)
+
+
+# --------------------------------------------------------------------------- all-zero patterns
+ZERO_MSG = r"^{n} pattern\(s\) are exactly 0 in the whole radial range \(1, 7\)"
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_variance_all_zero_patterns_are_left_out_as_missing_data(lazy):
+    # 50 counts per pixel: an empty pattern has no chance; three of them are a missing chunk.
+    frames = _poisson(nav=(4, 5), seed=3)
+    frames[1, 1:4] = 0.0
+    s = _signal(frames, lazy, chunks=(2, 5, 16, 16))
+    with pytest.warns(UserWarning, match=ZERO_MSG.format(n=3) + r".* 17 hold 7\d\d\d electrons"):
+        v = _v(s, gain=1.0)
+    excluded = np.zeros((4, 5), bool)
+    excluded[1, 1:4] = True
+    with no_warning_about("exactly 0"):
+        ref = _v(_signal(frames), gain=1.0, navigation_mask=excluded)
+    np.testing.assert_allclose(v.data, ref.data, rtol=1e-12)
+    assert v.metadata.FEM.number_of_zero_patterns == 3
+    assert v.metadata.FEM.number_of_patterns == 17
+    assert not ref.metadata.has_item("FEM.number_of_zero_patterns")
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_variance_plausible_zero_patterns_are_kept(lazy):
+    from femlib.integration import build_weights
+
+    # 0.02 counts per pixel: about 3 in the radial range, an empty pattern every ~20.
+    frames = np.random.default_rng(4).poisson(0.02, (10, 20) + DET).astype(float)
+    w = build_weights(DET, CENTER, npt=4, radial_range=RR)
+    ring = frames.reshape(200, -1) @ w.matrix.T
+    assert 3 <= int(np.sum(~ring.any(axis=1))) <= 30
+    with no_warning_about("exactly 0"):
+        v = _v(_signal(frames, lazy, chunks=(5, 20, 16, 16)))
+    # uncorrected Omega over all 200 patterns, zeros included
+    np.testing.assert_allclose(v.data, (ring**2).mean(0) / ring.mean(0) ** 2 - 1, rtol=1e-12)
+    assert v.metadata.FEM.number_of_patterns == 200
+
+
+# --------------------------------------------------------------------------- odd bins
+def test_variance_single_bin_warns_once_naming_the_range():
+    s = _signal(_poisson(nav=(6,)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.get_variance(npt=1, radial_range=(2.0, 6.0))
+    msgs = [str(w.message) for w in caught]
+    assert msgs == [
+        "npt=1 gives a single radial bin over radial_range=(2.0, 6.0) (2, 6): V is one "
+        "number averaged over the rings, not a curve of k; use npt >= 2 (e.g. 50)"
+    ]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_variance_range_narrower_than_a_pixel_warns_once_naming_it(lazy):
+    s = _signal(_poisson(nav=(6,)), lazy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.get_variance(npt=4, radial_range=(3.0, 3.5))
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1
+    assert msgs[0].startswith(
+        "radial_range=(3.0, 3.5) is narrower (0.5) than one detector pixel (1 calibrated "
+        "units)"
+    )
+
+
+def test_variance_ordinary_bins_do_not_warn():
+    s = _signal(_poisson(nav=(6,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.get_variance(npt=2, radial_range=(3.0, 4.0))
+
+
+def test_off_detector_warning_says_when_the_range_is_the_default():
+    s = _signal(_poisson(nav=(3,)))
+    s.calibration.center = (0.0, 0.0)
+    with pytest.warns(UserWarning) as caught:
+        s.get_azimuthal_integral1d(npt=4)
+    (msg,) = [str(w.message) for w in caught]
+    assert re.match(r"only \d+% of the azimuths of the radial range \(0, 21\.92\) \(the default "
+                    r"of radial_range=None: 0 to the farthest detector corner\) lie", msg)
+    with pytest.warns(UserWarning) as caught:
+        s.get_azimuthal_integral1d(npt=4, radial_range=(1.0, 7.0))
+    (msg,) = [str(w.message) for w in caught]
+    assert msg.startswith("only 30% of the azimuths of the radial range (1, 7) lie on")

@@ -148,3 +148,101 @@ def test_legend_only_for_a_readable_number_of_curves():
     many.set_signal_type("fem_variance")
     assert many.plot_curves().get_legend() is None
     assert many.plot_curves(legend=True).get_legend() is not None
+
+
+# ----------------------------------------------------------------------------- lazy results
+@pytest.fixture(scope="module")
+def small():
+    s = femlib.data.synthetic_fem(navigation_shape=(10, 10), detector_shape=(64, 64),
+                                  scale=0.28, seed=3)
+    s.calibration.center = s.metadata.Simulation.center
+    s.calibration.affine = s.metadata.Simulation.affine
+    kw = dict(npt=12, gain=4.2, radial_range=(3.0, 5.75), show_progressbar=False)
+    return s, kw
+
+
+def _assert_same(lazy, eager):
+    assert type(lazy).__name__ == "FEMVariance1D"
+    np.testing.assert_array_equal(lazy.data, eager.data)
+    np.testing.assert_array_equal(lazy.standard_error, eager.standard_error)
+    fem_l, fem_e = lazy.metadata.FEM.as_dictionary(), eager.metadata.FEM.as_dictionary()
+    assert sorted(fem_l) == sorted(fem_e)
+    assert fem_l["number_of_patterns"] == fem_e["number_of_patterns"]
+    assert lazy.axes_manager.shape == eager.axes_manager.shape
+    assert lazy.curve_labels() == eager.curve_labels()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"method": "all"}, {"bins": 3}, {"tiles": (5, 5)}, {"bins": 2, "tiles": (5, 10)}],
+)
+def test_lazy_input_gives_a_lazy_variance_whose_compute_equals_eager(small, extra):
+    s, kw = small
+    if "bins" in extra:
+        extra = {"thickness": s.metadata.HAADF.intensity, **extra}
+    eager = s.get_variance(**kw, **extra)
+    lazy = s.as_lazy().get_variance(**kw, **extra)
+    assert type(lazy).__name__ == "LazyFEMVariance1D"
+    # axes are known before the pass; the error and the counts are not there yet
+    assert lazy.axes_manager.shape == eager.axes_manager.shape
+    assert [a.name for a in lazy.axes_manager._axes] == [a.name for a in eager.axes_manager._axes]
+    assert not lazy.metadata.has_item("FEM.standard_error")
+    assert lazy.metadata.FEM.radial_range == eager.metadata.FEM.radial_range
+    assert lazy.compute(show_progressbar=False) is None  # in place, as HyperSpy's
+    _assert_same(lazy, eager)
+
+
+def test_lazy_variance_data_alone_computes_the_values(small):
+    s, kw = small
+    lazy = s.as_lazy().get_variance(**kw)
+    np.testing.assert_array_equal(lazy.data.compute(), s.get_variance(**kw).data)
+
+
+def test_dask_compute_of_several_lazy_results_reads_the_data_once(small):
+    import dask
+    import dask.array as da
+
+    s, kw = small
+    reads = []
+
+    def read(block):
+        if block.size:  # dask calls it once on an empty array for the dtype
+            reads.append(block.shape)
+        return block
+
+    data = da.from_array(s.data, chunks=(5, 10, 64, 64))
+    lazy = s._deepcopy_with_new_data(data.map_blocks(read, dtype=data.dtype))
+    lazy = lazy.as_lazy()
+    v1 = lazy.get_variance(**kw)
+    v2 = lazy.get_variance(method="VImage", **kw)
+    assert not reads
+    r1, r2 = dask.compute(v1, v2)
+    assert len(reads) == data.npartitions == 2  # one read of each chunk for both
+    _assert_same(r1, s.get_variance(**kw))
+    _assert_same(r2, s.get_variance(method="VImage", **kw))
+
+
+def test_lazy_warnings_and_errors_of_the_pass_come_with_compute(small):
+    s, kw = small
+    data = s.data.copy()
+    cx, cy = s.calibration.center
+    data[0, 0, round(cy), round(cx) + 15] = np.nan  # 4.2 nm^-1 from the centre: in range
+    lazy = s._deepcopy_with_new_data(data).as_lazy().get_variance(**kw)
+    with pytest.warns(UserWarning, match=r"^1 pattern\(s\) with NaN"):
+        lazy.compute(show_progressbar=False)
+    assert lazy.metadata.FEM.number_of_patterns == 99
+
+
+@pytest.mark.parametrize("preference", [True, False])
+def test_eager_progress_bar_follows_hyperspy_preference(small, capsys, preference):
+    s, kw = small
+    kw = {k: v for k, v in kw.items() if k != "show_progressbar"}
+    old = hs.preferences.General.show_progressbar
+    hs.preferences.General.show_progressbar = preference
+    try:
+        s.get_variance(**kw)  # a pass of a fraction of a second draws no bar
+        assert "Completed" not in capsys.readouterr().out
+        s.get_variance(show_progressbar=True, **kw)  # asked for: drawn
+        assert "100% Completed" in capsys.readouterr().out
+    finally:
+        hs.preferences.General.show_progressbar = old

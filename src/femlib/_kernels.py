@@ -34,11 +34,12 @@ workers. Nested numba threading inside dask tasks oversubscribes the cores, mult
 per-thread buffers, and aborts under numba's workqueue threading layer.
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from femlib._jit import njit
 
 _JIT = {"nogil": True, "cache": True, "fastmath": False}
 
@@ -142,22 +143,13 @@ def _make_dots(with_q, with_j, q_square=False):
     return dots
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _rows(f0, n):  # pragma: no cover
     """The eight frame rows of the step at ``f0``; past the last frame, the last frame again
     (its results are not written)."""
     last = n - 1
     return (f0, min(f0 + 1, last), min(f0 + 2, last), min(f0 + 3, last),
             min(f0 + 4, last), min(f0 + 5, last), min(f0 + 6, last), min(f0 + 7, last))
-
-
-@numba.njit(**_JIT)
-def _load8(frames, r, p):  # pragma: no cover
-    """Pixel ``p`` of the eight frame rows ``r``, as float64."""
-    return (np.float64(frames[r[0], p]), np.float64(frames[r[1], p]),
-            np.float64(frames[r[2], p]), np.float64(frames[r[3], p]),
-            np.float64(frames[r[4], p]), np.float64(frames[r[5], p]),
-            np.float64(frames[r[6], p]), np.float64(frames[r[7], p]))
 
 
 # The four variants of the bin sums, as module globals: a kernel that reads them from its
@@ -170,11 +162,13 @@ _dots_q2 = _make_dots(True, False, q_square=True)
 _dots_q2j = _make_dots(True, True, q_square=True)
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,  # noqa: C901
-                 pixsum, pixsq, with_q, with_j):  # pragma: no cover
+                 pixsum, pixsq, with_j):  # pragma: no cover
     """The FEM pass (:func:`ring_moments`); pixel sums where ``pixsum`` (and squares where
-    ``pixsq``) has columns."""
+    ``pixsq``) has columns. ``sdata`` None: no ``Q``; ``with_j`` None: no ``J``. Both are
+    told apart by type, so each variant of the bin sums is a specialisation of its own,
+    compiled on first use (numba prunes the ``is None`` branches before typing)."""
     n = rows.size
     nbins = out.shape[2]
     n_out = out.shape[0]
@@ -197,7 +191,13 @@ def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, ou
         s0 = st[0]
         same = same and s0 >= 0
         for j in range(touched.size):
-            x = _load8(frames, r, touched[j])
+            # Pixel p of the eight frame rows, as float64 (written out here: a helper is
+            # one more compilation).
+            p = touched[j]
+            x = (np.float64(frames[r[0], p]), np.float64(frames[r[1], p]),
+                 np.float64(frames[r[2], p]), np.float64(frames[r[3], p]),
+                 np.float64(frames[r[4], p]), np.float64(frames[r[5], p]),
+                 np.float64(frames[r[6], p]), np.float64(frames[r[7], p]))
             for i in range(LANES):
                 xt[j, i] = x[i]
             if not with_pm:
@@ -215,14 +215,15 @@ def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, ou
                             pixsq[st[i], j] += x[i] * x[i]
         for k in range(nbins):
             lo, hi = indptr[k], indptr[k + 1]
-            if with_q and with_j:
-                _dots_qj(res, xt, cindex, wdata, sdata, lo, hi)
-            elif with_q:
+            if sdata is None:
+                if with_j is None:
+                    _dots_i(res, xt, cindex, wdata, wdata, lo, hi)
+                else:
+                    _dots_j(res, xt, cindex, wdata, wdata, lo, hi)
+            elif with_j is None:
                 _dots_q(res, xt, cindex, wdata, sdata, lo, hi)
-            elif with_j:
-                _dots_j(res, xt, cindex, wdata, sdata, lo, hi)
             else:
-                _dots_i(res, xt, cindex, wdata, sdata, lo, hi)
+                _dots_qj(res, xt, cindex, wdata, sdata, lo, hi)
             for c in range(n_out):
                 for i in range(nf):
                     out[c, f0 + i, k] = res[c, i]
@@ -273,9 +274,8 @@ def ring_moments(frames, touched, indptr, cindex, wdata, states, nstates, rows=N
     pixsum = np.zeros((nstates, touched.size) if pixel_means else (0, 0))
     pixsq = np.zeros((nstates, touched.size) if pixel_squares else (0, 0))
     if n:
-        _ring_kernel(frames, rows, touched, indptr, cindex, wdata,
-                     wdata if sdata is None else sdata, states, out, pixsum, pixsq, with_q,
-                     bool(with_j))
+        _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,
+                     pixsum, pixsq, True if with_j else None)
     return out, (pixsum if pixel_means else None), (pixsq if pixel_squares else None)
 
 
@@ -377,7 +377,7 @@ def _polar_block(typingctx, out, f0, k0, xt, indptr, cindex, wdata, scale, z):  
     return sig, codegen
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def apply_tiled(frames, touched, indptr, cindex, wdata, scale, out, bad):  # pragma: no cover
     """``out[f, k] = scale[k] * sum_p w[k, p] * frames[f, p]``, bin-major (many bins).
 
@@ -422,7 +422,7 @@ def apply_tiled(frames, touched, indptr, cindex, wdata, scale, out, bad):  # pra
 
 
 # ----------------------------------------------------------------------------- descan
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _fill_shifted(frames, r, o, vp, fast, xt):  # pragma: no cover
     """Tile of eight frames ``r`` at the table pixels ``fast`` (each on an unmasked
     detector pixel for every frame of the table), shifted by ``o``:
@@ -440,7 +440,7 @@ def _fill_shifted(frames, r, o, vp, fast, xt):  # pragma: no cover
         xt[j, 7] = np.float64(frames[r[7], b + o[7]])
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _descan_kernel(frames, rows, table, dy, dx, ny, nx, valid, t_off, vrow,  # noqa: C901
                    vcol, i_off, indptr, c_off, cindex, wdata, sdata, area, f_off, fast,
                    s_off, slow, s_ptr, s_bin, s_w, out, with_q, with_j,

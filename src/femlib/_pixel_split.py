@@ -11,14 +11,17 @@ with the disk: straight pieces inside the circle, circular-sector pieces outside
 ring area is ``area(r1) - area(r0)``. Nothing is sampled; the only error is rounding.
 """
 
-import numba
+import math
+
 import numpy as np
+
+from femlib._jit import njit
 
 _JIT = {"nogil": True, "cache": True, "fastmath": False}
 _MAXV = 12  # a parallelogram clipped by two half-planes has at most 6 vertices
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _clip(xs, ys, n, dx, dy, sign, ox, oy):  # pragma: no cover
     """Keep the part of polygon ``(xs, ys)[:n]`` where ``sign * cross(d, p) >= 0``."""
     m = 0
@@ -51,7 +54,7 @@ def _clip(xs, ys, n, dx, dy, sign, ox, oy):  # pragma: no cover
     return m
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _piece(ax, ay, bx, by, rr):  # pragma: no cover
     """Signed area of the piece ``a -> b`` known to lie wholly inside or outside the disk."""
     cr = ax * by - ay * bx
@@ -59,10 +62,10 @@ def _piece(ax, ay, bx, by, rr):  # pragma: no cover
     my = 0.5 * (ay + by)
     if mx * mx + my * my <= rr:
         return 0.5 * cr
-    return 0.5 * rr * np.arctan2(cr, ax * bx + ay * by)
+    return 0.5 * rr * math.atan2(cr, ax * bx + ay * by)
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _edge_in_disk(ax, ay, bx, by, rr):  # pragma: no cover
     """Signed area of triangle ``(O, a, b)`` intersected with the disk ``|p|^2 <= rr``."""
     dx = bx - ax
@@ -75,7 +78,7 @@ def _edge_in_disk(ax, ay, bx, by, rr):  # pragma: no cover
     disc = qb * qb - qa * qc
     if disc <= 0.0:
         return _piece(ax, ay, bx, by, rr)
-    sq = np.sqrt(disc)
+    sq = math.sqrt(disc)
     t1 = (-qb - sq) / qa
     t2 = (-qb + sq) / qa
     total = 0.0
@@ -96,7 +99,7 @@ def _edge_in_disk(ax, ay, bx, by, rr):  # pragma: no cover
     return total + _piece(px, py, bx, by, rr)
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _area_in_disk(xs, ys, n, r):  # pragma: no cover
     rr = r * r
     total = 0.0
@@ -106,7 +109,7 @@ def _area_in_disk(xs, ys, n, r):  # pragma: no cover
     return total
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _radial_extent(xs, ys, n):  # pragma: no cover
     """Smallest and largest distance from the origin to a CCW convex polygon."""
     rmax = 0.0
@@ -117,8 +120,8 @@ def _radial_extent(xs, ys, n):  # pragma: no cover
         if xs[i] * ys[j] - ys[i] * xs[j] < 0.0:
             inside = False
     if inside:
-        return 0.0, np.sqrt(rmax)
-    rmin = np.inf
+        return 0.0, math.sqrt(rmax)
+    rmin = math.inf
     for i in range(n):
         j = i + 1 if i + 1 < n else 0
         dx = xs[j] - xs[i]
@@ -129,10 +132,10 @@ def _radial_extent(xs, ys, n):  # pragma: no cover
         px = xs[i] + t * dx
         py = ys[i] + t * dy
         rmin = min(rmin, px * px + py * py)
-    return np.sqrt(rmin), np.sqrt(rmax)
+    return math.sqrt(rmin), math.sqrt(rmax)
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _polygon_area(xs, ys, n):  # pragma: no cover
     # Shoelace about the first vertex, not the origin: far from the centre the terms about
     # the origin are (radius / pixel size) times larger than the area and cancel.
@@ -142,7 +145,7 @@ def _polygon_area(xs, ys, n):  # pragma: no cover
     return 0.5 * total
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _sector_weights(
     xs, ys, n, pixel, jbin, redges, out_bin, out_pix, out_w, count, inv_area, npt_azim
 ):  # pragma: no cover
@@ -155,8 +158,8 @@ def _sector_weights(
     dr = (redges[npt] - r0) / npt
     if rhi <= r0 or rlo >= redges[npt]:
         return count
-    k0 = max(0, int(np.floor((rlo - r0) / dr)) - 1)
-    k1 = min(npt - 1, int(np.floor((rhi - r0) / dr)) + 1)
+    k0 = max(0, math.floor((rlo - r0) / dr) - 1)
+    k1 = min(npt - 1, math.floor((rhi - r0) / dr) + 1)
     full = _polygon_area(xs, ys, n)
     e = redges[k0]
     below = 0.0 if e <= rlo else (full if e >= rhi else _area_in_disk(xs, ys, n, e))
@@ -173,16 +176,25 @@ def _sector_weights(
     return count
 
 
-@numba.njit(**_JIT)
-def _grow(a, size):  # pragma: no cover
-    b = np.empty(size, a.dtype)
-    b[: a.size] = a
-    return b
+@njit(**_JIT)
+def _grow(out_bin, out_pix, out_w, size):  # pragma: no cover
+    """The three output arrays, copied into new ones of ``size`` entries (one helper for
+    the three: each helper is a compilation of its own)."""
+    # Explicit loops: a slice assignment compiles numba's shape-mismatch message (string
+    # formatting), seconds of a cold compile.
+    b = np.empty(size, np.int64)
+    p = np.empty(size, np.int64)
+    w = np.empty(size, np.float64)
+    for i in range(out_w.size):
+        b[i] = out_bin[i]
+        p[i] = out_pix[i]
+        w[i] = out_w[i]
+    return b, p, w
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def split_pixels(
-    cu, cw, corner_u, corner_w, pixels, redges, aedges, full_circle
+    cu, cw, corner_u, corner_w, pixels, redges, aedges, clip
 ):  # pragma: no cover
     """Exact overlap of every pixel with every (radial, azimuthal) bin.
 
@@ -197,8 +209,10 @@ def split_pixels(
         Flat indices of the pixels to split (unmasked, possibly in range).
     redges, aedges : float64
         Radial and azimuthal bin edges (``aedges`` increasing, span <= 2 pi).
-    full_circle : bool
-        One azimuthal bin covering the whole circle: no clipping at all.
+    clip : True or None
+        True: clip by the azimuthal bins; None: one azimuthal bin covering the whole
+        circle, no clipping at all. None is a type of its own: numba prunes the clipping
+        code before typing it, so a 1D integral never compiles it.
 
     Returns
     -------
@@ -206,16 +220,22 @@ def split_pixels(
         Overlap area divided by the pixel area (``sum = 1`` for a pixel wholly in range).
     """
     npt_azim = aedges.size - 1
+    # Integer arguments of the helpers as int64 variables, never literals: a literal
+    # argument compiles a helper once more for its literal type.
+    four = np.int64(4)
     a0 = aedges[0]
     da = (aedges[npt_azim] - a0) / npt_azim
-    dcos = np.cos(aedges)
-    dsin = np.sin(aedges)
-    two_pi = 2.0 * np.pi
+    dcos = np.empty(aedges.size)
+    dsin = np.empty(aedges.size)
+    for i in range(aedges.size):
+        dcos[i] = math.cos(aedges[i])
+        dsin[i] = math.sin(aedges[i])
+    two_pi = 2.0 * math.pi
     # Sectors wider than pi are not convex: cut each into two halves of at most pi.
-    halves = da > np.pi + 1e-12
+    halves = da > math.pi + 1e-12
     mid = a0 + 0.5 * da
-    mcos = np.cos(mid)
-    msin = np.sin(mid)
+    mcos = math.cos(mid)
+    msin = math.sin(mid)
     parea = 0.0
     for i in range(4):
         j = (i + 1) % 4
@@ -225,7 +245,7 @@ def split_pixels(
     out_bin = np.empty(cap, np.int64)
     out_pix = np.empty(cap, np.int64)
     out_w = np.empty(cap, np.float64)
-    count = 0
+    count = np.int64(0)
     px = np.empty(_MAXV)
     py = np.empty(_MAXV)
     qx = np.empty(_MAXV)
@@ -237,42 +257,33 @@ def split_pixels(
         for i in range(4):
             px[i] = cu[p] + corner_u[i]
             py[i] = cw[p] + corner_w[i]
-        rlo, rhi = _radial_extent(px, py, 4)
+        rlo, rhi = _radial_extent(px, py, four)
         if rhi <= redges[0] or rlo >= redges[redges.size - 1]:
             continue
-        if full_circle:
-            if count + redges.size + 2 > out_w.size:
-                size = 2 * out_w.size + redges.size + 2
-                out_bin = _grow(out_bin, size)
-                out_pix = _grow(out_pix, size)
-                out_w = _grow(out_w, size)
-            count = _sector_weights(
-                px, py, 4, p, 0, redges, out_bin, out_pix, out_w, count, inv_area, 1
-            )
-            continue
-        # Candidate azimuthal bins: all of them if the pixel holds the origin, else those
-        # overlapping the pixel's angular extent (less than pi).
+        # Candidate azimuthal bins: all of them if the pixel holds the origin (or with one
+        # bin over the full circle), else those overlapping the pixel's angular extent
+        # (less than pi).
         j_lo1 = 0
         j_hi1 = npt_azim - 1
         j_lo2 = 0
         j_hi2 = -1
-        if rlo > 0.0:
-            ca = np.arctan2(cw[p], cu[p])
+        if clip is not None and rlo > 0.0:
+            ca = math.atan2(cw[p], cu[p])
             dmin = 0.0
             dmax = 0.0
             for i in range(4):
-                d = np.arctan2(py[i], px[i]) - ca
-                d -= two_pi * np.floor((d + np.pi) / two_pi)
+                d = math.atan2(py[i], px[i]) - ca
+                d -= two_pi * math.floor((d + math.pi) / two_pi)
                 dmin = min(dmin, d)
                 dmax = max(dmax, d)
             lo = ca + dmin - 1e-9
             hi = ca + dmax + 1e-9
             shift = lo - a0
-            lo = a0 + (shift - two_pi * np.floor(shift / two_pi))
+            lo = a0 + (shift - two_pi * math.floor(shift / two_pi))
             hi = lo + (dmax - dmin) + 2e-9
-            j_lo1 = int(np.floor((lo - a0) / da))
-            j_hi1 = min(npt_azim - 1, int(np.floor((hi - a0) / da)))
-            j_hi2 = min(npt_azim - 1, j_lo1 - 1, int(np.floor((hi - two_pi - a0) / da)))
+            j_lo1 = math.floor((lo - a0) / da)
+            j_hi1 = min(npt_azim - 1, math.floor((hi - a0) / da))
+            j_hi2 = min(npt_azim - 1, j_lo1 - 1, math.floor((hi - two_pi - a0) / da))
         for jj in range(2):
             if jj == 0:
                 ja = max(0, j_lo1)
@@ -284,28 +295,27 @@ def split_pixels(
                 need = 2 * (redges.size + 1)
                 if count + need > out_w.size:
                     size = 2 * out_w.size + need
-                    out_bin = _grow(out_bin, size)
-                    out_pix = _grow(out_pix, size)
-                    out_w = _grow(out_w, size)
-                if halves:
-                    # [a_j, mid] and [mid, a_j+1] (only with npt_azim == 1)
-                    n = _clip(px, py, 4, dcos[j], dsin[j], 1.0, qx, qy)
-                    n = _clip(qx, qy, n, mcos, msin, -1.0, sx, sy)
+                    out_bin, out_pix, out_w = _grow(out_bin, out_pix, out_w, size)
+                # One call site per helper (each call site is compiled on its own): the
+                # whole pixel (full circle), the sector between the edges of bin j, or its
+                # halves [a_j, mid] and [mid, a_j+1] (a sector wider than pi, npt_azim == 1).
+                for h in range(1 if clip is None or not halves else 2):
+                    if clip is None:
+                        n = four
+                        for i in range(4):
+                            sx[i] = px[i]
+                            sy[i] = py[i]
+                    else:
+                        c0, s0, c1, s1 = dcos[j], dsin[j], dcos[j + 1], dsin[j + 1]
+                        if halves:
+                            if h == 0:
+                                c1, s1 = mcos, msin
+                            else:
+                                c0, s0 = mcos, msin
+                        n = _clip(px, py, four, c0, s0, 1.0, qx, qy)
+                        n = _clip(qx, qy, n, c1, s1, -1.0, sx, sy)
                     count = _sector_weights(
-                        sx, sy, n, p, j, redges, out_bin, out_pix, out_w, count,
-                        inv_area, npt_azim,
-                    )
-                    n = _clip(px, py, 4, mcos, msin, 1.0, qx, qy)
-                    n = _clip(qx, qy, n, dcos[j + 1], dsin[j + 1], -1.0, sx, sy)
-                    count = _sector_weights(
-                        sx, sy, n, p, j, redges, out_bin, out_pix, out_w, count,
-                        inv_area, npt_azim,
-                    )
-                else:
-                    n = _clip(px, py, 4, dcos[j], dsin[j], 1.0, qx, qy)
-                    n = _clip(qx, qy, n, dcos[j + 1], dsin[j + 1], -1.0, sx, sy)
-                    count = _sector_weights(
-                        sx, sy, n, p, j, redges, out_bin, out_pix, out_w, count,
-                        inv_area, npt_azim,
+                        sx, sy, n, p, j, redges, out_bin, out_pix, out_w, count, inv_area,
+                        npt_azim,
                     )
     return out_bin[:count].copy(), out_pix[:count].copy(), out_w[:count].copy()

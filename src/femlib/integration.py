@@ -484,7 +484,7 @@ def _build(shape, center, affine, scale, npt, npt_azim, radial_range, azimuth_ra
         np.flatnonzero(keep).astype(np.int64),
         radial_edges,
         azimuth_edges,
-        full_circle,
+        None if full_circle else True,
     )
     # COO -> CSR (duplicates, from the two halves of a sector wider than pi, are summed).
     matrix = sp.coo_array((vals, (bins, pix)), shape=(npt * npt_azim, ny * nx)).tocsr()

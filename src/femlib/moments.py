@@ -30,13 +30,14 @@ reduce in any order, as a tree, on threads or a cluster.
 Frames with a NaN or infinite value in a weighted pixel are left out and counted.
 """
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from femlib import _kernels
-from femlib.integration import as_native_frames, prepare_chunks
+from femlib.integration import _check_dtype, as_native_frames, prepare_chunks
 
 __all__ = [
     "COLUMNS",
@@ -47,6 +48,7 @@ __all__ = [
     "frame_states",
     "merge",
     "needs",
+    "with_zero_frames",
 ]
 
 N_BLOCKS = 20
@@ -80,6 +82,10 @@ class Moments:
     n_groups, n_blocks : int
     n_nonfinite : int
         Frames left out because a weighted pixel was NaN or infinite.
+    zero_count : (S,) ndarray or None
+        Frames left out per state because every ring sum was exactly 0 (a missing chunk of
+        a zarr store reads as zeros), with ``leave_out_zero`` (else 0);
+        :func:`with_zero_frames` puts them back.
     squares : bool
         Whether ``J``, ``U`` and ``V`` were accumulated.
     shot : bool
@@ -117,6 +123,7 @@ class Moments:
     #: ``J/A_n`` with each frame's own areas); the estimators then take ``A = 1``.
     per_frame_area: bool = False
     shot_scale: float = 1.0
+    zero_count: np.ndarray | None = None
 
     @property
     def n_frames(self):
@@ -212,6 +219,7 @@ class _Plan:
     pixel_means: bool
     pixel_squares: bool
     shot_scale: float = 1.0
+    leave_out_zero: bool = False
 
 
 def _shot_data(weights, shot_weights):
@@ -344,7 +352,7 @@ def accumulate(frames, weights, states, n_groups=1, n_blocks=N_BLOCKS, pixels=Fa
     plan = _Plan(n_groups, n_blocks, bool(squares),
                  bool(ratio and squares and shot_weights is not None),
                  bool(pixels if pixel_means is None else pixel_means or pixels), bool(pixels),
-                 _check_scale(shot_scale))
+                 shot_scale=_check_scale(shot_scale))
     return _accumulate_chunk(frames, states, weights, _shot_data(weights, shot_weights), plan)
 
 
@@ -410,6 +418,13 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
         states = np.where(nonfinite, -1, states)
         if pixel_sums:
             _, pixsum, pixsq = run(states, ring=False)
+    # On request, frames exactly 0 in every bin are left out too and counted per state
+    # (the caller decides whether they are plausible shot noise, with_zero_frames, or
+    # missing data). They add nothing to the pixel sums: those need no second run.
+    zero = (states >= 0) & ~np.any(sums[0] != 0, axis=1) & plan.leave_out_zero
+    zero_count = np.bincount(states[zero], minlength=nstates).astype(float)
+    if zero.any():
+        states = np.where(zero, -1, states)
     count = np.bincount(states[states >= 0], minlength=nstates).astype(float)
     ring = sums[0]
     cols, per_frame = [_I], [ring]
@@ -448,7 +463,7 @@ def _accumulate_chunk(frames, states, weights, sdata, plan):
             pix_m2 = np.maximum(pixsq - pixsum * pix_mean, 0.0)
     return Moments(count, mean, m2, pix_mean, pix_m2, plan.n_groups, plan.n_blocks,
                    n_nonfinite, plan.squares, shot, plan.ratio,
-                   shot_scale=plan.shot_scale)
+                   shot_scale=plan.shot_scale, zero_count=zero_count)
 
 
 def _state_means(states, count, cols, per_frame, nstates, k):
@@ -594,11 +609,55 @@ def merge(a, b):
     pm = pq = None
     if a.pix_mean is not None and b.pix_mean is not None:
         _, pm, pq = _merge_arrays(a.count, a.pix_mean, a.pix_m2, b.count, b.pix_mean, b.pix_m2)
+    zeros = None if a.zero_count is None or b.zero_count is None else (
+        a.zero_count + b.zero_count)
     return Moments(
         n, mean, m2, pm, pq, a.n_groups, a.n_blocks, a.n_nonfinite + b.n_nonfinite,
         a.squares and b.squares, a.shot and b.shot, a.ratio and b.ratio,
         a.n_uncovered + b.n_uncovered, a.per_frame_area and b.per_frame_area, a.shot_scale,
+        zero_count=zeros,
     )
+
+
+def with_zero_frames(m):
+    """``m`` with the all-zero frames it left out (:attr:`Moments.zero_count`) put back.
+
+    Exactly the moments of a pass that had kept them: their ``I``, ``Q``, ``J`` and pixel
+    values are 0, their ``U``, ``V``, ``Y`` undefined (NaN, as for any frame with an empty
+    ring).
+
+    Parameters
+    ----------
+    m : Moments
+
+    Returns
+    -------
+    Moments
+
+    Examples
+    --------
+    >>> from femlib.integration import build_weights
+    >>> w = build_weights((16, 16), (7.5, 7.5), npt=4, radial_range=(1, 7))
+    >>> f = np.ones((6, 16, 16))
+    >>> f[2] = 0.0
+    >>> m = accumulate_moments(f, w, n_blocks=1, leave_out_zero=True)
+    >>> m.n_frames, int(m.zero_count.sum()), with_zero_frames(m).n_frames
+    (5, 1, 6)
+    """
+    if m.zero_count is None or not m.zero_count.any():
+        return m
+    z = m.zero_count
+    mean = np.zeros_like(m.mean)
+    if m.squares or m.ratio:
+        mean[:, [_U, _V, _Y, _P, _H]] = np.where(z[:, None, None] > 0, np.nan, 0.0)
+    pm = None if m.pix_mean is None else np.zeros_like(m.pix_mean)
+    pq = None if m.pix_m2 is None else np.zeros_like(m.pix_m2)
+    zeros = Moments(z, mean, np.zeros_like(m.m2), pm, pq, m.n_groups, m.n_blocks, 0,
+                    m.squares, m.shot, m.ratio, per_frame_area=m.per_frame_area,
+                    shot_scale=m.shot_scale, zero_count=np.zeros_like(z))
+    out = merge(m, zeros)
+    out.zero_count = np.zeros_like(z)
+    return out
 
 
 def _merge_arrays(na, ma, qa, nb, mb, qb, ring=False):
@@ -651,9 +710,11 @@ def _blocks(frames, block_bytes):
 
     Returns ``(blocks, navigation chunks, lazy)``.
     """
-    import dask.array as da
-
-    if isinstance(frames, da.Array):
+    # Frames cannot be a dask array before dask.array is imported (importing it for the
+    # test costs the first call of a process a few tenths of a second).
+    da = sys.modules.get("dask.array")
+    if da is not None and isinstance(frames, da.Array):
+        _check_dtype(frames.dtype)  # at the call: a lazy pass may run much later
         darr = prepare_chunks(frames)
         return list(darr.to_delayed().ravel()), darr.chunks[:-2], True
     arr = np.asarray(frames)
@@ -669,7 +730,7 @@ def _blocks(frames, block_bytes):
 
 def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=("Omega",),
                        n_groups=None, n_blocks=N_BLOCKS, compute=True,
-                       block_bytes=BLOCK_BYTES, shot_scale=1.0):
+                       block_bytes=BLOCK_BYTES, shot_scale=1.0, leave_out_zero=False):
     """The FEM pass: one read of the frames into the moments ``methods`` need.
 
     Eager (numpy) and lazy (dask) frames take the same path, a dask graph of one task per
@@ -711,6 +772,11 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         ``H``: the gain ``G`` with ``shot_weights=W**2`` (what
         :func:`femlib.variance.estimate` with ``gain=G`` expects), 1 (default) for a noise
         model's shot weights.
+    leave_out_zero : bool
+        Leave out the frames whose ring sums are all exactly 0 and count them per state
+        (:attr:`Moments.zero_count`; :func:`with_zero_frames` puts them back): the caller
+        tells missing data (a missing chunk of a zarr store reads as zeros) from shot noise
+        after the pass, still one pass.
 
     Returns
     -------
@@ -797,9 +863,15 @@ def accumulate_moments(frames, weights, labels=None, shot_weights=None, methods=
         gblocks = [weights.frame_geometry] * len(rblocks)
     _check_state_memory(n_groups * n_blocks, weights, need)
     plan = _Plan(n_groups, n_blocks, need["squares"], need["ratio"], need["pixel_means"],
-                 need["pixel_squares"], _check_scale(shot_scale))
+                 need["pixel_squares"], shot_scale=_check_scale(shot_scale),
+                 leave_out_zero=bool(leave_out_zero))
     work = _accumulate_tree(blocks, list(sblocks), weights, sdata, plan, gblocks, rblocks)
     if not compute:
         return work
-    (result,) = dask.compute(work, scheduler=None if lazy else "threads")
+    if lazy:
+        (result,) = dask.compute(work)
+    else:  # the threaded scheduler by itself ("threads" makes dask import distributed)
+        from dask.threaded import get
+
+        (result,) = dask.compute(work, scheduler=get)
     return result

@@ -56,7 +56,6 @@ import math
 import numbers
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "N_SUB_BLOCKS",
@@ -83,9 +82,9 @@ _MAD = 1.4826  # MAD -> standard deviation of a normal distribution
 
 # ----------------------------------------------------------------------------- kernels
 def _numba_kernels():
-    import numba
+    from femlib._jit import njit
 
-    @numba.njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True)
     def pixel_moments(flat, sub, shift, s1, s2):  # pragma: no cover - compiled
         # Sums of (x - shift) and (x - shift)^2 per sub-block and pixel, four frames of a
         # sub-block at a time (one load and store of the sums per four frames; the pixel
@@ -115,7 +114,7 @@ def _numba_kernels():
                     r2[p] += d * d
                 f += 1
 
-    @numba.njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True)
     def label_add(flat, labels, out):  # pragma: no cover - compiled
         # out[label] += frame, four frames of one label at a time where they follow.
         nf, npix = flat.shape
@@ -689,6 +688,8 @@ def polar_outliers(profiles, coverage=None, crystal=6.0, dose=8.0, min_coverage=
     grid = logt.reshape(nav if len(nav) == 2 else (1, -1))
     valid_grid = lit.reshape(grid.shape)
     fill = np.median(logt[lit]) if lit.any() else 0.0
+    from scipy import ndimage  # here: importing femlib.signals should not load it
+
     local = ndimage.median_filter(np.where(valid_grid, grid, fill), size=3, mode="nearest")
     d = (grid - local).ravel()
     dose_z = _robust_z(d, lit)

@@ -370,11 +370,11 @@ def run_fem(source=None, *, progress=None, **options):
         # (get_variance takes one).
         correction = {"gain": gain} if noise is None else {"noise": noise}
         with steps("variance", f"V(k) from {n_total} patterns"):
-            var = _reading(path, lambda: s.get_variance(
+            var = _reading(path, lambda: _computed(s.get_variance(
                 npt=opts.npt, method=opts.method, radial_range=radial_range, mask=mask,
                 thickness=thickness, bins=opts.thickness_bins, show_progressbar=False,
                 navigation_mask=navigation_mask, **correction,
-            ))
+            )))
         if annulus is not None:
             _relabel_relative_bins(var)
         # The transform is linear: transforming the summed pattern once gives the sum of
@@ -629,6 +629,14 @@ def _raised_by_femlib(exc):
         tb = tb.tb_next
     return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(
         "femlib")
+
+
+def _computed(var):
+    """A lazy input gives a lazy V(k): its pass runs here, inside :func:`_reading`, so that a
+    reader's error during the pass is reported as one about the file."""
+    if var._lazy:
+        var.compute(show_progressbar=False)
+    return var
 
 
 def _reading(path, compute):

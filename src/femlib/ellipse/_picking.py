@@ -2,7 +2,6 @@
 
 import numpy as np
 from scipy import ndimage
-from scipy.signal import find_peaks, peak_widths
 
 from femlib.calibration import check_mask
 from femlib.ellipse._fit import (
@@ -96,6 +95,9 @@ def _find_ring(image, excluded, center, lin):
     local measure, so that the decaying background and the edge of the beam stop do not
     count. Returns None when the profile has no peak.
     """
+    # scipy.signal takes longer to import than the rest of femlib's first call needs.
+    from scipy.signal import find_peaks, peak_widths
+
     rows, cols = np.indices(image.shape)
     u, v = _corrected(rows, cols, center, lin)
     rho = np.hypot(u, v)[~excluded]

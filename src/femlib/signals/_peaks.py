@@ -7,6 +7,7 @@ NaNs in a shared parameter map.
 """
 
 import csv
+import importlib.util
 import io
 import math
 import warnings
@@ -203,6 +204,9 @@ def fit_peaks(signal_axis, v, se, guesses, background_order=1, k_range=None, rep
     from hyperspy.components1d import GaussianHF, Offset, Polynomial
     from hyperspy.signals import Signal1D
 
+    # HyperSpy's expression components evaluate with numexpr by default and log a warning
+    # on stdout for every component when it is not installed: name the module instead.
+    module = "numexpr" if importlib.util.find_spec("numexpr") is not None else "numpy"
     good = np.isfinite(v) & np.isfinite(se) & (se > 0)
     sig = Signal1D(np.where(good, v, 0.0), axes=[dict(signal_axis, navigate=False)])
     sig.metadata.set_item("Signal.Noise_properties.variance", np.where(good, se, 1.0) ** 2)
@@ -211,14 +215,14 @@ def fit_peaks(signal_axis, v, se, guesses, background_order=1, k_range=None, rep
     if background_order == 0:
         bg = Offset(offset=base)
     else:
-        bg = Polynomial(order=background_order)
+        bg = Polynomial(order=background_order, module=module)
         for p in bg.parameters:
             p.value = base if p.name == "a0" else 0.0
     bg.name = "background"
     model.append(bg)
     peaks = []
     for i, (pos, height, fwhm) in enumerate(guesses):
-        g = GaussianHF(height=height, centre=pos, fwhm=fwhm)
+        g = GaussianHF(height=height, centre=pos, fwhm=fwhm, module=module)
         g.name = f"peak_{i}"
         model.append(g)
         peaks.append(g)

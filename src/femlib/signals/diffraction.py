@@ -1,6 +1,8 @@
 """``FEMDiffraction2D``: a stack of nanobeam diffraction patterns (4D-STEM)."""
 
 import copy
+import functools
+import math
 import types
 import warnings
 
@@ -20,7 +22,7 @@ from femlib.calibration import Calibration, azimuth_fraction_on_detector
 from femlib.signals import _screening as _screen
 from femlib.signals._state import CalibrationStateMixin, take_positions
 from femlib.signals.polar import FEMPolar2D, LazyFEMPolar2D
-from femlib.signals.variance import FEMVariance1D
+from femlib.signals.variance import FEMVariance1D, LazyFEMVariance1D
 
 __all__ = ["FEMDiffraction2D", "LazyFEMDiffraction2D"]
 
@@ -119,7 +121,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             azimuth_range=azimuth_range,
             mask=geo["mask"],
         )
-        _warn_off_detector(geo, weights)
+        _warn_off_detector(geo, weights, radial_range)
         return weights
 
     def _radius_axis(self, weights):
@@ -265,7 +267,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
-            Default: HyperSpy's preference.
+            Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
+            eager data then draw the bar only for passes longer than a second.
 
         Returns
         -------
@@ -331,7 +334,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         inplace : bool
             If True, replace this signal by the result and return None.
         show_progressbar : bool or None
-            Default: HyperSpy's preference.
+            Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
+            eager data then draw the bar only for passes longer than a second.
 
         Returns
         -------
@@ -478,7 +482,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             Thickness bins: a count of equal-width bins or explicit edges. ``V(k)`` is
             computed inside every bin in the same pass.
         show_progressbar : bool or None
-            Default: HyperSpy's preference.
+            Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
+            eager data then draw the bar only for passes longer than a second.
         subtract_nonuniformity : bool
             Subtract the static within-ring non-uniformity of the mean pattern from ``r``
             and ``re`` (see :func:`femlib.variance.estimate`); other methods unchanged.
@@ -522,8 +527,26 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             :meth:`FEMVariance1D.combined`). When ``r`` or ``re`` is asked for, also
             ``ring_nonuniformity`` and ``ring_nonuniformity_standard_error`` (per radial
             bin, and per thickness bin when binned, plus ``combined_ring_nonuniformity``)
-            and ``subtract_nonuniformity``. The result is computed (not lazy) for lazy
-            input too: a few hundred numbers from one streaming pass.
+            and ``subtract_nonuniformity``. When all-zero patterns were left out (see
+            Warns), ``number_of_zero_patterns``.
+
+            Lazy input gives a :class:`~femlib.signals.LazyFEMVariance1D`: nothing is read
+            until its ``compute()``, which runs the one pass and fills the standard error
+            and the metadata that need it (``number_of_patterns``, counts, jackknife,
+            combined curves; before it, ``metadata.FEM`` holds what the call fixes) and
+            issues the pass's warnings; its axes are known at once. ``dask.compute`` of
+            several such results reads the data once for all of them.
+
+        Warns
+        -----
+        UserWarning
+            Patterns with NaN or infinite weighted pixels (left out, counted). Patterns
+            exactly 0 in every radial bin while the others' mean dose makes that
+            improbable (chance below 1e-6 under Poisson statistics with ``gain``, or with
+            counts taken as electrons without one): left out as missing data (a missing
+            chunk of a zarr store reads as zeros) and counted; where such zeros are
+            plausible they are kept. ``npt=1`` or a radial range narrower than one pixel
+            (V(k) means nothing there).
 
         Raises
         ------
@@ -577,6 +600,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         if descan:
             _check_descan_methods(methods, subtract_nonuniformity)
         _check_no_empty_bins(w)
+        _warn_meaningless_bins(w, npt, radial_range, self.calibration.geometry(mask=mask))
         labels, n_groups, edges, layout = self._group_labels(
             thickness, bins, navigation_mask, groups, tiles
         )
@@ -592,16 +616,39 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             shot = w.squared if noise is None else noise.shot_weights(w)
         work = _moments.accumulate_moments(
             self.data, w, labels, shot_weights=shot, methods=methods, n_groups=n_groups,
-            compute=False, shot_scale=1.0 if gain is None else gain,
+            compute=False, shot_scale=1.0 if gain is None else gain, leave_out_zero=True,
         )
-        moments = _compute(work, show_progressbar, scheduler=None if self._lazy else "threads")
-        if moments.n_nonfinite:
+        cal = self.calibration
+        finish = functools.partial(
+            self._finish_variance, w=w, methods=methods, method=method, gain=gain,
+            noise=noise, n_groups=n_groups, edges=edges, layout=layout,
+            subtract_nonuniformity=bool(subtract_nonuniformity),
+            navigation_mask=navigation_mask,
+            calibration={
+                "center": cal._mean_center(),
+                "affine": np.eye(3) if cal.affine is None else cal.affine,
+            },
+        )
+        if self._lazy:
+            return _lazy_variance(work, finish, labels, n_groups, methods, shot is not None, w,
+                                  shot_scale=1.0 if gain is None else gain)
+        return finish(_compute(work, show_progressbar, scheduler="threads"))
+
+    def _finish_variance(self, moments, w, methods, method, gain, noise, n_groups, edges,
+                         layout, subtract_nonuniformity, calibration, navigation_mask=None,
+                         quiet=False):
+        """The FEMVariance1D of the moments of one pass (eager, or a lazy result's
+        compute). ``quiet``: no warnings (the lazy result's template)."""
+        n_zero = 0 if moments.zero_count is None else int(moments.zero_count.sum())
+        if n_zero:
+            moments = _zero_patterns(moments, n_zero, w, gain, noise, quiet)
+        if moments.n_nonfinite and not quiet:
             warnings.warn(
                 f"{moments.n_nonfinite} pattern(s) with NaN or infinite values in unmasked "
                 "pixels of the radial range were left out (mask those pixels, or exclude the "
                 "positions with navigation_mask)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if moments.n_uncovered:
             raise ValueError(
@@ -610,10 +657,13 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 "center, per-position centres): narrow radial_range, use fewer bins (npt), "
                 "check the mask, or leave those positions out with navigation_mask"
             )
+        left_out = 0 if moments.zero_count is None else int(moments.zero_count.sum())
         if moments.n_frames < 2:
             raise ValueError(
                 f"only {moments.n_frames} usable pattern(s) (after navigation_mask, thickness "
-                f"edges and {moments.n_nonfinite} non-finite): V(k) needs at least 2"
+                + (f"edges, {moments.n_nonfinite} non-finite and {left_out} all-zero)"
+                   if left_out else f"edges and {moments.n_nonfinite} non-finite)")
+                + ": V(k) needs at least 2"
             )
         if edges is not None:
             counts = moments.count.reshape(n_groups, -1).sum(axis=1).astype(int)
@@ -629,24 +679,30 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         est_w = types.SimpleNamespace(
             area=np.ones(w.npt), matrix=None, touched=None,
             ring_geometry=(w.area, np.asarray(w.reference.squared.sum(axis=1)).ravel()),
-        ) if descan else w
-        res = _variance.estimate(
-            moments, est_w, methods, gain, k0=None if noise is None else float(noise.k0),
-            subtract_nonuniformity=subtract_nonuniformity,
-            curvature=None if noise is None else getattr(noise, "curvature", None),
-        )
-        _variance.warn_undefined(res, w.radial_centers)
-        result = self._variance_signal(
-            res, w, methods, method, gain if noise is None else float(noise.gain), edges, layout
-        )
+        ) if isinstance(w, integration.DescanWeights) else w
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            res = _variance.estimate(
+                moments, est_w, methods, gain, k0=None if noise is None else float(noise.k0),
+                subtract_nonuniformity=subtract_nonuniformity,
+                curvature=None if noise is None else getattr(noise, "curvature", None),
+            )
+            _variance.warn_undefined(res, w.radial_centers)
+            result = self._variance_signal(
+                res, w, methods, method, gain if noise is None else float(noise.gain), edges,
+                layout, calibration=calibration,
+            )
         # The trust flags in the layout of the data (the same path as V, quietly).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flags = self._variance_signal(
                 dict(res, variance=res["standard_error_trusted"].astype(float)), w, methods,
-                method, gain, edges, layout,
+                method, gain, edges, layout, calibration=calibration,
             ).data
         result.metadata.FEM.standard_error_trusted = flags > 0.5
+        if left_out:
+            result.metadata.FEM.number_of_zero_patterns = left_out
         if noise is not None:
             result.metadata.FEM.noise_model = {
                 "gain": float(noise.gain),
@@ -706,7 +762,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             "axes": [(ax.name, ax.units) for ax in (nav[1], nav[0])],
         }
 
-    def _variance_signal(self, res, w, methods, method, gain, edges, layout=None):
+    def _variance_signal(self, res, w, methods, method, gain, edges, layout=None,
+                         calibration=None):
         single = len(methods) == 1
         fem = {
             "method": methods[0] if single else list(methods),
@@ -715,7 +772,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
             "npt": w.npt,
             "radial_range": tuple(float(x) for x in w.radial_edges[[0, -1]]),
             "number_of_patterns": int(res["counts"][res["used_groups"]].sum()),
-            "Calibration": {
+            "Calibration": dict(calibration) if calibration else {
                 "center": self.calibration._mean_center(),
                 "affine": np.eye(3) if self.calibration.affine is None else self.calibration.affine,
             },
@@ -1118,9 +1175,118 @@ def _check_noise(gain, noise):
     return None, noise
 
 
-def _warn_off_detector(geo, weights):
+#: An all-zero pattern less probable than this under Poisson statistics is taken for
+#: missing data (and left out).
+_ZERO_PROBABILITY = 1e-6
+
+
+def _zero_patterns(moments, n_zero, w, gain, noise, quiet):
+    """Leave out (with a warning) or put back the patterns that are exactly 0 in every
+    radial bin: left out when the other patterns' dose makes a zero improbable (chance
+    below :data:`_ZERO_PROBABILITY` under Poisson statistics), else put back."""
+    n = moments.n_frames
+    total = float((moments.count[:, None] * moments.mean[:, 0, :]).sum()) / max(n, 1)
+    g = gain if gain is not None else float(noise.gain) if noise is not None else 1.0
+    electrons = total / g
+    assumed = "" if gain is not None or noise is not None else (
+        " (detector units taken as electrons: no gain given)")
+    chance = math.exp(-electrons) if n else 1.0
+    if chance >= _ZERO_PROBABILITY:
+        return _moments.with_zero_frames(moments)  # plausible shot noise at this dose
+    if not quiet:
+        r0, r1 = (float(r) for r in w.radial_edges[[0, -1]])
+        warnings.warn(
+            f"{n_zero} pattern(s) are exactly 0 in the whole radial range ({r0:.4g}, "
+            f"{r1:.4g}) while the other {n} hold {electrons:.4g} electrons there on average"
+            f"{assumed}"
+            f" (chance of an empty pattern {chance:.2g}): left out as missing data (a "
+            "missing chunk of a zarr store reads as zeros). metadata.FEM."
+            "number_of_zero_patterns holds the count",
+            UserWarning,
+            stacklevel=4,
+        )
+    return moments
+
+
+def _warn_meaningless_bins(w, npt, radial_range, geo):
+    """One warning when the bins asked for cannot give a meaningful V(k): a single radial
+    bin, or a radial range narrower than one detector pixel."""
+    given = "the default radial range" if radial_range is None else (
+        f"radial_range={tuple(radial_range)!r}")
+    r0, r1 = (float(r) for r in w.radial_edges[[0, -1]])
+    pixel = float(np.mean(np.abs(geo["scale"])))
+    if r1 - r0 < pixel:
+        warnings.warn(
+            f"{given} is narrower ({r1 - r0:.4g}) than one detector pixel ({pixel:.4g} "
+            "calibrated units): every bin holds fractions of the same few pixels and V(k) "
+            "means nothing; widen the range",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif npt == 1:
+        warnings.warn(
+            f"npt=1 gives a single radial bin over {given} ({r0:.4g}, {r1:.4g}): V is one "
+            "number averaged over the rings, not a curve of k; use npt >= 2 (e.g. 50)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _lazy_variance(work, finish, labels, n_groups, methods, shot, w, shot_scale=1.0):
+    """A LazyFEMVariance1D of the pass ``work``: ``compute()`` runs it and ``finish``.
+
+    Its axes are those of ``finish`` on stand-in moments with the frame counts the labels
+    give (the pass's own unless frames turn out non-finite or all-zero); metadata that
+    needs the pass (standard error, counts, jackknife, combined curves) and the warnings
+    come with ``compute()``.
+    """
+    import dask
+    import dask.array as da
+
+    need = _moments.needs(methods, shot)
+    descan = isinstance(w, integration.DescanWeights)
+    if descan:  # per-position centres keep no per-pixel table (femlib.moments)
+        need["pixel_means"] = need["pixel_squares"] = False
+    nb = _moments.N_BLOCKS
+    states = _moments.frame_states(labels.size, labels.ravel(), n_groups, nb)
+    n_states = n_groups * nb
+    count = np.bincount(states[states >= 0], minlength=n_states).astype(float)
+    k = w.area.size
+    p = 0 if descan else w.touched.size
+    stand_in = _moments.Moments(
+        count, np.ones((n_states, len(_moments.COLUMNS), k)), np.ones((n_states, k)),
+        np.ones((n_states, p)) if need["pixel_means"] else None,
+        np.ones((n_states, p)) if need["pixel_squares"] else None,
+        n_groups, nb, 0, need["squares"], shot, need["ratio"], per_frame_area=descan,
+        shot_scale=shot_scale, zero_count=np.zeros(n_states),
+    )
+    template = finish(stand_in, quiet=True)
+    data = da.from_delayed(
+        dask.delayed(_variance_data, pure=False)(work, finish), template.data.shape,
+        dtype=template.data.dtype,
+    )
+    md = template.metadata.as_dictionary()
+    md.get("Signal", {}).pop("Noise_properties", None)
+    md["FEM"] = {key: value for key, value in md["FEM"].items() if key in _CALL_KEYS}
+    result = LazyFEMVariance1D(data, axes=template.axes_manager._get_axes_dicts(),
+                               metadata=md)
+    result._femlib_pending = {"work": work, "finish": finish, "run": _compute, "data": data}
+    return result
+
+
+#: metadata.FEM keys of a lazy V(k) before compute(): those the call fixes.
+_CALL_KEYS = ("method", "methods", "gain", "npt", "radial_range", "Calibration",
+              "thickness_edges", "tiles", "noise_model", "subtract_nonuniformity")
+
+
+def _variance_data(moments, finish):
+    return finish(moments).data
+
+
+def _warn_off_detector(geo, weights, radial_range=None):
     """One warning when the centre looks unset or the radial range mostly misses the
-    detector (the integral would then be taken around the wrong point)."""
+    detector (the integral would then be taken around the wrong point). The range is
+    named as the user gave it (or as the default when ``radial_range`` is None)."""
     fraction = float(
         azimuth_fraction_on_detector(
             geo["detector_shape"], geo["center"], geo["affine"], geo["scale"],
@@ -1132,8 +1298,12 @@ def _warn_off_detector(geo, weights):
         return
     cx, cy = (float(c) + 0.0 for c in geo["center"])  # + 0.0: no "-0" in the message
     r0, r1 = (float(r) for r in weights.radial_edges[[0, -1]])
+    given = f"the radial range ({r0:.4g}, {r1:.4g})" + (
+        "" if radial_range is not None
+        else " (the default of radial_range=None: 0 to the farthest detector corner)"
+    )
     msg = (
-        f"only {fraction:.0%} of the azimuths of the radial range ({r0:.4g}, {r1:.4g}) lie "
+        f"only {fraction:.0%} of the azimuths of {given} lie "
         f"on the detector around the centre ({cx:.4g}, {cy:.4g}) px"
     )
     if unset:
@@ -1165,20 +1335,30 @@ def _nav_axis(name, units, values):
     return {"name": name, "units": units, "axis": values, "navigate": True}
 
 
-def _compute(work, show_progressbar, scheduler=None):
-    """Compute with dask (the active scheduler, or ``scheduler``), with dask's progress bar
-    on local schedulers when asked (default: HyperSpy's preference)."""
+def _compute(work, show_progressbar, scheduler=None, **kwargs):
+    """Compute with dask (the active scheduler, or ``scheduler``; ``kwargs`` go to
+    ``dask.compute``), with dask's progress bar on local schedulers when asked (default:
+    HyperSpy's preference, ``hs.preferences.General.show_progressbar``; eager data then
+    draw it only for passes longer than a second)."""
     import contextlib
 
     import dask
 
     from femlib._progress import ProgressBar
 
+    # With the default (HyperSpy's preference), a pass over eager data draws its bar only
+    # when it lasts over a second: most take a fraction of one, and a bar per call fills a
+    # notebook or a script's output.
+    minimum = 1.0 if show_progressbar is None and scheduler == "threads" else 0.0
     if show_progressbar is None:
         show_progressbar = preferences.General.show_progressbar
-    ctx = ProgressBar() if show_progressbar else contextlib.nullcontext()
+    ctx = ProgressBar(minimum=minimum) if show_progressbar else contextlib.nullcontext()
+    if scheduler == "threads":
+        # The threaded scheduler itself: named by its string, dask first imports
+        # distributed (a second of the first call) to look for a client it then ignores.
+        from dask.threaded import get as scheduler
     with ctx:
-        (result,) = dask.compute(work, scheduler=scheduler)
+        (result,) = dask.compute(work, scheduler=scheduler, **kwargs)
     return result
 
 

@@ -304,7 +304,103 @@ class FEMVariance1D(Signal1D):
 
 
 class LazyFEMVariance1D(LazySignal, FEMVariance1D):
-    """Lazy (dask-backed) :class:`FEMVariance1D`."""
+    """Lazy (dask-backed) :class:`FEMVariance1D`.
+
+    :meth:`FEMDiffraction2D.get_variance` of lazy data returns one: nothing is read until
+    :meth:`compute`, which runs the single pass and fills the standard error and the
+    metadata that need it. ``dask.compute(v1, v2, ...)`` of several such results returns
+    their computed :class:`FEMVariance1D` and reads the data once for all of them.
+    """
+
+    def _pending(self):
+        pending = self.__dict__.get("_femlib_pending")
+        return pending if pending is not None and pending["data"] is self.data else None
+
+    def compute(self, close_file=False, show_progressbar=None, **kwargs):
+        """Run the pass and turn this signal into the computed :class:`FEMVariance1D`.
+
+        As HyperSpy's :meth:`~hyperspy._signals.lazy.LazySignal.compute` (in place,
+        returns None). For the result of ``get_variance`` the pass gives the data, the
+        standard error and the metadata that need the moments (counts, jackknife,
+        combined curves), and its warnings are issued here.
+
+        Parameters
+        ----------
+        close_file : bool
+            As HyperSpy's.
+        show_progressbar : bool or None
+            Default: HyperSpy's preference.
+        **kwargs
+            Passed to ``dask.compute`` (e.g. ``scheduler``).
+
+        Returns
+        -------
+        None
+
+        Examples
+        --------
+        >>> import femlib
+        >>> s = femlib.data.synthetic_fem(navigation_shape=(8, 8), lazy=True)
+        >>> s.calibration.center = s.metadata.Simulation.center
+        >>> v = s.get_variance(npt=10, gain=4.2, radial_range=(3.0, 5.5))
+        >>> type(v).__name__
+        'LazyFEMVariance1D'
+        >>> v.compute(show_progressbar=False)
+        >>> type(v).__name__, v.standard_error.shape
+        ('FEMVariance1D', (10,))
+        """
+        pending = self._pending()
+        if pending is None:
+            return super().compute(close_file=close_file, show_progressbar=show_progressbar,
+                                   **kwargs)
+        result = pending["finish"](pending["run"](pending["work"], show_progressbar,
+                                                  **kwargs))
+        self._become(result)
+        if close_file:
+            self.close_file()
+        return None
+
+    def _become(self, result):
+        self.__dict__.pop("_femlib_pending", None)
+        self.data = result.data
+        self._metadata = result.metadata
+        self._lazy = False
+        self._assign_subclass()
+
+    # dask's collection protocol: dask.compute(v1, v2) merges the graphs (one read of
+    # the data) and returns the computed signals.
+    def __dask_graph__(self):
+        pending = self._pending()
+        return None if pending is None else pending["work"].__dask_graph__()
+
+    def __dask_keys__(self):
+        return self._pending()["work"].__dask_keys__()
+
+    def __dask_layers__(self):
+        return self._pending()["work"].__dask_layers__()
+
+    def __dask_tokenize__(self):
+        return self._pending()["work"].key
+
+    def __dask_postcompute__(self):
+        return _computed_variance, (self._pending()["finish"],)
+
+    def __dask_postpersist__(self):
+        raise NotImplementedError("persist() a lazy V(k): compute() it (a few numbers)")
+
+    @staticmethod
+    def __dask_optimize__(dsk, keys, **kwargs):
+        return dsk
+
+    @staticmethod
+    def __dask_scheduler__(*args, **kwargs):
+        from dask.threaded import get
+
+        return get(*args, **kwargs)
+
+
+def _computed_variance(results, finish):
+    return finish(results[0])
 
 
 # find_peaks is defined here and attached below (not inside the class body) to keep this

@@ -22,10 +22,10 @@ pixel, and the sub-pixel remainder moves the probe (an exact Fourier phase ramp)
 
 import math
 
-import numba
 import numpy as np
 import scipy.fft as sfft
 
+from femlib._jit import njit
 from femlib.simulate import _potentials
 
 __all__ = []
@@ -130,7 +130,7 @@ def probe_diameter(spectrum, dx, fraction=PROBE_FRACTION):
     return 2 * dx * r[order][np.searchsorted(cum, fraction)]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _spread(fine, ys, xs, sigma, half):  # pragma: no cover - compiled
     ny, nx = fine.shape
     n = 2 * half + 1

@@ -7,9 +7,9 @@ two models that differ in medium-range order and nothing else, which is what FEM
 import math
 import numbers
 
-import numba
 import numpy as np
 
+from femlib._jit import njit
 from femlib.simulate import _potentials
 
 __all__ = ["embed_clusters", "random_packing", "LATTICES"]
@@ -30,7 +30,7 @@ def _require_ase():
     return require("ase")
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _place(cand, box, d, target, pos, n, grid, fill, ncell):  # pragma: no cover - compiled
     """Random sequential addition: accept candidates at least ``d`` from every placed atom
     (periodic box, cell list). Returns the new number of atoms and candidates used."""
