@@ -1,7 +1,20 @@
-"""Tests of the ``femlib`` command line, run as a user runs it: in a subprocess."""
+"""Tests of the ``femlib`` command line.
 
+Most run ``femlib.cli.main`` in this process (:func:`run_cli`): it is what the console
+script and ``python -m femlib`` call, and its return value is their exit status, so the
+messages, exit codes and outputs are those of a real run without a new process's start-up
+(Python, HyperSpy, numba: seconds each). A subprocess (:func:`femlib_cmd`, :func:`_popen`)
+is kept only where the process is what is tested: ``python -m femlib`` itself, signals
+(exit 130 and 143), two runs at once (which also check that a fresh process writes
+nothing but the summary on stdout), a folder unwritable by another user, a real full
+disk.
+"""
+
+import contextlib
 import csv
 import errno
+import io
+import logging
 import os
 import re
 import shutil
@@ -32,11 +45,28 @@ def femlib_cmd(*args, cwd):
     )
 
 
+def run_cli(*args, cwd):
+    """``femlib ARGS`` in this process, in the folder ``cwd``: ``femlib.cli.main`` with
+    stdout and stderr captured (not terminals, as :func:`femlib_cmd`'s pipes). The result
+    has the attributes of :func:`femlib_cmd`'s: ``returncode`` (main's return value, the
+    exit status of the console script), ``stdout``, ``stderr``."""
+    from femlib import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    assert type(code) is int, code  # sys.exit(main()) turns it into the exit status
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
-    """The README's main job, ``femlib fem --thickness-bins 8``, in an empty folder."""
+    """The README's main job, ``femlib fem --thickness-bins 8``, in an empty folder (the
+    default 1600 patterns: the README shows its output)."""
     cwd = tmp_path_factory.mktemp("main_job")
-    res = femlib_cmd("fem", "--thickness-bins", "8", cwd=cwd)
+    res = run_cli("fem", "--thickness-bins", "8", cwd=cwd)
     assert res.returncode == 0, res.stderr
     return res, cwd / "femlib_out"
 
@@ -49,7 +79,7 @@ def small_file(tmp_path_factory):
 
 
 def test_version(tmp_path):
-    res = femlib_cmd("--version", cwd=tmp_path)
+    res = run_cli("--version", cwd=tmp_path)
     assert res.returncode == 0
     assert res.stdout == f"femlib {femlib.__version__}\n"
     assert res.stderr == ""
@@ -78,11 +108,11 @@ def test_readme_sample_output_is_the_current_output(main_job):
     )
 
 
-def test_summary_recovers_centre_and_peak(main_job):
+def test_summary_recovers_centre_and_peak(main_job, synthetic_default):
     text = main_job[0].stdout
     line = next(x for x in text.splitlines() if x.strip().startswith("centre (x, y)"))
     found = np.array([float(v) for v in line.split("(")[-1].split(")")[0].split(",")])
-    truth = femlib.data.synthetic_fem().metadata.Simulation
+    truth = synthetic_default.metadata.Simulation
     assert np.hypot(*(found - np.asarray(truth.center))) < 0.2
     peaks = _summary_peaks(text)
     k_true = truth.k[np.argmax(truth.variance)]
@@ -152,7 +182,7 @@ def test_report_shows_existing_figures_and_tables(main_job):
     assert '<a href="peaks.csv">' in page and (out / "peaks.csv").exists()
 
 
-def test_csv_agrees_with_get_variance(main_job):
+def test_csv_agrees_with_get_variance(main_job, synthetic_default):
     _, out = main_job
     with open(out / "variance.csv", encoding="utf-8") as f:
         header = next(csv.reader(f))
@@ -160,7 +190,7 @@ def test_csv_agrees_with_get_variance(main_job):
     table = dict(zip(header, values.T, strict=True))
     saved = hs.load(out / "variance.hspy")
     cal = saved.metadata.FEM.Calibration
-    s = femlib.data.synthetic_fem()
+    s = synthetic_default.deepcopy()
     s.calibration.center = cal.center
     s.calibration.affine = cal.affine
     mask = s.sum().data < 0.05 * np.median(s.sum().data)
@@ -179,8 +209,8 @@ def test_csv_agrees_with_get_variance(main_job):
 
 
 def test_file_input_runs_lazily(small_file, tmp_path):
-    res = femlib_cmd("fem", small_file, "--gain", "4.2", "--radial-range", "3.0", "5.5",
-                     "--mask-below", "1000", "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
+    res = run_cli("fem", small_file, "--gain", "4.2", "--radial-range", "3.0", "5.5",
+                  "--mask-below", "1000", "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""  # --quiet: no progress lines, and nothing to warn about
     assert "(144 patterns)" in res.stdout and "patterns used: 144 of 144" in res.stdout
@@ -189,26 +219,26 @@ def test_file_input_runs_lazily(small_file, tmp_path):
 
 def test_empty_thickness_bins_reported_in_one_line(tmp_path):
     """Many more bins than patterns per bin: one warning line, and the summary counts the
-    patterns actually used."""
-    res = femlib_cmd("fem", "--thickness-bins", "1000", "--npt", "10", "--out", "o",
-                     cwd=tmp_path)
+    patterns actually used (a 20 x 20 scan: 400 patterns in 150 bins)."""
+    res = run_cli("fem", "--synthetic-shape", "20", "20", "--thickness-bins", "150",
+                  "--npt", "10", "--out", "o", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     warn = [x for x in res.stderr.splitlines() if "warning" in x]
     assert len(warn) == 1 and "Warning" not in res.stderr and "cli.py" not in res.stderr
     found = re.search(
-        r"femlib: warning: (\d+) of 1000 thickness bins hold fewer than 2 patterns and "
+        r"femlib: warning: (\d+) of 150 thickness bins hold fewer than 2 patterns and "
         r"are left out \((\d+) patterns\)", warn[0]
     )
     left_bins, left_patterns = (int(x) for x in found.group(1, 2))
-    used = int(re.search(r"patterns used: (\d+) of 1600", res.stdout).group(1))
-    assert used + left_patterns == 1600 and 0 < left_patterns < 1600
-    kept = int(re.search(r"thickness bins: (\d+) of 1000 hold", res.stdout).group(1))
-    assert kept + left_bins == 1000
+    used = int(re.search(r"patterns used: (\d+) of 400", res.stdout).group(1))
+    assert used + left_patterns == 400 and 0 < left_patterns < 400
+    kept = int(re.search(r"thickness bins: (\d+) of 150 hold", res.stdout).group(1))
+    assert kept + left_bins == 150
     # The independent count: bins of equal width over the true thickness.
-    t = femlib.data.synthetic_fem().metadata.Simulation
-    thickness = (np.asarray(femlib.data.synthetic_fem().metadata.HAADF.intensity)
-                 - t.black_level) / t.slope
-    counts, _ = np.histogram(thickness, bins=1000)
+    s = femlib.data.synthetic_fem(navigation_shape=(20, 20))
+    t = s.metadata.Simulation
+    thickness = (np.asarray(s.metadata.HAADF.intensity) - t.black_level) / t.slope
+    counts, _ = np.histogram(thickness, bins=150)
     assert used == counts[counts >= 2].sum() and kept == (counts >= 2).sum()
 
 
@@ -233,9 +263,9 @@ def pattern_run(tmp_path_factory):
     """A small synthetic scan binned by the thickness from the patterns (explicit annulus),
     with the noise kernel from the scan itself."""
     cwd = tmp_path_factory.mktemp("pattern_run")
-    res = femlib_cmd("fem", "--synthetic-shape", "20", "20", "--seed", "2",
-                     "--thickness-bins", "3", "--thickness-from-pattern", "8.0", "12.0",
-                     "--noise-from-scan", "--out", "o", cwd=cwd)
+    res = run_cli("fem", "--synthetic-shape", "20", "20", "--seed", "2",
+                  "--thickness-bins", "3", "--thickness-from-pattern", "8.0", "12.0",
+                  "--noise-from-scan", "--out", "o", cwd=cwd)
     assert res.returncode == 0, res.stderr
     return res, cwd / "o"
 
@@ -295,10 +325,10 @@ def flat_field_run(tmp_path_factory):
     flat = femlib.data.synthetic_flat_field(100, (128, 128), gain=4.2, offset=100.0, seed=1)
     hs.signals.Signal2D(flat.astype("float32")).save(folder / "flat.hspy")
     np.save(folder / "dark.npy", np.full((128, 128), 100.0))
-    res = femlib_cmd("fem", "no_haadf.hspy", "--mask-below", "1000", "--radial-range", "3.0",
-                     "5.5", "--thickness-bins", "2", "--thickness-from-pattern",
-                     "--flat-field", "flat.hspy", "--dark", "dark.npy", "--out", "o",
-                     cwd=folder)
+    res = run_cli("fem", "no_haadf.hspy", "--mask-below", "1000", "--radial-range", "3.0",
+                  "5.5", "--thickness-bins", "2", "--thickness-from-pattern",
+                  "--flat-field", "flat.hspy", "--dark", "dark.npy", "--out", "o",
+                  cwd=folder)
     assert res.returncode == 0, res.stderr
     return res, folder
 
@@ -396,7 +426,6 @@ def bad_files(tmp_path_factory):
     [
         (["--mask-below", "-5"], "argument --mask-below: must be > 0, got -5"),
         (["--mask-below", "0"], "argument --mask-below: must be > 0, got 0"),
-        (["--mask-below", "1e12"], "--mask-below 1e+12 masks every pixel"),
         (["good.hspy", "--seed", "3"], "--seed only applies to the synthetic dataset"),
         (["--seed", "-1"], "argument --seed: must be >= 0"),
         (["notes.txt"], "unsupported file type .txt"),
@@ -411,8 +440,6 @@ def bad_files(tmp_path_factory):
         (["--npt", "0"], "argument --npt: must be > 0"),
         (["--npt", "2.5"], "argument --npt: expected an integer"),
         (["--method", "foo"], "argument --method: invalid choice: 'foo'"),
-        (["--radial-range", "3", "99"], "--radial-range 3 99 lies outside the detector"),
-        (["--radial-range", "3", "20"], "outside the detector"),
         (["--radial-range", "5", "3"], "--radial-range must be increasing"),
         (["--radial-range", "-1", "3"], "argument --radial-range: must be >= 0"),
         (["--thickness-bins", "0"], "argument --thickness-bins: must be > 0"),
@@ -430,23 +457,34 @@ def bad_files(tmp_path_factory):
         # (a 2 x 2 synthetic scan loads in no time).
         (["--thickness-bins", "2", "--thickness-from-pattern", "8", "99", "--synthetic-shape",
           "2", "2"], "--thickness-from-pattern 8 99 lies outside the detector"),
+        (["--mask-below", "1e12", "--synthetic-shape", "2", "2"],
+         "--mask-below 1e+12 masks every pixel"),
+        (["--radial-range", "3", "99", "--synthetic-shape", "2", "2"],
+         "--radial-range 3 99 lies outside the detector"),
+        (["--radial-range", "3", "20", "--synthetic-shape", "2", "2"], "outside the detector"),
         (["--flat-field", "flat_64.npy", "--synthetic-shape", "2", "2"],
          "--flat-field flat_64.npy has frames of 64 x 64 px but the detector is 128 x 128 px"),
     ],
 )
-def test_bad_option_exits_2_with_one_line_and_no_output(args, message, bad_files):
+def test_bad_option_exits_2_with_one_line_and_no_output(args, message, bad_files, caplog):
     out = bad_files / "never_created"
     if "--out" not in args:
         args = [*args, "--out", out]
-    res = femlib_cmd("fem", *args, cwd=bad_files)
+    caplog.set_level(logging.DEBUG)
+    res = run_cli("fem", *args, cwd=bad_files)
     lines = res.stderr.splitlines()
     errors = [x for x in lines if x.startswith("femlib: error:")]
     assert res.returncode == 2, res.stderr
     assert len(errors) == 1 and message in errors[0], res.stderr
     # Anything else is a finished-step line, for the errors found after summing.
-    assert all(re.fullmatch(r"femlib: .+ \(\d+\.\d s\)", x) for x in lines if x not in errors)
+    assert all(_is_step(x) for x in lines if x not in errors)
     assert "Traceback" not in res.stderr and "WARNING" not in res.stderr
-    assert "ERROR |" not in res.stderr  # no HyperSpy or RosettaSciIO log lines
+    # No HyperSpy or RosettaSciIO log lines: their handlers write to the stdout of the
+    # process, not to the captured streams, so look at the records themselves.
+    assert "ERROR |" not in res.stderr
+    logged = [r for r in caplog.records if r.name.split(".")[0] in ("hyperspy", "rsciio")
+              and r.levelno >= logging.WARNING]
+    assert not logged, [r.getMessage() for r in logged]
     assert res.stdout == ""
     assert not out.exists()
 
@@ -545,6 +583,7 @@ def test_bad_noise_input_exits_2_before_the_scan_is_read(args, message, bad_file
 def test_python_dash_m_help(tmp_path):
     res = femlib_cmd("fem", "--help", cwd=tmp_path)
     assert res.returncode == 0 and "--thickness-bins" in res.stdout
+    assert res.stderr == ""  # the start-up (imports) writes nothing
 
 
 def test_warnings_are_one_line_without_source(capsys):
@@ -672,17 +711,34 @@ def test_signal_during_the_writing_keeps_the_old_folder(tmp_path):
         assert proc.returncode in (0, code) and names == OUT_FILES, err
 
 
+def _is_step(line):
+    return re.fullmatch(r"femlib: .+ \(\d+\.\d s\)", line) is not None
+
+
 def test_two_runs_into_one_out_do_not_mix(tmp_path):
+    """Two processes writing the same --out: one wins whole, the other fails in one line.
+    The winner also shows what a fresh process writes: the summary alone on stdout (no
+    library's start-up or log line, e.g. numexpr's), one line per step on stderr."""
     runs = [_popen("fem", "--synthetic-shape", "8", "8", "--npt", "10", "--seed", seed,
-                   "--out", "o", "--quiet", cwd=tmp_path) for seed in (1, 2)]
+                   "--out", "o", cwd=tmp_path) for seed in (1, 2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in runs]
     codes = sorted(r[0] for r in results)
     assert codes == [0, 2], results
     winner = next(i for i, r in enumerate(results) if r[0] == 0)
-    loser_err = results[1 - winner][2]
-    assert loser_err.count("\n") == 1 and loser_err.startswith("femlib: error: ")
-    assert ("was written by another run" in loser_err
-            or "exists and is not empty" in loser_err), loser_err
+    loser_err = [x for x in results[1 - winner][2].splitlines()
+                 if not (_is_step(x) or x.startswith("femlib: warning: "))]
+    assert len(loser_err) == 1 and loser_err[0].startswith("femlib: error: "), loser_err
+    assert ("was written by another run" in loser_err[0]
+            or "exists and is not empty" in loser_err[0]), loser_err
+    assert results[1 - winner][1] == ""
+    stdout, stderr = results[winner][1:]
+    lines = stdout.splitlines()
+    assert lines[0] == "femlib fem: synthetic dataset (64 patterns)", stdout
+    assert lines[-1].startswith("  wrote o/: report.html")
+    assert all(line.startswith("  ") for line in lines[1:]), stdout
+    # 64 patterns are too few for a peak of Omega: a warning line among the steps.
+    steps = [x for x in stderr.splitlines() if not x.startswith("femlib: warning: ")]
+    assert len(steps) == 6 and all(_is_step(s) for s in steps), stderr
     out = tmp_path / "o"
     assert {p.name for p in out.iterdir()} == OUT_FILES
     assert [p.name for p in tmp_path.iterdir()] == ["o"]

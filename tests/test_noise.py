@@ -408,25 +408,63 @@ def test_bad_synthetic_psf():
 
 
 # ------------------------------------------------------------------------------- end to end
+class _Shared:
+    """The costly inputs that several end-to-end tests use unchanged, each made once per
+    module on first use: the flat-field model of 200 frames of seed ``seed``, the
+    structure-free 40 x 40 scan of :func:`calibrated_scan`, and its V(k) with that model.
+    Read them, never change them."""
+
+    def __init__(self):
+        self._memo = {}
+
+    def _get(self, key, make):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def flat_model(self, sigma, seed):
+        def make():
+            flat = femlib.data.synthetic_flat_field(200, (128, 128), gain=G, psf_sigma=sigma,
+                                                    seed=seed)
+            return DetectorNoise.from_flat_field(flat)
+
+        return self._get(("flat", sigma, seed), make)
+
+    def structure_free_scan(self, sigma, seed):
+        return self._get(("scan", sigma, seed),
+                         lambda: calibrated_scan(sigma, seed, modulation=False))
+
+    def structure_free_v(self, sigma, seed):
+        """All four estimators (ring non-uniformity subtracted) of the structure-free scan
+        of ``seed``, corrected with the flat-field model of ``seed + 1``."""
+        def make():
+            s = self.structure_free_scan(sigma, seed)
+            return s.get_variance(noise=self.flat_model(sigma, seed + 1),
+                                  mask=s.metadata.Simulation.beam_stop_mask, method="all",
+                                  subtract_nonuniformity=True, **E2E)
+
+        return self._get(("v", sigma, seed), make)
+
+
+@pytest.fixture(scope="module")
+def shared():
+    return _Shared()
+
+
 @pytest.mark.parametrize("sigma", [0.5, 1.0])
-def test_get_variance_with_noise_model_end_to_end(sigma):
+def test_get_variance_with_noise_model_end_to_end(sigma, shared):
     """On structure-free PSF-blurred data, the flat-field model removes the counting model's
     error: Omega is zero within its standard error in >= 90 % of the bins; r and re (less
     the ring non-uniformity) and VImage keep a residual of about 1 standard error per bin
     (measured -3e-5 to -6e-5, the same with the exact kernel of the PSF: the model takes the
     mean pattern as locally constant over the PSF, see the noise page), 1000 times smaller
     than the counting model's error. counting(G) equals gain=G to 1e-12."""
-    s = femlib.data.synthetic_fem((40, 40), modulation=False, thickness_gradient=False,
-                                  psf_sigma=sigma, seed=31)
-    sim = s.metadata.Simulation
-    s.calibration.center = sim.center
-    s.calibration.affine = sim.affine
-    mask = sim.beam_stop_mask
-    flat = femlib.data.synthetic_flat_field(200, (128, 128), gain=G, psf_sigma=sigma, seed=32)
-    model = DetectorNoise.from_flat_field(flat)
+    s = shared.structure_free_scan(sigma, 31)  # 40 x 40, true calibration, no gradient
+    mask = s.metadata.Simulation.beam_stop_mask
+    model = shared.flat_model(sigma, 32)
     kw = dict(npt=50, radial_range=(3.0, 5.75), mask=mask, method="all",
               subtract_nonuniformity=True, show_progressbar=False)
-    v = s.get_variance(noise=model, **kw)
+    v = shared.structure_free_v(sigma, 31)  # s.get_variance(noise=model, **kw)
     with warnings.catch_warnings():  # the counting model's error may be > 10x the raw V
         warnings.simplefilter("ignore", RuntimeWarning)
         plain = s.get_variance(gain=G, **kw)
@@ -463,7 +501,7 @@ def calibrated_scan(sigma, seed, **kwargs):
 
 
 @pytest.mark.parametrize("sigma, seed", [(0.5, 31), (0.5, 41), (1.0, 31), (1.0, 41)])
-def test_noise_model_from_the_scan_end_to_end(sigma, seed):
+def test_noise_model_from_the_scan_end_to_end(sigma, seed, shared):
     """Structure-free PSF-blurred scans, the kernel from a flat field and from the scan.
 
     Omega is zero within its standard error (measured |mean| <= 0.5 rms SE, >= 98 % of the
@@ -474,14 +512,16 @@ def test_noise_model_from_the_scan_end_to_end(sigma, seed):
     (within 1.5 with the scan's, whose K(0) carries its own error) and >= 90 % of the bins
     are within 3 SE.
     """
-    s = calibrated_scan(sigma, seed, modulation=False)
+    s = shared.structure_free_scan(sigma, seed)  # calibrated_scan(sigma, seed, no modulation)
     mask = s.metadata.Simulation.beam_stop_mask
-    flat = femlib.data.synthetic_flat_field(200, (128, 128), gain=G, psf_sigma=sigma,
-                                            seed=seed + 1)
-    models = (DetectorNoise.from_flat_field(flat), DetectorNoise.from_scan(s, mask=mask))
+    flat_model = shared.flat_model(sigma, seed + 1)
+    models = (flat_model, DetectorNoise.from_scan(s, mask=mask))
     for model, limit in zip(models, (1.1, 1.5), strict=True):
-        v = s.get_variance(noise=model, mask=mask, method="all", subtract_nonuniformity=True,
-                           **E2E)
+        if model is flat_model:
+            v = shared.structure_free_v(sigma, seed)
+        else:
+            v = s.get_variance(noise=model, mask=mask, method="all",
+                               subtract_nonuniformity=True, **E2E)
         se = v.metadata.FEM.standard_error
         rms_se = np.sqrt(np.mean(se**2, axis=-1))
         omega = v.data[0]
@@ -510,7 +550,8 @@ def sharp_high_dose_omega():
 
 
 @pytest.mark.parametrize("sigma, peak_ratio", [(0.5, 0.969), (1.0, 0.903)])
-def test_structured_v_with_both_noise_models(sigma, peak_ratio, sharp_high_dose_omega):
+def test_structured_v_with_both_noise_models(sigma, peak_ratio, sharp_high_dose_omega,
+                                            shared):
     """Structured data. V(k) with the flat-field kernel and with the scan's kernel agree
     within a standard error (Omega: measured 0.20 and 0.03 SE at most; VImage 0.75 and
     0.54), and both agree with the structural V(k) as the PSF leaves it -- the same frames
@@ -521,9 +562,8 @@ def test_structured_v_with_both_noise_models(sigma, peak_ratio, sharp_high_dose_
     s = calibrated_scan(sigma, 31)
     sim = s.metadata.Simulation
     mask = sim.beam_stop_mask
-    flat = femlib.data.synthetic_flat_field(200, (128, 128), gain=G, psf_sigma=sigma, seed=32)
     kw = dict(mask=mask, method=["Omega", "VImage"], **E2E)
-    models = (DetectorNoise.from_flat_field(flat), DetectorNoise.from_scan(s, mask=mask))
+    models = (shared.flat_model(sigma, 32), DetectorNoise.from_scan(s, mask=mask))
     v_flat, v_scan = (s.get_variance(noise=m, **kw) for m in models)
     high = calibrated_scan(sigma, 31, dose=1000 * sim.dose)
     reference = high.get_variance(noise=DetectorNoise.from_psf(psf(sigma), G), **kw).data
