@@ -87,7 +87,7 @@ for hkl, g in (("111", np.sqrt(3) / a), ("200", 2 / a), ("220", np.sqrt(8) / a))
     ax.text(g, ax.get_ylim()[1] * 0.95, hkl, ha="center", va="top", fontsize=8)
 ax.set_xlabel("$k$ (nm$^{-1}$)")
 ax.set_ylabel("$V(k)$")
-ax.legend()
+_ = ax.legend()
 
 # %%
 # The difference, judged against the errors

@@ -365,7 +365,9 @@ class LazyFEMVariance1D(LazySignal, FEMVariance1D):
         self.data = result.data
         self._metadata = result.metadata
         self._lazy = False
-        self._assign_subclass()
+        # The eager result's class (HyperSpy's _assign_subclass would take a one-bin V(k),
+        # whose signal dimension it counts as 0, for a BaseSignal).
+        self.__class__ = type(result)
 
     # dask's collection protocol: dask.compute(v1, v2) merges the graphs (one read of
     # the data) and returns the computed signals.
