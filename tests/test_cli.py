@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_stdout_holds_only_the_summary(main_job):
     # No progress bar anywhere (stderr is not a terminal): one line per finished step.
     assert "Completed" not in res.stdout + res.stderr and "\r" not in res.stdout + res.stderr
     steps = res.stderr.splitlines()
-    assert len(steps) == 6 and all(re.fullmatch(r"femlib: .+ \(\d+\.\d s\)", s) for s in steps)
+    assert len(steps) == 9 and all(re.fullmatch(r"femlib: .+ \(\d+\.\d s\)", s) for s in steps)
 
 
 def test_readme_sample_output_is_the_current_output(main_job):
@@ -167,7 +168,8 @@ def test_report_shows_existing_figures_and_tables(main_job):
     page = (out / "report.html").read_text(encoding="utf-8")
     shown = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(shown) == sorted(p.name for p in out.glob("*.png"))
-    assert len(shown) == 4
+    # summed, polar, V(k), V(k) per bin, bad pixels, outliers, descan
+    assert len(shown) == 7
     for name in shown:
         assert (out / name).stat().st_size > 10_000, name
     # Calibration: the centre printed in the summary; one table row per thickness bin.
@@ -898,7 +900,7 @@ def test_nan_frames_left_out_and_counted(small_file, tmp_path, capsys):
     assert err == ("femlib: warning: 2 of 144 patterns hold NaN or infinite values and are "
                    "left out of the summed pattern and of V(k)\n")
     assert "  patterns used: 142 of 144\n" in out
-    assert "  left out: 2 patterns with NaN or infinite values\n" in out
+    assert "  left out: no bad pixels, 2 of 144 positions (2 NaN or inf)\n" in out
 
 
 def test_odd_inputs_warn_once(small_file, tmp_path, capsys):
@@ -965,3 +967,56 @@ def test_real_camera_files_run(args, patterns, tmp_path, capsys, monkeypatch):
     assert {p.name for p in (tmp_path / "o").iterdir()} == OUT_FILES
     if "--scale" in args:
         assert "radial range: 0.2-1.2 nm^-1" in out
+
+
+@pytest.fixture(scope="module")
+def dirty_file(tmp_path_factory):
+    """A 20 x 20 scan with hot pixels, crystalline positions and a descan, as a file."""
+    path = tmp_path_factory.mktemp("dirty") / "dirty.hspy"
+    s = femlib.data.synthetic_fem(navigation_shape=(20, 20), detector_shape=(64, 64),
+                                  thickness_gradient=False, hot_pixels=6, crystals=0.03,
+                                  descan=(2.0, -1.5), seed=5)
+    s.save(path)
+    return path, s
+
+
+DIRTY = ["--gain", "4.2", "--radial-range", "3.0", "5.75", "--npt", "20", "--quiet"]
+
+
+def test_screening_of_a_file_in_the_summary_and_the_report(dirty_file, tmp_path, capsys):
+    path, s = dirty_file
+    code, out, err = _main([path, *DIRTY, "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    # The file is read lazily: the same numbers as the workflow on the eager signal (to the
+    # summation order of the summed pattern, which moves the fitted centre by ~1e-6 px).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = femlib.workflow.run_fem(s, npt=20, gain=4.2, radial_range=(3.0, 5.75))
+    sc = r.screening
+    assert sc.descan_applied and sc.n_positions > 0 and sc.n_bad_pixels > 0
+    assert f"  {sc.left_out_line(400)}\n" in out and f"  {sc.descan_line()}\n" in out
+    table = np.loadtxt(tmp_path / "o" / "variance.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(table[:, 1], r.variance.data, rtol=1e-5)
+    files = {p.name for p in (tmp_path / "o").iterdir()}
+    assert files == OUT_FILES | {"bad_pixels.png", "outliers.png", "descan.png"}
+    page = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    for row in ("bad pixels", "outlier patterns", "descan"):
+        assert f"<td>{row}</td>" in page
+    assert f"{sc.n_positions} of 400 (crystalline {sc.n_positions}" in page
+
+
+def test_screening_switched_off_and_bad_choices(dirty_file, tmp_path, capsys):
+    path, _ = dirty_file
+    code, out, err = _main([path, *DIRTY, "--bad-pixels", "none", "--outliers", "none",
+                            "--descan", "none", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert "  left out: no bad pixels, no positions\n" in out
+    assert "  descan: not searched (--descan none)\n" in out
+    assert {p.name for p in (tmp_path / "o").iterdir()} == OUT_FILES
+    code, out, err = _main([path, *DIRTY, "--outliers", "some", "--out", tmp_path / "p"],
+                           capsys)
+    assert code == 2 and out == "" and "argument --outliers: invalid choice: 'some'" in err
+    code, out, err = _main([path, *DIRTY, "--bad-pixels", tmp_path / "none.npy", "--out",
+                            tmp_path / "p"], capsys)
+    assert code == 2 and re.search(r"--bad-pixels \S*none.npy does not exist", err), err
+    assert not (tmp_path / "p").exists()

@@ -83,7 +83,8 @@ def test_mask_file_and_scale(small, tmp_path):
     mask = np.zeros((128, 128), bool)
     mask[:, :10] = True
     np.save(tmp_path / "mask.npy", mask)
-    rm = workflow.run_fem(s, npt=20, gain=4.2, radial_range=(3.0, 5.75),
+    # Without the beam stop in the mask the direct beam's pixels would be found hot.
+    rm = workflow.run_fem(s, npt=20, gain=4.2, radial_range=(3.0, 5.75), bad_pixels="none",
                           mask=str(tmp_path / "mask.npy"), center=tuple(r.center[::-1]))
     np.testing.assert_array_equal(rm.mask, mask)  # --mask alone replaces the threshold
     assert rm.threshold is None
@@ -288,3 +289,107 @@ def test_copied_data_are_the_shared_ones():
     readme = (RSCIIO / "README.md").read_text(encoding="utf-8")
     assert "bc254db14cd7d4d23169b11aeb622a0a7eac1fbe" in readme
     assert "GPL-3.0-or-later" in readme
+
+
+# --- screening: --bad-pixels, --outliers, --descan --------------------------------------
+SCREEN = {"navigation_shape": (20, 20), "detector_shape": (64, 64),
+          "thickness_gradient": False}
+FEM = {"npt": 20, "gain": 4.2, "radial_range": (3.0, 5.75)}
+OFF = {"bad_pixels": "none", "outliers": "none", "descan": "none"}
+
+
+@pytest.fixture(scope="module")
+def dirty():
+    """A scan with hot pixels, 3 % crystalline positions and a descan, screened (the
+    default) and not."""
+    s = femlib.data.synthetic_fem(**SCREEN, hot_pixels=6, crystals=0.03,
+                                  descan=(2.0, -1.5), seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return s, workflow.run_fem(s, **FEM), workflow.run_fem(s, **FEM, **OFF)
+
+
+def test_screening_finds_the_artefacts_of_the_scan(dirty):
+    s, r, raw = dirty
+    sim, sc = s.metadata.Simulation, r.screening
+    flags = sc.navigation_mask
+    assert flags[sim.outliers].mean() >= 0.95 and flags[~sim.outliers].mean() <= 0.005
+    assert sc.n_bad_pixels >= 4 and not (sc.bad_pixel_mask & ~sim.bad_pixels).any()
+    assert sc.descan_applied and sc.descan > 1.0
+    assert np.sqrt(((sc.centers.data - sim.centers) ** 2).sum(-1).mean()) < 0.1
+    assert r.n_used == 400 - int(flags.sum())
+    reasons = sc.position_reasons()
+    assert sum(reasons.values()) == int(flags.sum()) and all("crystalline" in k
+                                                               for k in reasons)
+    line = r.summary().splitlines()[5]
+    why = workflow._why
+    assert line == (f"  left out: {sc.n_bad_pixels} bad pixels ({why(sc.pixel_reasons())}), "
+                    f"{int(flags.sum())} of 400 positions ({why(reasons)})")
+    assert raw.screening.n_bad_pixels == raw.screening.n_positions == 0
+    assert raw.summary().splitlines()[6] == "  descan: not searched (--descan none)"
+
+
+def test_screened_variance_is_the_library_workflow_and_near_the_truth(dirty):
+    s, r, raw = dirty
+    sim, sc = s.metadata.Simulation, r.screening
+    # The documented library calls with what the steps found give the same V(k).
+    t = s.deepcopy()
+    t.calibration.center = sc.centers.data
+    t.calibration.affine = r.affine
+    direct = t.get_variance(**FEM, mask=r.mask, navigation_mask=sc.navigation_mask,
+                            show_progressbar=False)
+    np.testing.assert_allclose(r.variance.data, direct.data, rtol=1e-12)
+    np.testing.assert_array_equal(r.mask, raw.mask | sc.bad_pixel_mask)
+    truth = np.interp(r.variance.axes_manager[-1].axis, sim.k, sim.variance)
+
+    def rms_se(v):
+        return float(np.sqrt((((v.data - truth) / v.standard_error) ** 2).mean()))
+
+    assert rms_se(r.variance) < 1.5 < 2.0 < rms_se(raw.variance)
+
+
+def test_screening_leaves_a_clean_scan_as_it_was():
+    s = femlib.data.synthetic_fem(**SCREEN, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r, raw = workflow.run_fem(s, **FEM), workflow.run_fem(s, **FEM, **OFF)
+    sc = r.screening
+    assert sc.n_bad_pixels == sc.n_positions == 0 and not sc.descan_applied
+    assert sc.descan < workflow.DESCAN_MIN_PX and sc.centers is not None
+    np.testing.assert_array_equal(r.variance.data, raw.variance.data)
+    assert r.summary().splitlines()[5:7] == [
+        "  left out: no bad pixels, no positions",
+        f"  descan: {sc.descan:.3f} px at most, below 0.1 px: one centre for every position",
+    ]
+
+
+def test_bad_pixels_from_a_file_and_vimage_keeps_one_centre(dirty, tmp_path):
+    s, r, _ = dirty
+    bad = np.zeros((64, 64), bool)
+    bad[40, 7] = bad[3, 50] = True
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.warns(UserWarning, match=r"moves by up to \d\.\d\d px .*VImage needs one"):
+        rf = workflow.run_fem(s, **FEM, bad_pixels=str(tmp_path / "bad.npy"),
+                              outliers="none", method="VImage")
+    sc = rf.screening
+    np.testing.assert_array_equal(sc.bad_pixel_mask, bad)
+    assert rf.mask[40, 7] and rf.mask[3, 50] and sc.bad_pixels is None
+    assert not sc.descan_applied and "VImage needs one centre" in sc.descan_note
+    assert np.shape(rf.signal.calibration.center) == (2,)
+    assert "2 bad pixels (2 from --bad-pixels)" in rf.summary()
+    np.save(tmp_path / "wrong.npy", bad[:10])
+    with pytest.raises(UsageError, match=r"--bad-pixels .*wrong.npy has shape \(10, 64\)"):
+        workflow.run_fem(s, **FEM, bad_pixels=str(tmp_path / "wrong.npy"))
+    with pytest.raises(UsageError, match="--bad-pixels .*missing.npy does not exist"):
+        workflow.run_fem(s, **FEM, bad_pixels=str(tmp_path / "missing.npy"))
+    with pytest.raises(UsageError, match="--outliers takes auto or none, got 'yes'"):
+        workflow.run_fem(s, **FEM, outliers="yes")
+
+
+def test_small_scans_are_not_screened(small):
+    s, _ = small
+    r = workflow.run_fem(s.inav[:9, :9], **FEM)  # 81 patterns
+    lines = r.summary().splitlines()
+    assert lines[5] == ("  left out: bad pixels not searched (81 patterns, fewer than 100), "
+                        "outliers not searched (81 patterns, fewer than 100)")
+    assert lines[6] == "  descan: not searched (81 patterns, fewer than 100)"

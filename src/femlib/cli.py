@@ -129,6 +129,17 @@ def _parser():
                    help="HAADF image of the scan (.npy, .tif or HyperSpy file, "
                    "navigation-shaped) for --thickness-bins, instead of "
                    "metadata.HAADF.intensity")
+    f.add_argument("--bad-pixels", default="auto", metavar="auto|none|FILE",
+                   help="dead, hot and noisy detector pixels left out of everything: auto "
+                   "(default) finds them from the scan (find_bad_pixels), none keeps every "
+                   "pixel, FILE reads them (.npy, .tif or HyperSpy file; True or 1 = bad)")
+    f.add_argument("--outliers", default="auto", choices=["auto", "none"],
+                   help="patterns left out of V(k): auto (default) finds crystalline "
+                   "patterns, dose jumps and NaN frames (find_outlier_patterns)")
+    f.add_argument("--descan", default="auto", choices=["auto", "none"],
+                   help="auto (default): find the pattern centre of every position "
+                   "(find_centers) and integrate each pattern around its own centre when it "
+                   "moves by 0.1 px or more; none: one centre for the whole scan")
     f.add_argument("--gain", type=_number(float, "gain", positive=True),
                    help="detector units per electron (shot-noise correction); default: the "
                    "synthetic truth, or no correction for a file")

@@ -31,6 +31,12 @@ FIGURES = {
     "variance_bins.png": "V(k) in every thickness bin that holds 2 or more patterns.",
     "noise_kernel.png": "The detector noise kernel K(Δ) used for the shot-noise "
     "correction (its sum is the gain, its centre K(0) the per-pixel variance-to-mean ratio).",
+    "bad_pixels.png": "The detector mask: pixels masked in the summed pattern (or by --mask) "
+    "in grey, bad pixels coloured by their reason (dead, hot, noisy, from --bad-pixels).",
+    "outliers.png": "The scan: positions left out of V(k) coloured by their reason "
+    "(crystalline, dose, NaN or inf), beside the crystalline score of every position.",
+    "descan.png": "The pattern centre over the scan minus its mean: tile fits (black) and "
+    "the fitted model (orange), with the fit residuals.",
 }
 
 _TMP_SUFFIX = ".femlib-partial"
@@ -257,8 +263,6 @@ def summary_lines(result):
     if r.truth:
         tc = r.truth["center"]
         lines.append(f"  true centre (x, y): ({tc[0]:.3f}, {tc[1]:.3f}) px")
-    if r.n_nonfinite:
-        lines.append(f"  left out: {r.n_nonfinite} patterns with NaN or infinite values")
     if r.noise is None:
         gain = r.gain
         shot = f"gain: {'none (no shot-noise correction)' if gain is None else f'{gain:g}'}"
@@ -271,6 +275,8 @@ def summary_lines(result):
         lines.append("  ellipticity: not corrected (centre given, no ellipse fit)")
     lines += [
         f"  mask: {_mask_text(r)}",
+        f"  {r.screening.left_out_line(r.n_total)}",
+        f"  {r.screening.descan_line()}",
         f"  radial range: {r.radial_range[0]:.4g}-{r.radial_range[1]:.4g} {units}, {shot}",
     ]
     if r.noise is not None:
@@ -287,7 +293,8 @@ def summary_lines(result):
 
 
 def _mask_text(r, long=False):
-    n = int(r.mask.sum())
+    bad = r.screening.bad_pixel_mask
+    n = int(r.mask.sum() if bad is None else (r.mask & ~bad).sum())
     parts = []
     if r.options.mask is not None:
         name = r.options.mask if isinstance(r.options.mask, str | Path) else "an array"
@@ -295,8 +302,10 @@ def _mask_text(r, long=False):
     if r.threshold is not None:
         parts.append(f"below {r.threshold:.6g}" if long else f"below {r.threshold:.4g}")
     where = " or ".join(parts) if len(parts) < 2 else f"{parts[0]}, or {parts[1]}"
-    what = f"{n} of {r.mask.size} px ({r.mask.mean():.2%})" if long else f"{n} pixels"
-    return f"{what} {where}" + (" in the summed pattern" if r.threshold is not None else "")
+    what = f"{n} of {r.mask.size} px ({n / r.mask.size:.2%})" if long else f"{n} pixels"
+    text = f"{what} {where}" + (" in the summed pattern" if r.threshold is not None else "")
+    n_bad = r.screening.n_bad_pixels
+    return text + (f", and {n_bad} bad pixels" if n_bad else "")
 
 
 def _ellipse_ratio(affine):
@@ -434,57 +443,83 @@ def _figures(out, result):
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         noise.plot(ax=ax)
         save(fig, "noise_kernel.png")
+    sc = result.screening
+    if sc.bad_pixel_mask is not None:
+        save(_bad_pixel_figure(plt, result), "bad_pixels.png")
+    if sc.outliers is not None:
+        save(_outlier_figure(plt, result), "outliers.png")
+    if sc.centers is not None:
+        fig = femlib.screening.plot_descan(sc.centers)
+        fig.suptitle(f"Descan: {sc.descan_line()[len('descan: '):]}", fontsize="medium")
+        fig.tight_layout()
+        save(fig, "descan.png")
     return written
 
 
-def _calibration_rows(s, center, affine, threshold, mask, radial_range, args, gain, n_used,
-                      n_total, truth, annulus=None, noise=None):
-    """(name, value) pairs of the calibration and settings used, for the report."""
-    cal = s.calibration
-    units = _units(s.axes_manager.signal_axes[0])
-    ratio, rotation = _ellipse_ratio(affine)
-    matrix = "\n".join("  ".join(f"{x: .6f}" for x in row) for row in np.asarray(affine))
-    if args.input is None:
-        shape = args.synthetic_shape or (40, 40)
-        source = (f"synthetic dataset (femlib.data.synthetic_fem, seed {args.seed or 0}, "
-                  f"scan {shape[0]} x {shape[1]})")
+def _categories(plt, ax, codes, names, title):
+    """An image of integer categories 0..n (0 = kept, white) with a legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colours = ["white", "tab:red", "tab:blue", "tab:orange", "tab:purple"][: len(names) + 1]
+    ax.imshow(codes, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1,
+              interpolation="nearest")
+    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours[1:], names,
+                                                                strict=True)],
+              loc="upper right", fontsize="small", framealpha=0.8)
+    ax.set_title(title, fontsize="medium")
+
+
+def _first_reason(reason_map, bits):
+    """Category index (1-based, in ``bits`` order) of the lowest reason bit set; 0 none."""
+    codes = np.zeros(np.shape(reason_map), int)
+    for i, bit in reversed(list(enumerate(bits.values(), start=1))):
+        codes[(np.asarray(reason_map) & bit) > 0] = i
+    return codes
+
+
+def _bad_pixel_figure(plt, r):
+    sc = r.screening
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if sc.bad_pixels is not None:
+        md = sc.bad_pixels.metadata.Screening.bad_pixels
+        bits = md.reason_bits.as_dictionary()
+        codes = _first_reason(np.where(sc.bad_pixel_mask, md.reason_map, 0), bits)
+        names = list(bits)
     else:
-        source = str(Path(args.input).resolve())
-    rows = [
-        ("input", source),
-        ("detector", f"{mask.shape[1]} x {mask.shape[0]} px, {cal.scale:.6g} {units} per px"),
-        ("centre (x, y)", f"({center[1]:.3f}, {center[0]:.3f}) px"),
-        ("ellipse", f"axis ratio {ratio:.5f} (ellipticity {ratio - 1:.4%}), major axis at "
-         f"{np.degrees(rotation):.2f}° from +x"),
-        ("affine", matrix),
-        ("mask", f"{int(mask.sum())} of {mask.size} px ({mask.mean():.2%}) below {threshold:.6g} "
-         "in the summed pattern"),
-        ("radial range", f"{radial_range[0]:.6g} to {radial_range[1]:.6g} {units}, "
-         f"{args.npt} bins"),
-        ("method", str(args.method)),
-    ]
-    if noise is None:
-        rows.append(("gain", "none (no shot-noise correction)" if gain is None else f"{gain:g}"))
-    else:
-        ny, nx = noise.size
-        rows += [
-            ("gain", f"{noise.gain:.6g} (sum of the noise kernel)"),
-            ("noise kernel", f"K(0) = {noise.k0:.6g}, window {ny} x {nx} px, from "
-             f"{_noise_source(noise, args, units)}"),
-        ]
-    if annulus is not None:
-        rows.append(("thickness", "relative (mean 1), from the mean intensity of the patterns "
-                     f"in {annulus[0]:.6g} to {annulus[1]:.6g} {units}"))
-    elif args.thickness_bins is not None:
-        black = args.black_level if args.black_level is not None else truth["black_level"]
-        slope = args.slope if args.slope is not None else truth["slope"]
-        rows.append(("thickness", f"from metadata.HAADF.intensity: (HAADF - {black:.6g}) / "
-                     f"{slope:.6g} nm"))
-    rows.append(("patterns used", f"{n_used} of {n_total}"))
-    if truth:
-        tc = truth["center"]
-        rows.append(("true centre (x, y)", f"({tc[0]:.3f}, {tc[1]:.3f}) px"))
-    return rows
+        codes, names = sc.bad_pixel_mask.astype(int), ["from --bad-pixels"]
+    beam = r.mask & ~sc.bad_pixel_mask
+    _categories(plt, ax, codes, names, f"Detector mask: {sc.pixels_text()}")
+    ax.imshow(np.where(beam, 1.0, np.nan), cmap="gray", vmin=0, vmax=2,
+              interpolation="nearest")
+    rows, cols = np.nonzero(sc.bad_pixel_mask)
+    ax.plot(cols, rows, "o", mfc="none", mec="k", ms=8, mew=0.8)  # single pixels stay seen
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    return fig
+
+
+def _outlier_figure(plt, r):
+    sc = r.screening
+    md = sc.outliers.metadata.Screening.outliers
+    bits = md.reason_bits.as_dictionary()
+    codes = _first_reason(md.reason, bits)
+    score = np.asarray(md.crystal_score, dtype=float)
+    if codes.ndim == 1:  # a line scan: one row
+        codes, score = codes[None], score[None]
+    names = {"crystalline": "crystalline", "dose": "dose", "nonfinite": "NaN or inf"}
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    _categories(plt, ax[0], codes, [names.get(k, k) for k in bits],
+                f"Left out of V(k): {sc.positions_text(r.n_total)}")
+    im = ax[1].imshow(score, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax[1], label="crystalline score (robust SD)")
+    ax[1].set_title(f"Crystalline score (threshold {md.thresholds.crystal:g})",
+                    fontsize="medium")
+    for a in ax:
+        a.set_xlabel("scan x (steps)")
+        a.set_ylabel("scan y (steps)")
+    fig.tight_layout()
+    return fig
 
 
 def _calibration_rows(r):
@@ -538,9 +573,43 @@ def _calibration_rows(r):
         rows.append(("thickness", f"from {haadf}: (HAADF - {black:.6g}) / {slope:.6g} nm"))
     rows.append(("patterns used", f"{r.n_used} of {r.n_total}" + (
         f" ({r.n_nonfinite} with NaN or infinite values left out)" if r.n_nonfinite else "")))
+    rows += _screening_rows(r)
     if r.truth:
         tc = r.truth["center"]
         rows.append(("true centre (x, y)", f"({tc[0]:.3f}, {tc[1]:.3f}) px"))
+    return rows
+
+
+def _screening_rows(r):
+    """Report rows of the screening steps (--bad-pixels, --outliers, --descan)."""
+    sc, opts = r.screening, r.options
+    source = {"auto": "searched (--bad-pixels auto)", "none": "not searched (--bad-pixels "
+              "none)"}.get(sc.bad_pixel_source, f"from --bad-pixels {sc.bad_pixel_source}")
+    rows = [("bad pixels", f"{source}: {sc.pixels_text()}")]
+    if sc.bad_pixels is not None:
+        md = sc.bad_pixels.metadata.Screening.bad_pixels
+        th = md.thresholds
+        rows[-1] = (rows[-1][0], rows[-1][1] + f"; thresholds hot {th.hot:g}x and noisy "
+                    f"{th.noisy:g}x the prediction ({md.model}), {th.min_z:g} standard "
+                    "errors")
+    if opts.outliers == "none":
+        rows.append(("outlier patterns", "not searched (--outliers none)"))
+    elif sc.outliers is None:
+        rows.append(("outlier patterns", sc.positions_text(r.n_total)))
+    else:
+        md = sc.outliers.metadata.Screening.outliers
+        counts = {k: int(v) for k, v in md.counts.as_dictionary().items()}
+        rows.append(("outlier patterns", f"{md.n_outliers} of {md.n_positions} "
+                     f"(crystalline {counts['crystalline']}, dose {counts['dose']}, NaN or "
+                     f"inf {counts['nonfinite']}); thresholds crystalline "
+                     f"{md.thresholds.crystal:g} and dose {md.thresholds.dose:g} robust "
+                     "standard deviations"))
+    text = sc.descan_line()[len("descan: "):]
+    if sc.centers is not None:
+        md = sc.centers.metadata.Screening.descan
+        text += (f"; {md.model} fit to {int(np.sum(md.tile_ok))} tiles of {md.tiles[0]} x "
+                 f"{md.tiles[1]} positions, rms residual {md.rms_residual:.3f} px")
+    rows.append(("descan", text))
     return rows
 
 

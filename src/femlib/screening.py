@@ -908,7 +908,12 @@ def plot_descan(fit, ax=None, scale=None):
         ax[0].plot(pos[~ok, 1], pos[~ok, 0], "rx", label="failed / dropped")
     ax[0].set(xlabel="scan x (steps)", ylabel="scan y (steps)",
               title="pattern centre minus its mean (px)")
-    ax[0].invert_yaxis()
+    # quiver does not widen the limits to its arrows: one tile spacing of margin.
+    for axis, set_lim, flip in ((1, ax[0].set_xlim, False), (0, ax[0].set_ylim, True)):
+        p = np.unique(pos[:, axis])
+        pad = float(np.diff(p).min()) if p.size > 1 else 1.0
+        lim = (p.min() - pad, p.max() + pad)
+        set_lim(lim[::-1] if flip else lim)
     ax[0].legend(loc="upper right", fontsize="small")
     ax[1].plot(res[ok, 0], res[ok, 1], "o", ms=3)
     ax[1].axhline(0, color="0.7")

@@ -48,8 +48,8 @@ from femlib._files import (  # noqa: F401 - public here: the workflow's load ste
     missing_chunks,
 )
 
-__all__ = ["FEMOptions", "FEMResult", "MissingChunks", "UsageError", "check_reader", "load",
-           "missing_chunks", "run_fem"]
+__all__ = ["DESCAN_MIN_PX", "MIN_SCREEN_PATTERNS", "FEMOptions", "FEMResult", "MissingChunks",
+           "Screening", "UsageError", "check_reader", "load", "missing_chunks", "run_fem"]
 
 # A thickness bin with fewer than two patterns has no variance; the workflow reports
 # those bins in one warning of its own instead of the library's, which names every bin.
@@ -58,6 +58,7 @@ _LEFT_OUT_BINS = r"thickness bin\(s\) with fewer than 2 patterns are left out"
 # shown only for a range the user gave, never for one the workflow chose itself.
 _PARTIAL_RING = r"only \d+% of the azimuths of the radial range"
 _DEFAULT_SHAPE = (40, 40)
+_NAN_PATTERNS = r"pattern\(s\) have NaN or infinite values in unmasked pixels"
 
 
 @dataclasses.dataclass
@@ -98,6 +99,9 @@ class FEMOptions:
     synthetic_shape: tuple | None = None
     reader: str | None = None
     signal: int | None = None
+    bad_pixels: object = "auto"
+    outliers: str = "auto"
+    descan: str = "auto"
 
 
 @dataclasses.dataclass
@@ -158,6 +162,9 @@ class FEMResult:
         The dataset the workflow ran on, with the calibration (centre, affine, mask) set:
         for further calls such as ``result.signal.get_variance(...)``. A copy of a signal
         given (sharing its data); lazy for a file its reader streams.
+    screening : Screening
+        What the screening steps found and left out (bad pixels, outlier patterns,
+        descan).
     """
 
     source: str
@@ -189,6 +196,7 @@ class FEMResult:
     warnings: list
     timings: dict
     signal: object = None
+    screening: object = None
 
     @property
     def binned(self):
@@ -207,6 +215,137 @@ class FEMResult:
         from femlib import report
 
         return "\n".join(report.summary_lines(self))
+
+
+# A fitted descan whose largest shift from the mean centre is below this (px) is left
+# uncorrected: the engine rounds per-position centres to 1/DESCAN_SUBPIXEL = 0.1 px, so a
+# smaller field changes no weight, and one centre keeps VImage and the results of a clean
+# scan exactly as they are.
+DESCAN_MIN_PX = 0.1
+# The automatic screening judges pixels and patterns against the scan's own statistics
+# (temporal variances, medians and MADs over the positions, tile fits): with fewer patterns
+# than this they are noise, and ``auto`` leaves the step out (saying so in the summary).
+MIN_SCREEN_PATTERNS = 100
+
+
+@dataclasses.dataclass
+class Screening:
+    """What the screening steps of :func:`run_fem` found and left out.
+
+    Attributes
+    ----------
+    bad_pixel_source : str
+        ``"auto"`` (searched with ``find_bad_pixels``), ``"none"``, or the file (or
+        ``"an array"``) the bad pixels came from.
+    bad_pixels : hyperspy.signals.Signal2D or None
+        The result of ``find_bad_pixels`` (reasons and scores in
+        ``metadata.Screening.bad_pixels``); None unless searched.
+    bad_pixel_mask : (rows, cols) ndarray of bool or None
+        The bad pixels added to the detector mask (None with ``"none"``).
+    outliers : hyperspy signal or None
+        The result of ``find_outlier_patterns`` (navigation shaped, True = outlier,
+        reasons and scores in ``metadata.Screening.outliers``); None with ``"none"``.
+    centers : hyperspy.signals.Signal1D or None
+        The result of ``find_centers`` (one (x, y) per position, the tile fits in
+        ``metadata.Screening.descan``); None unless searched.
+    descan : float or None
+        Largest distance (px) of a position's fitted centre from their mean.
+    descan_applied : bool
+        Whether the per-position centres were used (a descan of at least
+        :data:`DESCAN_MIN_PX`, and an estimator that takes them).
+    descan_note : str
+        Why the descan was not searched or not corrected ("" when it was applied).
+    navigation_mask : ndarray of bool or None
+        The positions left out of V(k) (outliers and patterns with NaN or inf).
+    n_nonfinite : int
+        Patterns with NaN or inf (left out whatever ``outliers`` is).
+    skipped : dict
+        ``{"bad_pixels" or "outliers": why}`` for an ``auto`` step left out (a scan of
+        fewer than :data:`MIN_SCREEN_PATTERNS` patterns).
+
+    Examples
+    --------
+    >>> Screening().left_out_line(n_total=100)
+    'left out: no bad pixels, no positions'
+    """
+
+    bad_pixel_source: str = "none"
+    bad_pixels: object = None
+    bad_pixel_mask: np.ndarray | None = None
+    outliers: object = None
+    centers: object = None
+    descan: float | None = None
+    descan_applied: bool = False
+    descan_note: str = ""
+    navigation_mask: np.ndarray | None = None
+    n_nonfinite: int = 0
+    skipped: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_bad_pixels(self):
+        """The number of bad pixels added to the mask."""
+        return 0 if self.bad_pixel_mask is None else int(self.bad_pixel_mask.sum())
+
+    def pixel_reasons(self):
+        """``{reason: count}`` of the bad pixels, each pixel counted once under its
+        reasons joined by ``+`` (``{"from file": n}`` for a file)."""
+        if self.bad_pixels is not None:
+            md = self.bad_pixels.metadata.Screening.bad_pixels
+            return _count_codes(md.reason_map[self.bad_pixel_mask], md.reason_bits)
+        return {"from file": self.n_bad_pixels} if self.n_bad_pixels else {}
+
+    def position_reasons(self):
+        """``{reason: count}`` of the positions left out of V(k), each counted once under
+        its reasons joined by ``+``."""
+        if self.outliers is not None:
+            md = self.outliers.metadata.Screening.outliers
+            return _count_codes(np.asarray(md.reason)[self.navigation_mask], md.reason_bits)
+        return {"nonfinite": self.n_nonfinite} if self.n_nonfinite else {}
+
+    @property
+    def n_positions(self):
+        """The number of positions left out of V(k)."""
+        return 0 if self.navigation_mask is None else int(self.navigation_mask.sum())
+
+    def pixels_text(self):
+        """``"12 bad pixels (2 dead, 10 noisy)"`` or ``"no bad pixels"``."""
+        if "bad_pixels" in self.skipped:
+            return f"bad pixels not searched ({self.skipped['bad_pixels']})"
+        if not self.n_bad_pixels:
+            return "no bad pixels"
+        return f"{self.n_bad_pixels} bad pixels ({_why(self.pixel_reasons())})"
+
+    def positions_text(self, n_total):
+        """``"32 of 1600 positions (32 crystalline)"`` or ``"no positions"``."""
+        if not self.n_positions:
+            return ("no positions" if "outliers" not in self.skipped else
+                    f"outliers not searched ({self.skipped['outliers']})")
+        why = _why(self.position_reasons())
+        return f"{self.n_positions} of {n_total} positions ({why})"
+
+    def left_out_line(self, n_total):
+        """The summary's line: how many pixels and positions were left out, and why."""
+        return f"left out: {self.pixels_text()}, {self.positions_text(n_total)}"
+
+    def descan_line(self):
+        """The summary's line on the descan."""
+        if self.descan_applied:
+            return (f"descan: corrected, per-position centres up to {self.descan:.2f} px "
+                    "from their mean")
+        return f"descan: {self.descan_note}"
+
+
+def _count_codes(codes, bits):
+    """``{"hot+noisy": 2, ...}``: how often each combination of reason bits occurs."""
+    bits = bits.as_dictionary() if hasattr(bits, "as_dictionary") else dict(bits)
+    values, counts = np.unique(np.asarray(codes, dtype=np.int64), return_counts=True)
+    return {"+".join(k for k, b in bits.items() if v & b): int(n)
+            for v, n in zip(values, counts, strict=True) if v}
+
+
+def _why(reasons):
+    names = {"nonfinite": "NaN or inf", "from file": "from --bad-pixels"}
+    return ", ".join(f"{n} {names.get(k, k)}" for k, n in reasons.items())
 
 
 class _Steps:
@@ -327,6 +466,9 @@ def run_fem(source=None, *, progress=None, **options):
                              "patterns: nothing to measure")
         navigation_mask = bad_frames if n_nonfinite else None
         mask, threshold = _mask(summed.data, opts, file_mask)
+        screen = Screening(navigation_mask=navigation_mask, n_nonfinite=n_nonfinite)
+        # Bad pixels before the ellipse fit: a hot pixel on the ring pulls the fit.
+        mask = _screen_pixels(opts, s, mask, gain, noise, bad_frames, path, steps, screen)
 
         # 3. calibrate: centre and affine (the ring ellipse, or the centre given).
 
@@ -343,10 +485,14 @@ def run_fem(source=None, *, progress=None, **options):
             radial_range = (3.0, 5.75) if source is None and opts.scale is None else (
                 _default_radial_range(s, mask, opts.npt))
         radial_range = tuple(float(r) for r in radial_range)
+        # Descan before the outliers: the outlier test integrates around each centre.
+        _screen_descan(opts, s, mask, navigation_mask, path, steps, screen)
+        navigation_mask = _screen_outliers(opts, s, radial_range, mask, path, steps, screen,
+                                           n_total)
         units = _units(s.axes_manager.signal_axes[0])
         annulus = None
         if opts.thickness_from_pattern is not None:
-            annulus = tuple(opts.thickness_from_pattern) or _outer_annulus(s)
+            annulus = tuple(opts.thickness_from_pattern) or _outer_annulus(summed)
             with steps("thickness", f"relative thickness from the patterns ({annulus[0]:.4g}-"
                        f"{annulus[1]:.4g} {units})"):
                 try:
@@ -413,6 +559,7 @@ def run_fem(source=None, *, progress=None, **options):
         peak_table=all_peaks, bins_line=bins_line, truth=truth, signal_units=units,
         detector_scale=float(s.calibration.scale), input_path=None if path is None else
         str(path.resolve()), warnings=caught, timings=steps.timings, signal=s,
+        screening=screen,
     )
 
 
@@ -421,8 +568,8 @@ def run_fem(source=None, *, progress=None, **options):
 
 def _check_options(opts, source=None):
     """The checks that need no data: option combinations, INPUT's existence and type, the
-    files of --mask, --haadf, --flat-field and --dark. Value ranges of the command line are
-    checked by its parser.
+    files of --mask, --haadf, --bad-pixels, --flat-field and --dark. Value ranges of the
+    command line are checked by its parser.
 
     Raises
     ------
@@ -474,7 +621,12 @@ def _check_options(opts, source=None):
             "are in relative thickness)"
         )
     _check_noise_args(opts)
-    for option, value in (("--mask", opts.mask), ("--haadf", opts.haadf)):
+    for option, value in (("--outliers", opts.outliers), ("--descan", opts.descan)):
+        if value not in ("auto", "none"):
+            raise UsageError(f"{option} takes auto or none, got {value!r}")
+    bad_pixels = None if opts.bad_pixels in ("auto", "none") else opts.bad_pixels
+    for option, value in (("--mask", opts.mask), ("--haadf", opts.haadf),
+                          ("--bad-pixels", bad_pixels)):
         if isinstance(value, str | Path):
             _check_file(value, option, extra=("npy", "tif", "tiff"))
     if source is None or not isinstance(source, str | Path):
@@ -568,19 +720,144 @@ def _apply_scale(s, opts):
             ax.units = units
 
 
-def _read_mask(value, detector):
-    mask = _read_array(value, "--mask")
+def _read_mask(value, detector, option="--mask"):
+    mask = _read_array(value, option)
     if mask.shape != tuple(detector):
-        raise UsageError(f"--mask {_name(value)} has shape {mask.shape} but the detector is "
+        raise UsageError(f"{option} {_name(value)} has shape {mask.shape} but the detector is "
                          f"{tuple(detector)} (rows, cols)")
     if mask.dtype != bool:
         if not np.isin(mask, (0, 1)).all():
-            raise UsageError(f"--mask {_name(value)} must be boolean (True or 1 = masked), got "
+            raise UsageError(f"{option} {_name(value)} must be boolean (True or 1 = masked), got "
                              f"{mask.dtype} values other than 0 and 1")
         mask = mask.astype(bool)
     if mask.all():
-        raise UsageError(f"--mask {_name(value)} masks every pixel")
+        raise UsageError(f"{option} {_name(value)} masks every pixel")
     return mask
+
+
+def _screen_pixels(opts, s, mask, gain, noise, bad_frames, path, steps, screen):
+    """--bad-pixels: search (``auto``), read a file, or nothing; the mask with them added.
+
+    Patterns with NaN or inf are searched as zero patterns (one in the scan shifts no
+    pixel's statistics noticeably); without this every pixel would be non-finite."""
+    source = opts.bad_pixels
+    if isinstance(source, str) and source in ("none", "auto"):
+        screen.bad_pixel_source = source
+        if source == "none":
+            return mask
+        if s.axes_manager.navigation_size < MIN_SCREEN_PATTERNS:
+            screen.skipped["bad_pixels"] = _too_few(s)
+            return mask
+        target = _finite_frames(s, bad_frames)
+        with steps("bad_pixels", "searched for bad pixels"):
+            found = _reading(path, lambda: target.find_bad_pixels(
+                gain=gain, noise=noise, mask=mask, show_progressbar=False))
+        screen.bad_pixels = found
+        bad = np.asarray(found.data, dtype=bool)
+    else:
+        screen.bad_pixel_source = _name(source)
+        bad = _read_mask(source, mask.shape, "--bad-pixels")
+    screen.bad_pixel_mask = bad
+    union = mask | bad
+    if union.all():
+        raise UsageError("the mask and the bad pixels leave no pixel: give --bad-pixels none "
+                         "or a smaller --mask / --mask-below")
+    return union
+
+
+def _too_few(s):
+    return f"{int(s.axes_manager.navigation_size)} patterns, fewer than {MIN_SCREEN_PATTERNS}"
+
+
+def _finite_frames(s, bad_frames):
+    """``s``, or a lazy view of it with the patterns flagged in ``bad_frames`` set to 0."""
+    if bad_frames is None or not bad_frames.any():
+        return s
+    import dask.array as da
+
+    view = s if s._lazy else s.as_lazy()
+    data = view.data
+    flags = da.from_array(bad_frames, chunks=data.chunksize[: bad_frames.ndim])
+    view = view._deepcopy_with_new_data(da.where(flags[..., None, None], 0, data))
+    return view
+
+
+def _screen_descan(opts, s, mask, navigation_mask, path, steps, screen):
+    """--descan: find the per-position centres and set them as ``s.calibration.center``
+    when the descan reaches :data:`DESCAN_MIN_PX` and the estimator takes them."""
+    from femlib.variance import METHODS
+
+    if opts.descan == "none":
+        screen.descan_note = "not searched (--descan none)"
+        return
+    if opts.center is not None:
+        screen.descan_note = "not searched (--center gives one centre)"
+        return
+    if s.axes_manager.navigation_size < MIN_SCREEN_PATTERNS:
+        screen.descan_note = f"not searched ({_too_few(s)})"
+        return
+    try:
+        with steps("descan", "found the pattern centres over the scan (descan)"):
+            centers = _reading(path, lambda: s.find_centers(
+                mask=mask, navigation_mask=navigation_mask, show_progressbar=False))
+    except UsageError:
+        raise
+    except ValueError as exc:
+        screen.descan_note = "not corrected: the centre search failed"
+        warnings.warn(f"descan not corrected: {exc}; give --descan none to skip the search",
+                      UserWarning, stacklevel=3)
+        return
+    screen.centers = centers
+    c = np.asarray(centers.data, dtype=float).reshape(-1, 2)
+    used = np.ones(len(c), bool) if navigation_mask is None else ~navigation_mask.ravel()
+    shift = float(np.hypot(*(c[used] - c[used].mean(axis=0)).T).max())
+    screen.descan = shift
+    methods = METHODS if opts.method == "all" else (opts.method,)
+    # The model's own uncertainty: the tile fits' scatter about it, over the square root of
+    # the tiles per coefficient. A shift within 5 of those is the fit's noise.
+    md = centers.metadata.Screening.descan
+    n_ok = max(int(np.sum(md.tile_ok)), 1)
+    noise = 5.0 * float(md.rms_residual) * np.sqrt(np.size(md.coefficients) / 2 / n_ok)
+    if shift < max(DESCAN_MIN_PX, noise):
+        limit = (f"below {DESCAN_MIN_PX:g} px" if noise <= DESCAN_MIN_PX else
+                 f"within the fit's noise ({noise:.2f} px)")
+        screen.descan_note = (f"{shift:.3f} px at most, {limit}: one centre for every "
+                              "position")
+    elif "VImage" in methods:
+        screen.descan_note = (f"{shift:.2f} px, not corrected: VImage needs one centre for "
+                              "every position")
+        warnings.warn(
+            f"the pattern centre moves by up to {shift:.2f} px over the scan (descan), not "
+            "corrected: VImage needs one centre for every position; use --method Omega, r "
+            "or re to correct it (or --descan none)", UserWarning, stacklevel=3)
+    else:
+        s.calibration.center = np.asarray(centers.data, dtype=float)
+        screen.descan_applied = True
+
+
+def _screen_outliers(opts, s, radial_range, mask, path, steps, screen, n_total):
+    """--outliers: the positions left out of V(k) (outliers, and NaN or inf patterns)."""
+    navigation_mask = screen.navigation_mask
+    if opts.outliers == "none":
+        return navigation_mask
+    if n_total < MIN_SCREEN_PATTERNS:
+        screen.skipped["outliers"] = _too_few(s)
+        return navigation_mask
+    with steps("outliers", "searched for outlier patterns"), warnings.catch_warnings():
+        # Patterns with NaN are flagged here and were counted by the sum step's warning.
+        warnings.filterwarnings("ignore", message=_NAN_PATTERNS, category=UserWarning)
+        flags = _reading(path, lambda: s.find_outlier_patterns(
+            radial_range=radial_range, mask=mask, show_progressbar=False))
+    screen.outliers = flags
+    found = np.asarray(flags.data, dtype=bool)
+    navigation_mask = found if navigation_mask is None else navigation_mask | found
+    n_left = n_total - int(navigation_mask.sum())
+    if n_left < 2:
+        raise UsageError(f"{int(navigation_mask.sum())} of {n_total} patterns are outliers "
+                         "or hold NaN: fewer than 2 patterns are left for V(k); give "
+                         "--outliers none to keep them")
+    screen.navigation_mask = navigation_mask if navigation_mask.any() else None
+    return screen.navigation_mask
 
 
 def _apply_haadf(s, opts):
