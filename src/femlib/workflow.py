@@ -257,8 +257,8 @@ class Screening:
         Why the descan was not searched or not corrected ("" when it was applied).
     navigation_mask : ndarray of bool or None
         The positions left out of V(k) (outliers and patterns with NaN or inf).
-    n_nonfinite : int
-        Patterns with NaN or inf (left out whatever ``outliers`` is).
+    nonfinite : ndarray of bool or None
+        The patterns with NaN or inf (left out whatever ``outliers`` is).
     skipped : dict
         ``{"bad_pixels" or "outliers": why}`` for an ``auto`` step left out (a scan of
         fewer than :data:`MIN_SCREEN_PATTERNS` patterns).
@@ -278,7 +278,7 @@ class Screening:
     descan_applied: bool = False
     descan_note: str = ""
     navigation_mask: np.ndarray | None = None
-    n_nonfinite: int = 0
+    nonfinite: np.ndarray | None = None
     skipped: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -297,10 +297,16 @@ class Screening:
     def position_reasons(self):
         """``{reason: count}`` of the positions left out of V(k), each counted once under
         its reasons joined by ``+``."""
+        if self.navigation_mask is None:
+            return {}
+        from femlib.screening import REASONS_PATTERN
+
+        codes = np.zeros(self.navigation_mask.shape, np.int64)
         if self.outliers is not None:
-            md = self.outliers.metadata.Screening.outliers
-            return _count_codes(np.asarray(md.reason)[self.navigation_mask], md.reason_bits)
-        return {"nonfinite": self.n_nonfinite} if self.n_nonfinite else {}
+            codes |= np.asarray(self.outliers.metadata.Screening.outliers.reason)
+        if self.nonfinite is not None:  # also where the NaN lies in masked pixels only
+            codes[self.nonfinite] |= REASONS_PATTERN["nonfinite"]
+        return _count_codes(codes[self.navigation_mask], REASONS_PATTERN)
 
     @property
     def n_positions(self):
@@ -466,7 +472,7 @@ def run_fem(source=None, *, progress=None, **options):
                              "patterns: nothing to measure")
         navigation_mask = bad_frames if n_nonfinite else None
         mask, threshold = _mask(summed.data, opts, file_mask)
-        screen = Screening(navigation_mask=navigation_mask, n_nonfinite=n_nonfinite)
+        screen = Screening(navigation_mask=navigation_mask, nonfinite=navigation_mask)
         # Bad pixels before the ellipse fit: a hot pixel on the ring pulls the fit.
         mask = _screen_pixels(opts, s, mask, gain, noise, bad_frames, path, steps, screen)
 
