@@ -183,7 +183,6 @@ def test_mask_round_trip(lazy):
     assert got.shape == (ROWS, COLS)
     np.testing.assert_array_equal(got, make_mask())
     np.testing.assert_array_equal(s.metadata.General.mask, make_mask())  # pyxem's key
-    assert not s.metadata.has_item("General.detector_mask")
     assert got.sum() == 2 * COLS + 1
 
 

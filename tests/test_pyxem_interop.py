@@ -187,17 +187,6 @@ def test_pyxem_mask_forms_are_honoured(form):
     assert not np.array_equal(unmasked.data, px.get_azimuthal_integral1d(**kw).data)
 
 
-def test_femlib_01_mask_key_is_still_read():
-    frames, _ = ring_pattern(n_frames=3)
-    s = make_signal(frames)
-    s.calibration.center = CENTER
-    s.metadata.set_item("General.detector_mask", beam_stop())  # as femlib 0.1 wrote it
-    np.testing.assert_array_equal(s.calibration.mask, beam_stop())
-    s.calibration.mask = beam_stop()  # rewriting moves it to pyxem's key
-    assert s.metadata.has_item("General.mask")
-    assert not s.metadata.has_item("General.detector_mask")
-
-
 def test_explicit_mask_wins_over_an_unusable_stored_one():
     """pyxem also allows a per-position mask signal; femlib cannot use it as a detector
     mask, says so, and an explicit mask= bypasses it."""

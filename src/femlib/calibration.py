@@ -15,8 +15,7 @@ axes and metadata, so copies, slices, ``sum()`` and save/load keep the calibrati
   form (see :func:`affine_to_stored`), so that pyxem and femlib read the same geometry
   from the same file.
 * ``mask`` (boolean, detector shaped, True = excluded) is stored in
-  ``metadata.General.mask``, where pyxem keeps its mask too. femlib 0.1 wrote
-  ``metadata.General.detector_mask``; that key is still read.
+  ``metadata.General.mask``, where pyxem keeps its mask too.
 
 These are the keys and meanings of pyxem 0.21's ``Calibration`` (its ``center``, ``affine``
 and ``mask``): a signal calibrated by either library integrates the same way in both.
@@ -41,7 +40,6 @@ __all__ = [
 
 _AFFINE_KEY = "General.affine_transformation"
 _MASK_KEY = "General.mask"  # pyxem's key
-_LEGACY_MASK_KEY = "General.detector_mask"  # femlib 0.1
 #: Where per-position centres (descan) are stored: navigation shape + (2,), pixels, (x, y).
 DESCAN_KEY = "Descan.center"
 
@@ -538,9 +536,8 @@ class Calibration:
         """(rows, columns) bool ndarray or None: True marks excluded pixels.
 
         Read from ``metadata.General.mask`` (pyxem's key; a boolean or 0/1 array, or a
-        signal holding one; non-zero = excluded, as pyxem reads it), else from femlib
-        0.1's ``metadata.General.detector_mask``. Setting writes ``General.mask`` and
-        removes the old key.
+        signal holding one; non-zero = excluded, as pyxem reads it). Setting writes
+        ``General.mask``.
 
         Raises
         ------
@@ -548,35 +545,31 @@ class Calibration:
             If the stored mask does not have the detector's shape (e.g. a per-position
             mask); pass ``mask=`` explicitly to the method instead.
         """
-        md = self._signal.metadata
-        for key in (_MASK_KEY, _LEGACY_MASK_KEY):
-            value = md.get_item(key)
-            if value is None:
-                continue
-            data = getattr(value, "data", value)
-            if hasattr(data, "compute"):
-                data = data.compute()
-            m = np.asarray(data)
-            if m.dtype != bool:
-                if not (np.issubdtype(m.dtype, np.number) or m.dtype == object):
-                    raise TypeError(f"metadata.{key} must be a boolean array, got {m.dtype}")
-                m = m.astype(bool)  # pyxem excludes every non-zero pixel
-            if m.shape != self.detector_shape:
-                raise ValueError(
-                    f"metadata.{key} has shape {m.shape} but the detector is "
-                    f"{self.detector_shape}: pass mask= explicitly, or set "
-                    "s.calibration.mask"
-                )
-            return m.copy()
-        return None
+        value = self._signal.metadata.get_item(_MASK_KEY)
+        if value is None:
+            return None
+        data = getattr(value, "data", value)
+        if hasattr(data, "compute"):
+            data = data.compute()
+        m = np.asarray(data)
+        if m.dtype != bool:
+            if not (np.issubdtype(m.dtype, np.number) or m.dtype == object):
+                raise TypeError(f"metadata.{_MASK_KEY} must be a boolean array, got {m.dtype}")
+            m = m.astype(bool)  # pyxem excludes every non-zero pixel
+        if m.shape != self.detector_shape:
+            raise ValueError(
+                f"metadata.{_MASK_KEY} has shape {m.shape} but the detector is "
+                f"{self.detector_shape}: pass mask= explicitly, or set "
+                "s.calibration.mask"
+            )
+        return m.copy()
 
     @mask.setter
     def mask(self, value):
         m = check_mask(value, self.detector_shape)
         general = self._signal.metadata.General
-        for key in ("mask", "detector_mask"):
-            if general.has_item(key):
-                general.__delattr__(key)
+        if general.has_item("mask"):
+            general.__delattr__("mask")
         if m is not None:
             self._signal.metadata.set_item(_MASK_KEY, m)
 

@@ -2,8 +2,7 @@
 
 Two kinds of metadata are tied to the shape of a :class:`FEMDiffraction2D`:
 
-* the **detector mask** (``metadata.General.mask``, or femlib 0.1's
-  ``General.detector_mask``): one boolean per detector pixel;
+* the **detector mask** (``metadata.General.mask``): one boolean per detector pixel;
 * **navigation-shaped items**: any numpy array, or HyperSpy signal, stored under
   ``metadata`` (outside ``General``, ``Signal``, ``_HyperSpy`` and ``Markers``) whose
   shape is the navigation shape, e.g. ``metadata.HAADF.intensity``: one value per probe
@@ -31,7 +30,7 @@ from hyperspy.signal import BaseSignal
 
 __all__ = ["CalibrationStateMixin", "take_positions"]
 
-_MASK_PATHS = ("General.mask", "General.detector_mask")
+_MASK_PATHS = ("General.mask",)
 _NOT_NAVIGATION = ("General", "Signal", "_HyperSpy", "Markers")
 
 

@@ -137,7 +137,6 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         """A result signal with this signal's navigation axes and metadata."""
         axes = self.axes_manager._get_navigation_axes_dicts() + list(signal_axes)
         md = copy.deepcopy(self.metadata.as_dictionary())
-        md.get("General", {}).pop("detector_mask", None)
         md.get("General", {}).pop("mask", None)
         md.get("General", {}).pop("affine_transformation", None)
         md.setdefault("General", {})["title"] = title
