@@ -84,6 +84,41 @@ def test_first_get_variance_does_not_import_what_it_does_not_need():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_command_imports_only_the_standard_library_before_main():
+    """``femlib`` and ``python -m femlib`` handle SIGINT/SIGTERM from the first line of
+    ``main()`` (one line, exit 130/143): the heavy imports happen inside it. Before it the
+    interpreter loads femlib.cli alone, standard library only (a few ms), so Ctrl-C while
+    numpy or HyperSpy load is "femlib: interrupted", not a traceback."""
+    out = _run(
+        """
+        import sys
+        import femlib.__main__
+        heavy = ("numpy", "scipy", "hyperspy", "dask", "numba", "matplotlib", "rsciio")
+        print(sorted({m.split(".")[0] for m in sys.modules} & set(heavy)))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_interrupt_while_the_command_imports_is_one_line(monkeypatch, capsys):
+    from femlib import cli
+
+    def interrupted(name, *args, **kwargs):
+        if name in ("femlib", "femlib.workflow", "femlib.report"):
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    code = cli.main(["fem", "--synthetic-shape", "4", "4"])
+    monkeypatch.undo()
+    assert code == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "femlib: interrupted\n"
+
+
 def test_hyperspy_finds_the_signal_classes_by_their_import_path():
     out = _run(
         """

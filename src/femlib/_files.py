@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class UsageError(ValueError):
-    """Bad input to the workflow that the user can fix: one line, exit status 2 in the CLI."""
+from femlib._errors import UsageError  # noqa: F401 - raised here, public in workflow
 
 
 def _readable_extensions():

@@ -19,14 +19,15 @@ otherwise) and warnings (one line each, ``femlib: warning: ...``) go to stderr.
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 import time
 import warnings
 
-import numpy as np
-
-from femlib.workflow import UsageError
+# Only the standard library at import: SIGINT and SIGTERM are handled from main() on, and
+# everything heavy (numpy, HyperSpy, the workflow) is imported inside it.
+from femlib._errors import UsageError
 
 __all__ = ["UsageError", "main"]
 
@@ -73,7 +74,7 @@ def _number(kind, name, positive=False, nonzero=False, minimum=None):
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
-        if not np.isfinite(value):
+        if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         if positive and value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
@@ -290,7 +291,7 @@ def _scale(values):
         value = float(values[0])
     except ValueError:
         raise UsageError(f"argument --scale: expected a number, got {values[0]!r}") from None
-    if not (np.isfinite(value) and value > 0):
+    if not (math.isfinite(value) and value > 0):
         raise UsageError(f"argument --scale: must be a finite number > 0, got {values[0]}")
     return (value, *values[1:])
 
