@@ -261,6 +261,35 @@ def test_from_scan_lazy_equals_eager(lazy):
     assert arr.gain == pytest.approx(G, rel=0.15)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_from_scan_leaves_out_the_pairs_of_masked_positions(lazy):
+    """Frames pair as (0, 1), (2, 3), ...: masking frame 5 drops the pair (4, 5), which
+    gives exactly the kernel of the scan without frames 4 and 5; a NaN frame masked is no
+    error."""
+    s = femlib.data.synthetic_fem((4, 6), (64, 64), seed=4)
+    mask = s.metadata.Simulation.beam_stop_mask
+    frames = np.asarray(s.data, dtype=float).reshape(24, 64, 64)
+    frames[5] = np.nan
+    left_out = np.zeros((4, 6), bool)
+    left_out[0, 5] = True
+    data = femlib.data.synthetic_fem((4, 6), (64, 64), seed=4).data.astype(float)
+    data[0, 5] = np.nan
+    if lazy:
+        import dask.array as da
+
+        data = da.from_array(data, chunks=(1, 6, 64, 64))
+    got = DetectorNoise.from_scan(data, mask=mask, size=5, radial_range=(20, 60),
+                                  navigation_mask=left_out)
+    ref = DetectorNoise.from_scan(np.delete(frames, [4, 5], axis=0), mask=mask, size=5,
+                                  radial_range=(20, 60))
+    np.testing.assert_allclose(got.kernel, ref.kernel, rtol=1e-12)
+    assert got.info["n_pairs"] == ref.info["n_pairs"] == 11
+    with pytest.raises(ValueError, match=r"navigation_mask has shape \(6, 4\) but the "):
+        DetectorNoise.from_scan(data, mask=mask, size=5, navigation_mask=left_out.T)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        DetectorNoise.from_scan(data, mask=mask, size=5, radial_range=(20, 60))
+
+
 def test_from_scan_uses_the_calibration_mask():
     s = femlib.data.synthetic_fem((8, 8), (64, 64), seed=1)
     mask = s.metadata.Simulation.beam_stop_mask

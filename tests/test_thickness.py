@@ -112,6 +112,23 @@ def test_bad_bins(bins, message):
         thickness.bin_by_thickness(np.linspace(1, 4, 4), bins)
 
 
+def test_equal_bins_span_the_positions_used():
+    """A position left out by navigation_mask (say a crystal, of extreme intensity) does
+    not stretch the equal-width bins."""
+    s = femlib.data.synthetic_fem(navigation_shape=(6, 6), detector_shape=(32, 32), seed=1)
+    t = np.linspace(10.0, 20.0, 36).reshape(6, 6)
+    t[0, 0] = 500.0
+    left_out = np.zeros((6, 6), bool)
+    left_out[0, 0] = True
+    s.calibration.center = s.metadata.Simulation.center
+    v = s.get_variance(npt=4, gain=4.2, radial_range=(1.0, 2.0), thickness=t, bins=2,
+                       navigation_mask=left_out, show_progressbar=False)
+    edges = np.asarray(v.metadata.FEM.thickness_edges)
+    lo = t.ravel()[1]  # the thinnest position used
+    np.testing.assert_allclose(edges, [lo, (lo + 20.0) / 2, 20.0])
+    assert list(v.metadata.FEM.counts) == [17, 18]  # 35 positions, the top edge inclusive
+
+
 def test_equal_bins_match_the_seeds_linspace():
     """bins=n uses the seed's edges, np.linspace(min, max, n + 1), top edge inclusive."""
     t = np.random.default_rng(1).uniform(26, 34, (5, 7))

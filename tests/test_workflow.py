@@ -393,3 +393,19 @@ def test_small_scans_are_not_screened(small):
     assert lines[5] == ("  left out: bad pixels not searched (81 patterns, fewer than 100), "
                         "outliers not searched (81 patterns, fewer than 100)")
     assert lines[6] == "  descan: not searched (81 patterns, fewer than 100)"
+
+
+def test_noise_from_scan_and_thickness_bins_leave_the_outliers_out():
+    """Crystalline pairs do not cancel in the scan's noise estimate (it grows ~200-fold
+    with them in); the thickness bins span the positions used."""
+    s = femlib.data.synthetic_fem(**SCREEN, crystals=0.03, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = workflow.run_fem(s, npt=20, radial_range=(3.0, 5.75), noise_from_scan=(),
+                             thickness_bins=3, thickness_from_pattern=())
+    flags = r.screening.navigation_mask
+    assert flags is not None and flags.sum() == r.n_total - r.n_used
+    with_crystals = femlib.noise.DetectorNoise.from_scan(r.signal, mask=r.mask)
+    assert with_crystals.gain > 50 * r.noise.gain and r.noise.gain < 2 * 4.2
+    assert r.noise.info["n_pairs"] < with_crystals.info["n_pairs"]
+    assert r.bins_line == "thickness bins: 3 of 3 hold 2 or more patterns"

@@ -229,12 +229,13 @@ def flat_field_kernel(flat, dark, offset, size, mask, saturation):
     return k, info
 
 
-def scan_kernel(s, mask, radial_range, size, offset, background):
+def scan_kernel(s, mask, radial_range, size, offset, background, navigation_mask=None):
     """``(kernel, info)`` of :meth:`femlib.noise.DetectorNoise.from_scan`."""
     frames = _frames_of(s, "s")
     n, ny, nx = (int(v) for v in frames.shape)
     if n < 2:
         raise ValueError(f"s holds {n} frame(s): from_scan needs at least 2")
+    skip = _skipped_frames(navigation_mask, s, n)
     size = _check_size(size, (ny, nx))
     geo = None
     cal = getattr(s, "calibration", None)
@@ -286,12 +287,15 @@ def scan_kernel(s, mask, radial_range, size, offset, background):
         t = first + second - 2 * base_box
         d[:, ~reg] = 0.0
         t[:, ~reg] = 0.0
+        left_out = skip[start : start + m : 2] | skip[start + 1 : start + m : 2]
+        d[left_out] = 0.0  # a pair with a position left out adds nothing
+        t[left_out] = 0.0
         nonfinite = float(np.count_nonzero(~np.isfinite(d)))
         lag = np.array(
             [np.einsum("nij,nij->", d[(slice(None),) + a], d[(slice(None),) + b])
              for a, b in (_pair_slices(bshape, dy, dx) for dy, dx in lags)]
         )
-        return (t.sum(axis=0), lag, np.array([m // 2, nonfinite]))
+        return (t.sum(axis=0), lag, np.array([m // 2 - int(left_out.sum()), nonfinite]))
 
     t, lag, counts = _stream(frames, partial, per_block)
     if counts[1]:
@@ -328,6 +332,21 @@ def scan_kernel(s, mask, radial_range, size, offset, background):
         "background": background,
     }
     return raw_k - background, info
+
+
+def _skipped_frames(navigation_mask, s, n):
+    """The flat (n,) bool array of frames left out (True), from ``navigation_mask``."""
+    if navigation_mask is None:
+        return np.zeros(n, bool)
+    m = np.asarray(getattr(navigation_mask, "data", navigation_mask))
+    if m.dtype != bool:
+        raise TypeError(f"navigation_mask must be boolean (True = left out), got {m.dtype}")
+    shape = tuple(np.shape(_unwrap(s))[:-2])
+    if m.shape != shape:
+        raise ValueError(
+            f"navigation_mask has shape {m.shape} but the scan's navigation shape is {shape}"
+        )
+    return m.reshape(n)
 
 
 def _border(shape, width):

@@ -297,7 +297,8 @@ class DetectorNoise:
 
     @classmethod
     def from_scan(
-        cls, s, mask=None, radial_range=None, size=DEFAULT_SIZE, offset=None, background=True
+        cls, s, mask=None, radial_range=None, size=DEFAULT_SIZE, offset=None, background=True,
+        navigation_mask=None,
     ):
         r"""Estimate the kernel from the FEM scan itself, without a flat field.
 
@@ -349,6 +350,11 @@ class DetectorNoise:
             most of the structure's bias but about triples the statistical error of the gain
             (the border mean is multiplied by the window's area); False keeps ``K_raw``, for
             an annulus known to be free of structure.
+        navigation_mask : bool array, optional
+            Probe positions to leave out (True, navigation shaped), e.g. the outlier
+            patterns of ``find_outlier_patterns``: a pair with either position left out is
+            not used (Bragg spots of a crystalline pattern do not cancel in ``d`` and would
+            inflate the kernel by orders of magnitude).
 
         Returns
         -------
@@ -373,7 +379,8 @@ class DetectorNoise:
         >>> abs(noise.gain / 4.2 - 1) < 0.05
         True
         """
-        return cls(*_measure.scan_kernel(s, mask, radial_range, size, offset, background))
+        return cls(*_measure.scan_kernel(s, mask, radial_range, size, offset, background,
+                                         navigation_mask))
 
     # -- use ----------------------------------------------------------------------------
     def shot_weights(self, matrix, detector_shape=None):

@@ -498,7 +498,7 @@ def run_fem(source=None, *, progress=None, **options):
         units = _units(s.axes_manager.signal_axes[0])
         annulus = None
         if opts.thickness_from_pattern is not None:
-            annulus = tuple(opts.thickness_from_pattern) or _outer_annulus(summed)
+            annulus = tuple(opts.thickness_from_pattern) or _outer_annulus(s)
             with steps("thickness", f"relative thickness from the patterns ({annulus[0]:.4g}-"
                        f"{annulus[1]:.4g} {units})"):
                 try:
@@ -515,7 +515,8 @@ def run_fem(source=None, *, progress=None, **options):
             with steps("noise", "noise kernel from the scan"):
                 try:
                     noise = _reading(path, lambda: DetectorNoise.from_scan(
-                        s, mask=mask, radial_range=tuple(opts.noise_from_scan) or None))
+                        s, mask=mask, radial_range=tuple(opts.noise_from_scan) or None,
+                        navigation_mask=navigation_mask))
                 except ValueError as exc:
                     raise UsageError(f"--noise-from-scan: {exc}") from None
         # 4. V(k) in one pass. gain= is the counting model; a measured kernel replaces it
@@ -1066,17 +1067,29 @@ def _default_radial_range(s, mask, npt):
 def _outer_annulus(s):
     """The default annulus of --thickness-from-pattern: from 0.9 of the radius of the
     largest circle on the detector (around the calibrated centre) to the farthest pixel
-    centre, in calibrated units; also DetectorNoise.from_scan's default."""
+    centre, in calibrated units; also DetectorNoise.from_scan's default. With per-position
+    centres (descan) the outer radius is the farthest pixel centre of the position whose
+    farthest pixel is nearest, so that the annulus stays on the detector everywhere."""
     geo = s.calibration.geometry()
     rows, cols = geo["detector_shape"]
-    y, x = np.mgrid[0:rows, 0:cols].astype(float)
     a = np.eye(2) if geo["affine"] is None else np.asarray(geo["affine"])[:2, :2]
-    dx, dy = x - geo["center"][0], y - geo["center"][1]
     sx, sy = (abs(v) for v in geo["scale"])
-    radius = np.hypot((a[0, 0] * dx + a[0, 1] * dy) * sx, (a[1, 0] * dx + a[1, 1] * dy) * sy)
-    edge = np.zeros(radius.shape, bool)
+
+    def radius(x, y, center):
+        dx, dy = x - center[..., 0], y - center[..., 1]
+        return np.hypot((a[0, 0] * dx + a[0, 1] * dy) * sx, (a[1, 0] * dx + a[1, 1] * dy) * sy)
+
+    y, x = np.mgrid[0:rows, 0:cols].astype(float)
+    r = radius(x, y, np.asarray(geo["center"], dtype=float))
+    edge = np.zeros(r.shape, bool)
     edge[[0, -1], :] = edge[:, [0, -1]] = True
-    return 0.9 * float(radius[edge].min()), float(radius.max())
+    outer = float(r.max())
+    if geo["centers"] is not None:  # the farthest pixel centre is a corner (convexity)
+        cx, cy = np.array([0.0, cols - 1.0]), np.array([0.0, rows - 1.0])
+        corners = np.array([(u, v) for u in cx for v in cy])
+        c = np.asarray(geo["centers"], dtype=float)[:, None, :]
+        outer = float(radius(corners[:, 0], corners[:, 1], c).max(axis=1).min())
+    return 0.9 * float(r[edge].min()), outer
 
 
 def _ellipse_advice(exc):

@@ -352,8 +352,11 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         _check_no_empty_bins(w)
         return self._integral_signal(w, False, mean, inplace, show_progressbar)
 
-    def _thickness_groups(self, thickness, bins):
-        """Thickness bin of every probe position, checked against the navigation shape."""
+    def _thickness_groups(self, thickness, bins, excluded=None):
+        """Thickness bin of every probe position, checked against the navigation shape.
+        Positions ``excluded`` (navigation_mask) get -1 and take no part in the binning:
+        equal-width bins span the thickness of the positions used (an outlier of extreme
+        intensity, left out, does not stretch them)."""
         if thickness is None:
             if bins is not None:
                 raise ValueError("bins needs thickness: pass thickness=... (nm per position)")
@@ -373,7 +376,11 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 f"bins={int(bins)} asks for more thickness bins than there are probe "
                 f"positions ({n_pos}); a bin needs 2 or more: use at most {max(n_pos // 2, 1)}"
             )
-        return _thickness.bin_by_thickness(t, bins)
+        if excluded is None or not excluded.any():
+            return _thickness.bin_by_thickness(t, bins)
+        index = np.full(t.shape, -1, dtype=np.int64)
+        index[~excluded], edges = _thickness.bin_by_thickness(t[~excluded], bins)
+        return index, edges
 
     def _navigation_mask(self, navigation_mask):
         nav_shape = tuple(self.axes_manager._navigation_shape_in_array)
@@ -478,7 +485,8 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         thickness : Signal2D or array_like, optional
             Thickness per probe position (nm); requires ``bins``.
         bins : int or sequence of float, optional
-            Thickness bins: a count of equal-width bins or explicit edges. ``V(k)`` is
+            Thickness bins: a count of equal-width bins (spanning the thickness of the
+            positions not excluded by ``navigation_mask``) or explicit edges. ``V(k)`` is
             computed inside every bin in the same pass.
         show_progressbar : bool or None
             Default: HyperSpy's preference (``hs.preferences.General.show_progressbar``);
@@ -719,9 +727,9 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
         """Group label of every probe position (-1 = left out), the number of groups, the
         thickness edges (None when not binned) and the group/tile layout (None without
         ``groups``/``tiles``). The one place labels are made."""
-        index, edges = self._thickness_groups(thickness, bins)
-        layout = self._group_layout(groups, tiles, index, edges)
         excluded = self._navigation_mask(navigation_mask)
+        index, edges = self._thickness_groups(thickness, bins, excluded)
+        layout = self._group_layout(groups, tiles, index, edges)
         n_groups = 1 if edges is None else edges.size - 1
         if layout is not None:
             index, n_groups = layout["labels"], layout["n_groups"]
