@@ -409,3 +409,20 @@ def test_noise_from_scan_and_thickness_bins_leave_the_outliers_out():
     assert with_crystals.gain > 50 * r.noise.gain and r.noise.gain < 2 * 4.2
     assert r.noise.info["n_pairs"] < with_crystals.info["n_pairs"]
     assert r.bins_line == "thickness bins: 3 of 3 hold 2 or more patterns"
+
+
+def test_default_pattern_annulus_stays_on_the_detector_under_a_descan(dirty):
+    s, r, _ = dirty  # per-position centres up to ~1.2 px from their mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = workflow.run_fem(s, **FEM, thickness_bins=2, thickness_from_pattern=())
+    assert rt.screening.descan_applied
+    centers = rt.screening.centers.data.reshape(-1, 2)
+    scale = float(s.axes_manager.signal_axes[0].scale)
+    # The farthest pixel centre of every position (x, y), in calibrated units, without
+    # the affine's few per cent: the annulus ends inside the nearest of them.
+    corners = np.array([(0, 0), (63, 0), (0, 63), (63, 63)], float)
+    far = np.hypot(*(corners[None] - centers[:, None]).transpose(2, 0, 1)).max(1) * scale
+    assert rt.annulus[1] <= 1.05 * far.min() < 1.05 * far.max()
+    whole = workflow._outer_annulus(rt.summed)[1]  # one centre: the scan-mean's corners
+    assert rt.annulus[1] < whole
