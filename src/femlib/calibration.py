@@ -435,6 +435,15 @@ class Calibration:
     def _navigation_shape(self):
         return tuple(self._signal.axes_manager._navigation_shape_in_array)
 
+    def _stored(self, key):
+        """The array stored under ``metadata.<key>`` (a signal's data, computed if lazy), or
+        None."""
+        value = self._signal.metadata.get_item(key)
+        if value is None:
+            return None
+        data = getattr(value, "data", value)
+        return data.compute() if hasattr(data, "compute") else data
+
     @property
     def centers(self):
         """Per-position centres, navigation shape + ``(2,)`` (x, y pixels), or None.
@@ -443,12 +452,9 @@ class Calibration:
         array no longer matches the navigation shape (e.g. after ``s.sum()``, whose
         single pattern keeps the mean centre in its axes).
         """
-        value = self._signal.metadata.get_item(DESCAN_KEY)
-        if value is None:
+        data = self._stored(DESCAN_KEY)
+        if data is None:
             return None
-        data = getattr(value, "data", value)
-        if hasattr(data, "compute"):
-            data = data.compute()
         c = np.asarray(data, dtype=float)
         if c.shape != self._navigation_shape + (2,):
             return None
@@ -545,12 +551,9 @@ class Calibration:
             If the stored mask does not have the detector's shape (e.g. a per-position
             mask); pass ``mask=`` explicitly to the method instead.
         """
-        value = self._signal.metadata.get_item(_MASK_KEY)
-        if value is None:
+        data = self._stored(_MASK_KEY)
+        if data is None:
             return None
-        data = getattr(value, "data", value)
-        if hasattr(data, "compute"):
-            data = data.compute()
         m = np.asarray(data)
         if m.dtype != bool:
             if not (np.issubdtype(m.dtype, np.number) or m.dtype == object):
