@@ -252,3 +252,28 @@ def test_lazy_descan_integral_on_a_cluster_equals_eager(client, keep_small_chunk
         data = lazy.data.compute()
     assert [dask.utils.key_split(t["key"]) for t in stream.data].count("descan_block") == 6
     np.testing.assert_array_equal(data, eager.data)
+
+
+def test_screening_on_a_cluster_equals_eager(client, keep_small_chunks):
+    """find_bad_pixels, find_outlier_patterns and find_centers of a lazy scan run on the
+    cluster (their tasks appear in its stream) and give the eager results."""
+    from femlib.data import synthetic_fem
+
+    s = synthetic_fem(navigation_shape=(12, 12), detector_shape=(64, 64), hot_pixels=4,
+                      crystals=0.05, descan=(1.5, 1.0), thickness_gradient=False, seed=3)
+    sim = s.metadata.Simulation
+    s.calibration.center, s.calibration.affine = sim.center, sim.affine
+    stop = sim.beam_stop_mask
+    lazy = s.as_lazy().rechunk(nav_chunks=(4, 6), inplace=False)
+    calls = [("find_bad_pixels", {"gain": 4.2, "mask": stop}),
+             ("find_outlier_patterns", {"radial_range": (3.0, 5.75), "mask": stop}),
+             ("find_centers", {"mask": stop, "tiles": (3, 3)})]
+    for name, kw in calls:
+        eager = getattr(s, name)(show_progressbar=False, **kw)
+        with distributed.get_task_stream(client) as stream:
+            got = getattr(lazy, name)(show_progressbar=False, **kw)
+        assert len(stream.data) >= 6, name  # one task per chunk at least, on the workers
+        np.testing.assert_allclose(np.asarray(got.data, dtype=float),
+                                   np.asarray(eager.data, dtype=float), rtol=1e-10,
+                                   atol=1e-12, err_msg=name)
+    assert eager.data.shape == (12, 12, 2) and got.metadata.Screening.descan.n_failed == 0
