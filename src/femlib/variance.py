@@ -30,8 +30,10 @@ than two electrons' worth of signal in a ring (``S^2 < 2 Q``) uses the first-ord
 ``A J / S^2 - 1 - k0 A / S + Q / S^2``, exact for hard uniform rings. For a general noise
 kernel ``k0`` and ``Q`` make every numerator and denominator unbiased when the mean pattern
 is locally flat; with a PSF's ``curvature`` the per-pixel variance of ``r``, ``re`` and
-``VImage`` is ``k0 (m + c lap m)``, second order. The derivations are in the user guide
-(estimators page).
+``VImage`` is ``k0 (m + c lap m)``, second order; ``VImage`` then leaves out the pixels
+next to a masked pixel (``estimate``'s ``mask``), where a hidden step of the electrons'
+mean breaks the expansion. The derivations are in the user guide (estimators and noise
+pages).
 
 Static ring non-uniformity (reported with ``r`` and ``re``, optionally subtracted from them):
 
@@ -259,13 +261,28 @@ def _parts(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap=None):
             pooled = raw + 1.0 - area * (mean[..., _J, :] - kb * mi) / np.where(good, den, 1.0)
             return raw, np.where(good, pooled, first)
         # VImage: ring mean over the pixels with a positive mean; exact given each
-        # pixel's total over the frames.
-        ok = pm > 0
-        raw = np.where(ok, pq / nn / pm**2, 0.0)
+        # pixel's total over the frames. With a PSF's term, not next to masked pixels.
         var = pm if lap is None else pm + lap(pm)  # the pixel's noise variance / k0
-        term = np.where(ok, (1.0 - 1.0 / nn) * k0 * var / pm**2, 0.0)
-        den = _ring(wc, ok.astype(float))
-        return _ring(wc, raw) / den, _ring(wc, term) / den
+
+        def ring_means(ok):
+            raw = np.where(ok, pq / nn / pm**2, 0.0)
+            term = np.where(ok, (1.0 - 1.0 / nn) * k0 * var / pm**2, 0.0)
+            den = _ring(wc, ok.astype(float))
+            return _ring(wc, raw) / den, _ring(wc, term) / den
+
+        return _vimage_select(pm, wc, lap, ring_means)
+
+
+def _vimage_select(pm, wc, lap, f):
+    """``f(ok)`` over ``VImage``'s pixels: those with ``m_p > 0`` and, with a PSF's term
+    (:class:`_Curvature` with a mask), not next to a masked pixel, in every bin that keeps
+    such a pixel (else all of the bin's pixels). ``f`` returns a tuple of ``(..., K)``."""
+    ok = pm > 0
+    if lap is None or lap.keep is None:
+        return f(ok)
+    guarded = ok & lap.keep
+    use = _ring(wc, guarded.astype(float)) > 0
+    return tuple(np.where(use, a, b) for a, b in zip(f(guarded), f(ok), strict=True))
 
 
 def _k0_bins(k0, pm, wc, lap):
@@ -281,11 +298,21 @@ class _Curvature:
     Second differences over the touched pixels only (masked pixels and those outside the
     radial range have no mean): centred where both neighbours are touched, else the
     one-sided stencil of the next pixel inward, else 0.
+
+    ``keep`` (bool over the touched pixels, or None without a ``mask``): False for the
+    pixels with a masked pixel among their 8 neighbours, which ``VImage`` leaves out (the
+    expansion fails there: the mask hides a step of the electrons' mean, user guide).
     """
 
-    def __init__(self, coeffs, touched, shape):
+    def __init__(self, coeffs, touched, shape, mask=None):
         self.coeffs = tuple(float(c) for c in coeffs)
         ny, nx = shape
+        self.keep = None
+        if mask is not None and mask.any():
+            from scipy.ndimage import binary_dilation
+
+            near = binary_dilation(mask, structure=np.ones((3, 3), bool))
+            self.keep = ~near.ravel()[touched]
         pos = np.full(ny * nx, -1, np.int64)
         pos[touched] = np.arange(touched.size)
         r, c = np.divmod(touched.astype(np.int64), nx)
@@ -353,7 +380,7 @@ def _estimators(n, mean, m2, pm, pq, method, k0, qs, area, wc, lap=None, subtrac
 MIN_PAIRS = 10.0
 
 
-def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c, ring_geometry=None):
+def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c, ring_geometry=None, lap=None):
     """The standard error that the shot noise alone gives ``V``, and the expected number of
     electron pairs it rests on, each ``(..., K)``.
 
@@ -384,9 +411,12 @@ def _shot_floor(n, mean, pm, method, k0, qs, area, wc, w2c, ring_geometry=None):
         lam = pm / k0  # electrons per pixel per frame
         pairs = nn * _ring(wc, lam * lam) / 2.0
         if method == "VImage":
-            ok = pm > 0
-            var_p = np.where(ok, 2.0 / dof / lam**2, 0.0)
-            return np.sqrt(_ring(w2c, var_p)) / _ring(wc, ok.astype(float)), pairs, ne
+
+            def floor(ok):
+                var_p = np.where(ok, 2.0 / dof / lam**2, 0.0)
+                return (np.sqrt(_ring(w2c, var_p)) / _ring(wc, ok.astype(float)),)
+
+            return _vimage_select(pm, wc, lap, floor)[0], pairs, ne
         lam_k = mi / (k0 * area)
         p_eff = area * area / np.asarray(w2c.sum(axis=1)).ravel()
         return np.sqrt(2.0 / (p_eff * dof)) / lam_k, pairs, ne
@@ -406,7 +436,7 @@ def _ring_shot_floor(mi, k0, dof, nn, ring_geometry):
 
 
 def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
-             subtract_nonuniformity=False, curvature=None):
+             subtract_nonuniformity=False, curvature=None, mask=None):
     """Compute FEM variance estimators, their jackknife standard errors, per group and combined.
 
     Every corrected estimator has expectation 0 on structure-free Poisson data where a
@@ -443,6 +473,12 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
         ``r``, ``re`` and ``VImage`` is then ``k0 (m_p + c_y d^2 m / dy^2 + c_x d^2 m /
         dx^2)`` of the measured mean pattern ``m``, not ``k0 m_p``. None or zeros: the
         locally flat form.
+    mask : (rows, cols) bool array or None
+        The detector mask the weights were built with. Used only with ``curvature``:
+        ``VImage`` then leaves out the pixels with a masked pixel among their 8
+        neighbours, where the second-order term fails (the mask may hide a step of the
+        electrons' mean, e.g. a beam-stop edge; user guide, noise page), unless that
+        would leave a bin without pixels.
 
     Returns
     -------
@@ -511,6 +547,14 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
             raise ValueError(
                 f"curvature must be None or two finite numbers (c_y, c_x), got {curvature!r}"
             )
+    if mask is not None:
+        shape = tuple(weights.detector_shape)
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != shape:
+            raise ValueError(
+                f"mask must be a boolean array of the detector shape {shape}, got "
+                f"{mask.dtype} of shape {mask.shape}"
+            )
     if gain is not None and k0 is not None:
         raise ValueError(
             "give gain (the counting model) or k0 (a noise model's kernel at zero lag), "
@@ -566,7 +610,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     sub = bool(subtract_nonuniformity)
     lap = None
     if curvature is not None and kk and pm is not None and np.any(curvature):
-        lap = _Curvature(curvature, weights.touched, weights.detector_shape)
+        lap = _Curvature(curvature, weights.touched, weights.detector_shape, mask)
     args = (kk, qs, area, wc, lap)
     v = np.stack([_estimators(*full, m, *args, sub) for m in methods], axis=1)
     vj = np.stack([_estimators(*loo, m, *args, sub) for m in methods], axis=2)
@@ -578,7 +622,7 @@ def estimate(moments, weights, methods=("Omega",), gain=None, k0=None,
     floor, pairs, electrons = (
         np.stack(x, axis=1)  # (G, M, K)
         for x in zip(*(_shot_floor(full[0], full[1], full[3], m, kk, qs, area, wc, w2c,
-                                   getattr(weights, "ring_geometry", None))
+                                   getattr(weights, "ring_geometry", None), lap)
                        for m in methods), strict=True)
     )
     se_jk = _jackknife_se(vj, present)

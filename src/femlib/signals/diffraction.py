@@ -635,6 +635,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 "center": cal._mean_center(),
                 "affine": np.eye(3) if cal.affine is None else cal.affine,
             },
+            detector_mask=None if descan else cal.geometry(mask=mask)["mask"],
         )
         if self._lazy:
             return _lazy_variance(work, finish, labels, n_groups, methods, shot is not None, w,
@@ -643,7 +644,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
 
     def _finish_variance(self, moments, w, methods, method, gain, noise, n_groups, edges,
                          layout, subtract_nonuniformity, calibration, navigation_mask=None,
-                         quiet=False):
+                         quiet=False, detector_mask=None):
         """The FEMVariance1D of the moments of one pass (eager, or a lazy result's
         compute). ``quiet``: no warnings (the lazy result's template)."""
         n_zero = 0 if moments.zero_count is None else int(moments.zero_count.sum())
@@ -694,6 +695,7 @@ class FEMDiffraction2D(CalibrationStateMixin, Signal2D):
                 moments, est_w, methods, gain, k0=None if noise is None else float(noise.k0),
                 subtract_nonuniformity=subtract_nonuniformity,
                 curvature=None if noise is None else getattr(noise, "curvature", None),
+                mask=detector_mask,
             )
             _variance.warn_undefined(res, w.radial_centers)
             result = self._variance_signal(
