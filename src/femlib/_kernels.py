@@ -164,24 +164,29 @@ _dots_q2j = _make_dots(True, True, q_square=True)
 
 @njit(**_JIT)
 def _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,  # noqa: C901
-                 pixsum, pixsq, with_j):  # pragma: no cover
+                 pixsum, pixsq, with_j, xt, res, st):  # pragma: no cover
     """The FEM pass (:func:`ring_moments`); pixel sums where ``pixsum`` (and squares where
     ``pixsq``) has columns. ``sdata`` None: no ``Q``; ``with_j`` None: no ``J``. Both are
     told apart by type, so each variant of the bin sums is a specialisation of its own,
-    compiled on first use (numba prunes the ``is None`` branches before typing)."""
+    compiled on first use (numba prunes the ``is None`` branches before typing).
+
+    The buffers come from the caller: ``xt`` (touched.size, 8) and ``res`` (3, 8) float64,
+    ``st`` (8,) int64. An ``np.empty`` in here would compile numba's allocation code, and
+    ``min`` or a helper one more function each: they are written out."""
     n = rows.size
     nbins = out.shape[2]
     n_out = out.shape[0]
     with_pm = pixsum.shape[1] > 0
     with_psq = pixsq.shape[1] > 0
-    xt = np.empty((touched.size, LANES))
-    res = np.empty((3, LANES))
-    st = np.empty(LANES, np.int64)
+    last = n - 1
     for f0 in range(0, n, LANES):
-        nf = min(LANES, n - f0)
-        step = _rows(f0, n)
-        r = (rows[step[0]], rows[step[1]], rows[step[2]], rows[step[3]],
-             rows[step[4]], rows[step[5]], rows[step[6]], rows[step[7]])
+        nf = LANES if LANES < n - f0 else n - f0
+        # The eight frame rows of the step; past the last frame, the last frame again (its
+        # results are not written).
+        r = (rows[f0], rows[f0 + 1 if f0 + 1 < last else last],
+             rows[f0 + 2 if f0 + 2 < last else last], rows[f0 + 3 if f0 + 3 < last else last],
+             rows[f0 + 4 if f0 + 4 < last else last], rows[f0 + 5 if f0 + 5 < last else last],
+             rows[f0 + 6 if f0 + 6 < last else last], rows[f0 + 7 if f0 + 7 < last else last])
         # Eight frames of one state (the usual case: frames come sorted by state) add their
         # values to the pixel sums at once. Past the last frame: -1, left out.
         same = nf == LANES
@@ -275,7 +280,8 @@ def ring_moments(frames, touched, indptr, cindex, wdata, states, nstates, rows=N
     pixsq = np.zeros((nstates, touched.size) if pixel_squares else (0, 0))
     if n:
         _ring_kernel(frames, rows, touched, indptr, cindex, wdata, sdata, states, out,
-                     pixsum, pixsq, True if with_j else None)
+                     pixsum, pixsq, True if with_j else None, np.empty((touched.size, LANES)),
+                     np.empty((3, LANES)), np.empty(LANES, np.int64))
     return out, (pixsum if pixel_means else None), (pixsq if pixel_squares else None)
 
 

@@ -55,57 +55,61 @@ def _clip(xs, ys, n, dx, dy, sign, ox, oy):  # pragma: no cover
 
 
 @njit(**_JIT)
-def _piece(ax, ay, bx, by, rr):  # pragma: no cover
-    """Signed area of the piece ``a -> b`` known to lie wholly inside or outside the disk."""
-    cr = ax * by - ay * bx
-    mx = 0.5 * (ax + bx)
-    my = 0.5 * (ay + by)
-    if mx * mx + my * my <= rr:
-        return 0.5 * cr
-    return 0.5 * rr * math.atan2(cr, ax * bx + ay * by)
-
-
-@njit(**_JIT)
-def _edge_in_disk(ax, ay, bx, by, rr):  # pragma: no cover
-    """Signed area of triangle ``(O, a, b)`` intersected with the disk ``|p|^2 <= rr``."""
-    dx = bx - ax
-    dy = by - ay
-    qa = dx * dx + dy * dy
-    if qa == 0.0:
-        return 0.0
-    qb = ax * dx + ay * dy
-    qc = ax * ax + ay * ay - rr
-    disc = qb * qb - qa * qc
-    if disc <= 0.0:
-        return _piece(ax, ay, bx, by, rr)
-    sq = math.sqrt(disc)
-    t1 = (-qb - sq) / qa
-    t2 = (-qb + sq) / qa
-    total = 0.0
-    px = ax
-    py = ay
-    if 0.0 < t1 < 1.0:
-        qx = ax + t1 * dx
-        qy = ay + t1 * dy
-        total += _piece(px, py, qx, qy, rr)
-        px = qx
-        py = qy
-    if 0.0 < t2 < 1.0:
-        qx = ax + t2 * dx
-        qy = ay + t2 * dy
-        total += _piece(px, py, qx, qy, rr)
-        px = qx
-        py = qy
-    return total + _piece(px, py, bx, by, rr)
-
-
-@njit(**_JIT)
 def _area_in_disk(xs, ys, n, r):  # pragma: no cover
+    """Area of the convex polygon ``(xs, ys)[:n]`` inside the disk of radius ``r``.
+
+    The sum over the edges ``a -> b`` of the signed area of triangle ``(O, a, b)``
+    intersected with the disk: the edge is cut where it crosses the circle into pieces
+    wholly inside (a triangle, half the cross product) or wholly outside (a circular
+    sector, ``r^2 / 2`` times its angle). One function for edges and pieces: each helper
+    is a compilation of its own.
+    """
     rr = r * r
     total = 0.0
     for i in range(n):
         j = i + 1 if i + 1 < n else 0
-        total += _edge_in_disk(xs[i], ys[i], xs[j], ys[j], rr)
+        ax = xs[i]
+        ay = ys[i]
+        bx = xs[j]
+        by = ys[j]
+        dx = bx - ax
+        dy = by - ay
+        qa = dx * dx + dy * dy
+        if qa == 0.0:
+            continue
+        qb = ax * dx + ay * dy
+        qc = ax * ax + ay * ay - rr
+        disc = qb * qb - qa * qc
+        # Where the edge crosses the circle (none unless disc > 0)
+        t1 = 2.0
+        t2 = 2.0
+        if disc > 0.0:
+            sq = math.sqrt(disc)
+            t1 = (-qb - sq) / qa
+            t2 = (-qb + sq) / qa
+        edge = 0.0
+        px = ax
+        py = ay
+        for piece in range(3):
+            if piece == 2:
+                qx = bx
+                qy = by
+            else:
+                t = t1 if piece == 0 else t2
+                if not 0.0 < t < 1.0:
+                    continue
+                qx = ax + t * dx
+                qy = ay + t * dy
+            cr = px * qy - py * qx
+            mx = 0.5 * (px + qx)
+            my = 0.5 * (py + qy)
+            if mx * mx + my * my <= rr:
+                edge += 0.5 * cr
+            else:
+                edge += 0.5 * rr * math.atan2(cr, px * qx + py * qy)
+            px = qx
+            py = qy
+        total += edge
     return total
 
 
@@ -116,7 +120,9 @@ def _radial_extent(xs, ys, n):  # pragma: no cover
     inside = True
     for i in range(n):
         j = i + 1 if i + 1 < n else 0
-        rmax = max(rmax, xs[i] * xs[i] + ys[i] * ys[i])
+        q = xs[i] * xs[i] + ys[i] * ys[i]
+        if q > rmax:
+            rmax = q
         if xs[i] * ys[j] - ys[i] * xs[j] < 0.0:
             inside = False
     if inside:
@@ -128,74 +134,165 @@ def _radial_extent(xs, ys, n):  # pragma: no cover
         dy = ys[j] - ys[i]
         qa = dx * dx + dy * dy
         t = 0.0 if qa == 0.0 else -(xs[i] * dx + ys[i] * dy) / qa
-        t = min(1.0, max(0.0, t))
+        t = t if t > 0.0 else 0.0
+        t = t if t < 1.0 else 1.0
         px = xs[i] + t * dx
         py = ys[i] + t * dy
-        rmin = min(rmin, px * px + py * py)
+        q = px * px + py * py
+        if q < rmin:
+            rmin = q
     return math.sqrt(rmin), math.sqrt(rmax)
 
 
 @njit(**_JIT)
-def _polygon_area(xs, ys, n):  # pragma: no cover
-    # Shoelace about the first vertex, not the origin: far from the centre the terms about
-    # the origin are (radius / pixel size) times larger than the area and cancel.
-    total = 0.0
-    for i in range(1, n - 1):
-        total += (xs[i] - xs[0]) * (ys[i + 1] - ys[0]) - (ys[i] - ys[0]) * (xs[i + 1] - xs[0])
-    return 0.5 * total
+def _split(cu, cw, corner_u, corner_w, pixels, redges, aedges, clip, start, count, out_bin,
+           out_pix, out_w, work):  # noqa: C901 # pragma: no cover
+    """:func:`split_pixels` from pixel ``pixels[start]`` on, appending at ``count``.
 
-
-@njit(**_JIT)
-def _sector_weights(
-    xs, ys, n, pixel, jbin, redges, out_bin, out_pix, out_w, count, inv_area, npt_azim
-):  # pragma: no cover
-    """Append the radial-bin weights of one (already azimuth-clipped) polygon."""
-    if n < 3:
-        return count
-    rlo, rhi = _radial_extent(xs, ys, n)
+    Every buffer comes from the caller (an ``np.empty`` in here compiles numba's
+    allocation code): ``work`` is (6 * _MAXV + 2 * aedges.size,) float64 scratch. Returns
+    the count of entries and the position of the first pixel not done: ``pixels.size``, or
+    one whose entries might not fit in the output arrays (none of its entries is kept; the
+    caller grows the arrays and calls again from it). Helpers, ``min`` and ``max`` are
+    written out where they were cheap to: each is a compilation of its own.
+    """
+    npt_azim = aedges.size - 1
+    # Integer arguments of the helpers as int64 variables, never literals: a literal
+    # argument compiles a helper once more for its literal type.
+    four = np.int64(4)
+    a0 = aedges[0]
+    da = (aedges[npt_azim] - a0) / npt_azim
+    px = work[0:_MAXV]
+    py = work[_MAXV:2 * _MAXV]
+    qx = work[2 * _MAXV:3 * _MAXV]
+    qy = work[3 * _MAXV:4 * _MAXV]
+    sx = work[4 * _MAXV:5 * _MAXV]
+    sy = work[5 * _MAXV:6 * _MAXV]
+    dcos = work[6 * _MAXV:6 * _MAXV + aedges.size]
+    dsin = work[6 * _MAXV + aedges.size:6 * _MAXV + 2 * aedges.size]
+    for i in range(aedges.size):
+        dcos[i] = math.cos(aedges[i])
+        dsin[i] = math.sin(aedges[i])
+    two_pi = 2.0 * math.pi
+    # Sectors wider than pi are not convex: cut each into two halves of at most pi.
+    halves = da > math.pi + 1e-12
+    mid = a0 + 0.5 * da
+    mcos = math.cos(mid)
+    msin = math.sin(mid)
+    parea = 0.0
+    for i in range(4):
+        j = (i + 1) % 4
+        parea += 0.5 * (corner_u[i] * corner_w[j] - corner_w[i] * corner_u[j])
+    inv_area = 1.0 / parea
+    need = 2 * (redges.size + 1)
     npt = redges.size - 1
     r0 = redges[0]
     dr = (redges[npt] - r0) / npt
-    if rhi <= r0 or rlo >= redges[npt]:
-        return count
-    k0 = max(0, math.floor((rlo - r0) / dr) - 1)
-    k1 = min(npt - 1, math.floor((rhi - r0) / dr) + 1)
-    full = _polygon_area(xs, ys, n)
-    e = redges[k0]
-    below = 0.0 if e <= rlo else (full if e >= rhi else _area_in_disk(xs, ys, n, e))
-    for k in range(k0, k1 + 1):
-        e = redges[k + 1]
-        upto = 0.0 if e <= rlo else (full if e >= rhi else _area_in_disk(xs, ys, n, e))
-        w = (upto - below) * inv_area
-        below = upto
-        if w > 1e-13:
-            out_bin[count] = k * npt_azim + jbin
-            out_pix[count] = pixel
-            out_w[count] = w
-            count += 1
-    return count
+    for m in range(start, pixels.size):
+        first = count  # this pixel's entries start here
+        p = pixels[m]
+        for i in range(4):
+            px[i] = cu[p] + corner_u[i]
+            py[i] = cw[p] + corner_w[i]
+        rlo, rhi = _radial_extent(px, py, four)
+        if rhi <= redges[0] or rlo >= redges[redges.size - 1]:
+            continue
+        # Candidate azimuthal bins: all of them if the pixel holds the origin (or with one
+        # bin over the full circle), else those overlapping the pixel's angular extent
+        # (less than pi). (Conditional expressions, not min and max: each of those is a
+        # compilation of its own.)
+        j_lo1 = 0
+        j_hi1 = npt_azim - 1
+        j_lo2 = 0
+        j_hi2 = -1
+        if clip is not None and rlo > 0.0:
+            ca = math.atan2(cw[p], cu[p])
+            dmin = 0.0
+            dmax = 0.0
+            for i in range(4):
+                d = math.atan2(py[i], px[i]) - ca
+                d -= two_pi * math.floor((d + math.pi) / two_pi)
+                dmin = d if d < dmin else dmin
+                dmax = d if d > dmax else dmax
+            lo = ca + dmin - 1e-9
+            hi = ca + dmax + 1e-9
+            shift = lo - a0
+            lo = a0 + (shift - two_pi * math.floor(shift / two_pi))
+            hi = lo + (dmax - dmin) + 2e-9
+            j_lo1 = math.floor((lo - a0) / da)
+            jh = math.floor((hi - a0) / da)
+            j_hi1 = jh if jh < j_hi1 else j_hi1
+            jh = j_lo1 - 1
+            j_hi2 = jh if jh < npt_azim - 1 else npt_azim - 1
+            jh = math.floor((hi - two_pi - a0) / da)
+            j_hi2 = jh if jh < j_hi2 else j_hi2
+        for jj in range(2):
+            if jj == 0:
+                ja = j_lo1 if j_lo1 > 0 else 0
+                jb = j_hi1
+            else:
+                ja = j_lo2
+                jb = j_hi2
+            for j in range(ja, jb + 1):
+                if count + need > out_w.size:
+                    return first, m
+                # One call site per helper (each call site is compiled on its own): the
+                # whole pixel (full circle), the sector between the edges of bin j, or its
+                # halves [a_j, mid] and [mid, a_j+1] (a sector wider than pi, npt_azim == 1).
+                for h in range(1 if clip is None or not halves else 2):
+                    if clip is None:
+                        n = four
+                        for i in range(4):
+                            sx[i] = px[i]
+                            sy[i] = py[i]
+                    else:
+                        c0, s0, c1, s1 = dcos[j], dsin[j], dcos[j + 1], dsin[j + 1]
+                        if halves:
+                            if h == 0:
+                                c1, s1 = mcos, msin
+                            else:
+                                c0, s0 = mcos, msin
+                        n = _clip(px, py, four, c0, s0, 1.0, qx, qy)
+                        n = _clip(qx, qy, n, c1, s1, -1.0, sx, sy)
+                    # The radial-bin weights of the polygon (sx, sy)[:n] (written out here:
+                    # a helper is one more compilation).
+                    if n < 3:
+                        continue
+                    if clip is None:  # the whole pixel
+                        slo, shi = rlo, rhi
+                    else:
+                        slo, shi = _radial_extent(sx, sy, n)
+                    if shi <= r0 or slo >= redges[npt]:
+                        continue
+                    k0 = math.floor((slo - r0) / dr) - 1
+                    k0 = k0 if k0 > 0 else 0
+                    k1 = math.floor((shi - r0) / dr) + 1
+                    k1 = k1 if k1 < npt - 1 else npt - 1
+                    # Its area, by the shoelace formula about the first vertex, not the
+                    # origin: far from the centre the terms about the origin are (radius /
+                    # pixel size) times larger than the area and cancel.
+                    full = 0.0
+                    for i in range(1, n - 1):
+                        full += (sx[i] - sx[0]) * (sy[i + 1] - sy[0]) - (sy[i] - sy[0]) * (
+                            sx[i + 1] - sx[0])
+                    full *= 0.5
+                    # Area below each edge from k0 to k1 + 1, in one call site of the helper.
+                    below = 0.0
+                    for k in range(k0 - 1, k1 + 1):
+                        e = redges[k + 1]
+                        upto = 0.0 if e <= slo else (
+                            full if e >= shi else _area_in_disk(sx, sy, n, e))
+                        w = (upto - below) * inv_area
+                        below = upto
+                        if k >= k0 and w > 1e-13:
+                            out_bin[count] = k * npt_azim + j
+                            out_pix[count] = p
+                            out_w[count] = w
+                            count += 1
+    return count, pixels.size
 
 
-@njit(**_JIT)
-def _grow(out_bin, out_pix, out_w, size):  # pragma: no cover
-    """The three output arrays, copied into new ones of ``size`` entries (one helper for
-    the three: each helper is a compilation of its own)."""
-    # Explicit loops: a slice assignment compiles numba's shape-mismatch message (string
-    # formatting), seconds of a cold compile.
-    b = np.empty(size, np.int64)
-    p = np.empty(size, np.int64)
-    w = np.empty(size, np.float64)
-    for i in range(out_w.size):
-        b[i] = out_bin[i]
-        p[i] = out_pix[i]
-        w[i] = out_w[i]
-    return b, p, w
-
-
-@njit(**_JIT)
-def split_pixels(
-    cu, cw, corner_u, corner_w, pixels, redges, aedges, clip
-):  # pragma: no cover
+def split_pixels(cu, cw, corner_u, corner_w, pixels, redges, aedges, clip):
     """Exact overlap of every pixel with every (radial, azimuthal) bin.
 
     Parameters
@@ -217,105 +314,21 @@ def split_pixels(
     Returns
     -------
     bins, pix : int64 arrays; weights : float64 array
-        Overlap area divided by the pixel area (``sum = 1`` for a pixel wholly in range).
+        Overlap area divided by the pixel area (``sum = 1`` for a pixel wholly in range),
+        pixel by pixel in the order of ``pixels``.
     """
-    npt_azim = aedges.size - 1
-    # Integer arguments of the helpers as int64 variables, never literals: a literal
-    # argument compiles a helper once more for its literal type.
-    four = np.int64(4)
-    a0 = aedges[0]
-    da = (aedges[npt_azim] - a0) / npt_azim
-    dcos = np.empty(aedges.size)
-    dsin = np.empty(aedges.size)
-    for i in range(aedges.size):
-        dcos[i] = math.cos(aedges[i])
-        dsin[i] = math.sin(aedges[i])
-    two_pi = 2.0 * math.pi
-    # Sectors wider than pi are not convex: cut each into two halves of at most pi.
-    halves = da > math.pi + 1e-12
-    mid = a0 + 0.5 * da
-    mcos = math.cos(mid)
-    msin = math.sin(mid)
-    parea = 0.0
-    for i in range(4):
-        j = (i + 1) % 4
-        parea += 0.5 * (corner_u[i] * corner_w[j] - corner_w[i] * corner_u[j])
-    inv_area = 1.0 / parea
-    cap = max(16, 8 * pixels.size)
-    out_bin = np.empty(cap, np.int64)
-    out_pix = np.empty(cap, np.int64)
-    out_w = np.empty(cap, np.float64)
-    count = np.int64(0)
-    px = np.empty(_MAXV)
-    py = np.empty(_MAXV)
-    qx = np.empty(_MAXV)
-    qy = np.empty(_MAXV)
-    sx = np.empty(_MAXV)
-    sy = np.empty(_MAXV)
-    for m in range(pixels.size):
-        p = pixels[m]
-        for i in range(4):
-            px[i] = cu[p] + corner_u[i]
-            py[i] = cw[p] + corner_w[i]
-        rlo, rhi = _radial_extent(px, py, four)
-        if rhi <= redges[0] or rlo >= redges[redges.size - 1]:
-            continue
-        # Candidate azimuthal bins: all of them if the pixel holds the origin (or with one
-        # bin over the full circle), else those overlapping the pixel's angular extent
-        # (less than pi).
-        j_lo1 = 0
-        j_hi1 = npt_azim - 1
-        j_lo2 = 0
-        j_hi2 = -1
-        if clip is not None and rlo > 0.0:
-            ca = math.atan2(cw[p], cu[p])
-            dmin = 0.0
-            dmax = 0.0
-            for i in range(4):
-                d = math.atan2(py[i], px[i]) - ca
-                d -= two_pi * math.floor((d + math.pi) / two_pi)
-                dmin = min(dmin, d)
-                dmax = max(dmax, d)
-            lo = ca + dmin - 1e-9
-            hi = ca + dmax + 1e-9
-            shift = lo - a0
-            lo = a0 + (shift - two_pi * math.floor(shift / two_pi))
-            hi = lo + (dmax - dmin) + 2e-9
-            j_lo1 = math.floor((lo - a0) / da)
-            j_hi1 = min(npt_azim - 1, math.floor((hi - a0) / da))
-            j_hi2 = min(npt_azim - 1, j_lo1 - 1, math.floor((hi - two_pi - a0) / da))
-        for jj in range(2):
-            if jj == 0:
-                ja = max(0, j_lo1)
-                jb = j_hi1
-            else:
-                ja = j_lo2
-                jb = j_hi2
-            for j in range(ja, jb + 1):
-                need = 2 * (redges.size + 1)
-                if count + need > out_w.size:
-                    size = 2 * out_w.size + need
-                    out_bin, out_pix, out_w = _grow(out_bin, out_pix, out_w, size)
-                # One call site per helper (each call site is compiled on its own): the
-                # whole pixel (full circle), the sector between the edges of bin j, or its
-                # halves [a_j, mid] and [mid, a_j+1] (a sector wider than pi, npt_azim == 1).
-                for h in range(1 if clip is None or not halves else 2):
-                    if clip is None:
-                        n = four
-                        for i in range(4):
-                            sx[i] = px[i]
-                            sy[i] = py[i]
-                    else:
-                        c0, s0, c1, s1 = dcos[j], dsin[j], dcos[j + 1], dsin[j + 1]
-                        if halves:
-                            if h == 0:
-                                c1, s1 = mcos, msin
-                            else:
-                                c0, s0 = mcos, msin
-                        n = _clip(px, py, four, c0, s0, 1.0, qx, qy)
-                        n = _clip(qx, qy, n, c1, s1, -1.0, sx, sy)
-                    count = _sector_weights(
-                        sx, sy, n, p, j, redges, out_bin, out_pix, out_w, count, inv_area,
-                        npt_azim,
-                    )
-    return out_bin[:count].copy(), out_pix[:count].copy(), out_w[:count].copy()
+    size = max(16, 8 * pixels.size)
+    out = (np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.float64))
+    work = np.empty(6 * _MAXV + 2 * aedges.size)
+    count, done = 0, 0
+    while True:
+        count, done = _split(cu, cw, corner_u, corner_w, pixels, redges, aedges, clip, done,
+                             count, *out, work)
+        if done == pixels.size:
+            return tuple(a[:count] for a in out)
+        # Out of room before pixel `done`: grow (the entries so far kept) and go on.
+        size = 2 * size + 2 * (redges.size + 1)
+        grown = tuple(np.empty(size, a.dtype) for a in out)
+        for a, b in zip(out, grown, strict=True):
+            b[:count] = a[:count]
+        out = grown

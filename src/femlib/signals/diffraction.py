@@ -1353,15 +1353,17 @@ def _compute(work, show_progressbar, scheduler=None, **kwargs):
 
     import dask
 
-    from femlib._progress import ProgressBar
-
     # With the default (HyperSpy's preference), a pass over eager data draws its bar only
     # when it lasts over a second: most take a fraction of one, and a bar per call fills a
     # notebook or a script's output.
     minimum = 1.0 if show_progressbar is None and scheduler == "threads" else 0.0
     if show_progressbar is None:
         show_progressbar = preferences.General.show_progressbar
-    ctx = ProgressBar(minimum=minimum) if show_progressbar else contextlib.nullcontext()
+    ctx = contextlib.nullcontext()
+    if show_progressbar:
+        from femlib._progress import ProgressBar  # imports dask.diagnostics: only when drawn
+
+        ctx = ProgressBar(minimum=minimum)
     if scheduler == "threads":
         # The threaded scheduler itself: named by its string, dask first imports
         # distributed (a second of the first call) to look for a client it then ignores.
