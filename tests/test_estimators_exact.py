@@ -443,6 +443,43 @@ def test_warn_undefined_messages_exactly():
         assert {(r.filename, r.lineno) for r in rec} == {(__file__, line)}
 
 
+def test_warn_untrusted_standard_error_message_exactly():
+    # Hand-made: the untrusted bins of the used groups are united; a bin whose value or
+    # standard error is NaN is not called untrusted; the unused group is not looked at;
+    # the pairs and electrons quoted are those of the untrusted bins only.
+    v = np.ones((3, 4, 7))
+    se = np.full((3, 4, 7), 0.1)
+    trusted = np.ones((3, 4, 7), bool)
+    pairs = np.full((3, 4, 7), 50.0)
+    electrons = np.full((3, 4, 7), 9.0)
+    trusted[0, 0, [1, 2]] = trusted[2, 0, 4] = False  # Omega: bins 1, 2, 4
+    pairs[0, 0, [1, 2]], pairs[2, 0, 4] = (3.0, 4.0), 0.5
+    electrons[0, 0, [1, 2]], electrons[2, 0, 4] = (2.0, 2.5), 0.25
+    trusted[1] = False  # unused group
+    pairs[1] = 1e-3
+    trusted[0, 3, 5] = False  # VImage: bin 5, but its value is NaN
+    v[0, 3, 5] = np.nan
+    trusted[2, 3, 6] = False  # VImage: bin 6, but its SE is NaN
+    se[2, 3, 6] = np.nan
+    res = {"used_groups": np.array([True, False, True]), "variance": v,
+           "standard_error": se, "methods": V.METHODS, "standard_error_trusted": trusted,
+           "shot_pairs": pairs, "shot_electrons": electrons}
+    with pytest.warns(RuntimeWarning) as rec:
+        V.warn_undefined(res, np.arange(7) + 0.5)
+    assert [str(r.message) for r in rec] == [
+        "the standard error of V(k) is not trustworthy in 3 radial bin(s) (radius 1.5, "
+        "2.5, 4.5) for method 'Omega': V rests on 0.5-4 expected coincident electron pairs "
+        "(0.25-2.5 electrons per bin per frame), fewer than 10; use more patterns, wider "
+        "bins or Omega",
+        "V(k) is undefined (NaN) in 1 radial bin(s) (radius 5.5) for method 'VImage': "
+        + V._UNDEFINED_CAUSE["VImage"],
+        "the standard error of V(k) is undefined (NaN) in 1 radial bin(s) (radius 6.5) "
+        "for method 'VImage': leaving out one jackknife block leaves the ring without "
+        "intensity (too few counts)",
+    ]
+    assert {r.category for r in rec} == {RuntimeWarning}
+
+
 def test_estimate_refuses_moments_that_lack_what_a_method_needs():
     import dataclasses
 
