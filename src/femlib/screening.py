@@ -137,7 +137,83 @@ def _numba_kernels():
                     o[p] += x[p]
                 f += 1
 
-    return pixel_moments, label_add
+    @njit(cache=True, nogil=True)
+    def pairwise_sum(x, lo, n):  # pragma: no cover - compiled
+        # numpy's pairwise summation of x[lo : lo + n] (eight accumulators up to 128
+        # values, halves above), so that a band sum equals ``ndarray.sum`` of the row.
+        if n < 8:
+            s = 0.0
+            for i in range(n):
+                s += x[lo + i]
+            return s
+        if n <= 128:
+            r0, r1, r2, r3 = x[lo], x[lo + 1], x[lo + 2], x[lo + 3]
+            r4, r5, r6, r7 = x[lo + 4], x[lo + 5], x[lo + 6], x[lo + 7]
+            i = 8
+            while i < n - n % 8:
+                r0 += x[lo + i]
+                r1 += x[lo + i + 1]
+                r2 += x[lo + i + 2]
+                r3 += x[lo + i + 3]
+                r4 += x[lo + i + 4]
+                r5 += x[lo + i + 5]
+                r6 += x[lo + i + 6]
+                r7 += x[lo + i + 7]
+                i += 8
+            s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            while i < n:
+                s += x[lo + i]
+                i += 1
+            return s
+        half = n // 2
+        half -= half % 8
+        return pairwise_sum(x, lo, half) + pairwise_sum(x, lo + half, n - half)
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def polar_rows(p, use, n_use, band, top, finite):  # pragma: no cover - compiled
+        # Per pattern: the band means over the used sectors (non-finite values as 0),
+        # the largest finite sector contrast m_ka / m_k - 1 (-inf if none) and whether
+        # every used bin is finite; one pass over (N, K, A).
+        nn, nk, na = p.shape
+        clean = np.empty(na)
+        term = np.empty(na)
+        for n in range(nn):
+            ok = True
+            best = -np.inf
+            for k in range(nk):
+                for a in range(na):
+                    v = np.float64(p[n, k, a])
+                    if not np.isfinite(v):
+                        if use[k, a]:
+                            ok = False
+                        v = 0.0
+                    clean[a] = v
+                    term[a] = v if use[k, a] else v * 0.0
+                b = pairwise_sum(term, 0, na) / max(n_use[k], 1)
+                band[n, k] = b
+                if n_use[k] == 0:
+                    continue
+                # x / b - 1 is monotonic in x (rounding too): the largest contrast is that
+                # of the largest (b > 0) or smallest (b < 0) value, when it is finite.
+                hi = -np.inf
+                lo = np.inf
+                for a in range(na):
+                    if use[k, a]:
+                        hi = max(hi, clean[a])
+                        lo = min(lo, clean[a])
+                x = (hi if b > 0 else lo) / b - 1.0
+                if b != 0 and np.isfinite(b) and np.isfinite(x):
+                    best = max(best, x)
+                    continue
+                for a in range(na):  # b = 0 or an overflow: value by value
+                    if use[k, a]:
+                        x = clean[a] / b - 1.0
+                        if np.isfinite(x) and x > best:
+                            best = x
+            top[n] = best
+            finite[n] = ok
+
+    return pixel_moments, label_add, polar_rows
 
 
 _KERNELS = None
@@ -662,24 +738,24 @@ def polar_outliers(profiles, coverage=None, crystal=6.0, dose=8.0, min_coverage=
     """
     crystal = _check_factor(crystal, "crystal", 0.0)
     dose = _check_factor(dose, "dose", 0.0)
-    p = np.asarray(profiles, dtype=np.float64)
+    p = np.asarray(profiles)
+    if p.dtype not in (np.float32, np.float64):
+        p = p.astype(np.float64)
     if p.ndim < 3:
         raise ValueError(f"profiles must be navigation + (K, A), got shape {p.shape}")
     nav, (k, a) = p.shape[:-2], p.shape[-2:]
-    flat = p.reshape(-1, k, a)
+    flat = np.ascontiguousarray(p.reshape(-1, k, a))  # float32 is read as float64
     use = np.ones((k, a), bool)
     if coverage is not None:
         cov = np.asarray(coverage, dtype=float).reshape(k, a)
         best = cov.max(axis=1, keepdims=True)
         use = (cov > 0) & (cov >= min_coverage * best)
-    finite = np.isfinite(flat[:, use]).all(axis=1)
-    clean = np.where(np.isfinite(flat), flat, 0.0)
     n_use = use.sum(axis=1)
-    band = (clean * use).sum(axis=2) / np.maximum(n_use, 1)  # (N, K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        contrast = np.where(use, clean / band[:, :, None] - 1.0, -np.inf)
-    contrast = np.where(np.isfinite(contrast), contrast, -np.inf)
-    c = contrast.reshape(len(flat), -1).max(axis=1)
+    # One compiled pass: band means (N, K), largest sector contrast, finite flags.
+    band = np.empty((len(flat), k))
+    c = np.empty(len(flat))
+    finite = np.empty(len(flat), bool)
+    _kernels()[2](flat, use, n_use.astype(np.int64), band, c, finite)
     total = (band * (n_use > 0)).sum(axis=1) / max(int((n_use > 0).sum()), 1)
     lit = finite & (total > 0)
     c = np.where(lit & np.isfinite(c), c, 0.0)
