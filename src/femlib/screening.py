@@ -213,7 +213,132 @@ def _numba_kernels():
             top[n] = best
             finite[n] = ok
 
-    return pixel_moments, label_add, polar_rows
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def finish_moments(n, mean, m2, enough, pairs, grand, var, med, finite):  # pragma: no cover
+        # Per pixel, over the S sub-blocks (in order, as numpy's sums over axis 0): the
+        # scan's mean and variance from the finite sub-blocks (Chan's formulas), whether
+        # every sub-block is finite, and the median of the long-enough sub-blocks'
+        # variances (infinite for a non-finite one; the scan's variance if the median is
+        # not finite). Blocks of pixels; the variances sorted by the compare-exchange
+        # network ``pairs`` (of a power of two >= S, padded with +inf) across the block.
+        ns, npix = mean.shape
+        size = pairs.max() + 1 if pairs.shape[0] else 1
+        nb = 256
+        stack = np.empty((max(size, ns), nb))
+        total = np.empty(nb)
+        acc = np.empty(nb)
+        sq = np.empty(nb)
+        every = np.empty(nb, np.bool_)
+        m = 0
+        for b in range(ns):
+            m += 1 if enough[b] else 0
+        for p0 in range(0, npix, nb):
+            cnt = min(nb, npix - p0)
+            total[:] = 0.0
+            acc[:] = 0.0
+            sq[:] = 0.0
+            every[:] = True
+            for b in range(ns):
+                for t in range(cnt):
+                    mu, q = mean[b, p0 + t], m2[b, p0 + t]
+                    ok = np.isfinite(mu) and np.isfinite(q)
+                    every[t] = every[t] and ok
+                    w = n[b] if ok else 0.0
+                    total[t] += w
+                    acc[t] += w * (mu if ok else 0.0)
+            for t in range(cnt):
+                grand[p0 + t] = acc[t] / max(total[t], 1.0)
+                finite[p0 + t] = every[t]
+            row = 0
+            for b in range(ns):
+                for t in range(cnt):
+                    mu, q = mean[b, p0 + t], m2[b, p0 + t]
+                    ok = np.isfinite(mu) and np.isfinite(q)
+                    w = n[b] if ok else 0.0
+                    d = (mu if ok else 0.0) - grand[p0 + t]
+                    sq[t] += (q if ok else 0.0) + w * (d * d)
+                if enough[b]:
+                    for t in range(cnt):
+                        mu, q = mean[b, p0 + t], m2[b, p0 + t]
+                        ok = np.isfinite(mu) and np.isfinite(q)
+                        stack[row, t] = q / max(n[b] - 1.0, 1.0) if ok and n[b] > 1 else np.inf
+                    row += 1
+            for t in range(cnt):
+                var[p0 + t] = sq[t] / max(total[t] - 1.0, 1.0) if total[t] > 1 else 0.0
+            if m == 0:
+                for t in range(cnt):
+                    med[p0 + t] = var[p0 + t]
+                continue
+            for i in range(m, stack.shape[0]):
+                stack[i, :] = np.inf
+            for q in range(pairs.shape[0]):
+                lo = stack[pairs[q, 0]]
+                hi = stack[pairs[q, 1]]
+                for t in range(nb):
+                    u, v = lo[t], hi[t]
+                    lo[t] = min(u, v)
+                    hi[t] = max(u, v)
+            h = m // 2
+            for t in range(cnt):
+                x = stack[h, t] if m % 2 else (stack[h - 1, t] + stack[h, t]) / 2.0
+                med[p0 + t] = x if np.isfinite(x) else var[p0 + t]
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def neighbour_quantiles(image, valid, fracs, half, pairs, out):  # pragma: no cover
+        # out[k, y, x]: the quantile fracs[k] (linear interpolation between the sorted
+        # values, as numpy's percentile) of the valid pixels of the (2 half + 1)^2 square
+        # around (y, x) but itself; only finite values count (a NaN or an invalid or
+        # outside pixel sorts last, as +inf, which never reaches the finite ranks). A row of
+        # pixels at a time: the neighbours gathered from a padded copy, sorted by the
+        # compare-exchange network ``pairs`` (of a power of two >= the neighbours, padded
+        # with +inf) across the row.
+        ny, nx = image.shape
+        w = 2 * half + 1
+        size = pairs.max() + 1 if pairs.shape[0] else 1
+        vals = np.full((ny + 2 * half, nx + 2 * half), np.inf)
+        fin = np.zeros((ny + 2 * half, nx + 2 * half), np.int64)
+        for y in range(ny):
+            for x in range(nx):
+                if valid[y, x]:
+                    v = image[y, x]
+                    fin[y + half, x + half] = 1 if np.isfinite(v) else 0
+                    vals[y + half, x + half] = v if v == v else np.inf
+        stack = np.empty((max(size, w * w - 1), nx))
+        count = np.empty(nx, np.int64)
+        for y in range(ny):
+            m = 0
+            count[:] = 0
+            for dy in range(w):
+                for dx in range(w):
+                    if dy == half and dx == half:
+                        continue
+                    row = vals[y + dy]
+                    frow = fin[y + dy]
+                    for t in range(nx):
+                        stack[m, t] = row[t + dx]
+                        count[t] += frow[t + dx]
+                    m += 1
+            for i in range(m, stack.shape[0]):
+                stack[i, :] = np.inf
+            for q in range(pairs.shape[0]):
+                a = stack[pairs[q, 0]]
+                b = stack[pairs[q, 1]]
+                for t in range(nx):
+                    u, v = a[t], b[t]
+                    a[t] = min(u, v)
+                    b[t] = max(u, v)
+            for k in range(fracs.shape[0]):
+                for t in range(nx):
+                    c = count[t]
+                    if c == 0:
+                        out[k, y, t] = np.nan
+                        continue
+                    pos = (c - 1) * fracs[k]
+                    lo = int(np.floor(pos))
+                    hi = min(lo + 1, c - 1)
+                    out[k, y, t] = stack[lo, t] + (stack[hi, t] - stack[lo, t]) * (pos - lo)
+
+    return pixel_moments, label_add, polar_rows, finish_moments, neighbour_quantiles
 
 
 _KERNELS = None
@@ -398,23 +523,17 @@ def pixel_statistics(frames, compute=True):
 
 def _finish_moments(moments, shape, n_frames, size):
     keys = sorted(moments)
-    n = np.array([moments[k][0] for k in keys])[:, None]
+    n = np.array([moments[k][0] for k in keys], dtype=np.float64)
     mean = np.stack([moments[k][1] for k in keys])
     m2 = np.stack([moments[k][2] for k in keys])
-    ok = np.isfinite(mean) & np.isfinite(m2)
-    finite = ok.all(axis=0)
-    w = np.where(ok, n, 0.0)
-    total = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mu = np.where(ok, mean, 0.0)
-        grand = (w * mu).sum(axis=0) / np.maximum(total, 1)
-        sq = (np.where(ok, m2, 0.0) + w * (mu - grand) ** 2).sum(axis=0)
-        var = np.where(total > 1, sq / np.maximum(total - 1, 1), 0.0)
-        # (non-finite sub-blocks count as infinitely noisy; their pixel is flagged anyway)
-        sub_var = np.where(ok & (n > 1), m2 / np.maximum(n - 1, 1), np.inf)
-    enough = (n[:, 0] >= max(2, size // 2))  # a short last sub-block is left out
-    med = np.median(sub_var[enough], axis=0) if enough.any() else var
-    med = np.where(np.isfinite(med), med, var)
+    enough = n >= max(2, size // 2)  # a short last sub-block is left out of the median
+    npix = mean.shape[1]
+    grand, var, med = np.empty(npix), np.empty(npix), np.empty(npix)
+    finite = np.empty(npix, bool)
+    # Non-finite sub-blocks are left out of the mean and variance and count as infinitely
+    # noisy in the median (their pixel is flagged anyway).
+    _kernels()[3](n, mean, m2, enough, _sorting_network(int(enough.sum())), grand, var,
+                  med, finite)
     return {
         "n_frames": n_frames,
         "mean": grand.reshape(shape),
@@ -530,27 +649,34 @@ def _check_factor(value, name, minimum=1.0):
     return value
 
 
+def _sorting_network(n):
+    """Compare-exchange pairs of Batcher's odd-even merge sort of the smallest power of two
+    >= ``n`` values, in order."""
+    size = 1 << max(int(n) - 1, 0).bit_length()
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 def _neighbour_quantile(image, valid, q=75.0, size=5):
     """``q``-th percentile (linear interpolation) of the other valid pixels of the ``size``
-    x ``size`` square around each pixel (NaN where none is valid)."""
-    half = size // 2
-    padded = np.pad(np.where(valid, image, np.nan), half, constant_values=np.nan)
-    ny, nx = image.shape
-    stack = np.stack([
-        padded[dy : dy + ny, dx : dx + nx]
-        for dy in range(size)
-        for dx in range(size)
-        if (dy, dx) != (half, half)
-    ])
-    stack.sort(axis=0)  # NaN last
-    count = np.isfinite(stack).sum(axis=0)
-    pos = np.maximum(count - 1, 0) * (q / 100.0)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
-    a = np.take_along_axis(stack, lo[None], 0)[0]
-    b = np.take_along_axis(stack, hi[None], 0)[0]
-    out = a + (b - a) * (pos - lo)
-    return np.where(count > 0, out, np.nan)
+    x ``size`` square around each pixel (NaN where none is valid); ``q`` may be a sequence,
+    giving one image per value."""
+    qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    image = np.asarray(image, dtype=np.float64)
+    out = np.empty((len(qs),) + image.shape)
+    _kernels()[4](image, np.asarray(valid, dtype=np.bool_), qs / 100.0, size // 2,
+                  _sorting_network(size * size - 1), out)
+    return out if np.ndim(q) else out[0]
 
 
 def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, min_z=5.0):
@@ -643,7 +769,7 @@ def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, mi
         se_rel = 1.25 * np.sqrt((2.0 + 1.0 / electrons) / n)
         noisy_z = (noise_score - 1.0) / se_rel
     is_noisy = lit & (noise_score > noisy) & (noisy_z > min_z)
-    near_mean = _neighbour_quantile(mean, usable)
+    near_mean, low_mean = _neighbour_quantile(mean, usable, q=(75.0, 25.0))
     near_var = _neighbour_quantile(var, usable)
     with np.errstate(invalid="ignore", divide="ignore"):
         hot_score = np.where(
@@ -653,7 +779,6 @@ def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, mi
     is_hot = usable & (hot_score > hot) & (hot_z > min_z)
     # Dead: judged against the dimmer neighbours (25th percentile), so that a pixel just
     # behind a beam-stop edge, half of whose neighbours are lit, is not dead.
-    low_mean = _neighbour_quantile(mean, usable, q=25.0)
     expected = np.where(np.isfinite(low_mean), low_mean, 0.0) * n / g
     is_dead = usable & (var == 0) & (expected >= _MIN_ELECTRONS) & (mean < low_mean)
     reason = (
