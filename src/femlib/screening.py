@@ -1013,15 +1013,19 @@ def fit_centers(tile_images, tile_positions, navigation_positions, start_center,
             return t, None, str(err)
         return t, c[::-1], None
 
-    # The fits are independent and mostly in scipy.ndimage (which releases the GIL).
-    from concurrent.futures import ThreadPoolExecutor
+    # The fits are independent and mostly in compiled code that releases the GIL: on
+    # dask's thread pool, which lives across calls (starting threads for every call costs
+    # more than a fit on a busy machine).
+    import dask
+    from dask.threaded import get as threaded
 
-    with ThreadPoolExecutor() as pool:
-        for t, c, err in pool.map(fit, range(len(images))):
-            if err is None:
-                raw[t] = c
-            else:
-                errors[t] = err
+    (results,) = dask.compute([dask.delayed(fit, pure=False)(t) for t in range(len(images))],
+                              scheduler=threaded)
+    for t, c, err in results:
+        if err is None:
+            raw[t] = c
+        else:
+            errors[t] = err
     ok = np.isfinite(raw).all(axis=1)
     fit_model = model
     need = _MODELS[fit_model]
