@@ -137,37 +137,12 @@ def _numba_kernels():
                     o[p] += x[p]
                 f += 1
 
-    @njit(cache=True, nogil=True)
-    def pairwise_sum(x, lo, n):  # pragma: no cover - compiled
-        # numpy's pairwise summation of x[lo : lo + n] (eight accumulators up to 128
-        # values, halves above), so that a band sum equals ``ndarray.sum`` of the row.
-        if n < 8:
-            s = 0.0
-            for i in range(n):
-                s += x[lo + i]
-            return s
-        if n <= 128:
-            r0, r1, r2, r3 = x[lo], x[lo + 1], x[lo + 2], x[lo + 3]
-            r4, r5, r6, r7 = x[lo + 4], x[lo + 5], x[lo + 6], x[lo + 7]
-            i = 8
-            while i < n - n % 8:
-                r0 += x[lo + i]
-                r1 += x[lo + i + 1]
-                r2 += x[lo + i + 2]
-                r3 += x[lo + i + 3]
-                r4 += x[lo + i + 4]
-                r5 += x[lo + i + 5]
-                r6 += x[lo + i + 6]
-                r7 += x[lo + i + 7]
-                i += 8
-            s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-            while i < n:
-                s += x[lo + i]
-                i += 1
-            return s
-        half = n // 2
-        half -= half % 8
-        return pairwise_sum(x, lo, half) + pairwise_sum(x, lo + half, n - half)
+    from femlib._pairwise import pairwise_sum
+
+    # numpy's order of summation; a module global, not a closure variable, so that numba
+    # caches the kernels that call it
+    global _pairwise_sum
+    _pairwise_sum = pairwise_sum()
 
     @njit(cache=True, nogil=True, error_model="numpy")
     def polar_rows(p, use, n_use, band, top, finite):  # pragma: no cover - compiled
@@ -189,7 +164,7 @@ def _numba_kernels():
                         v = 0.0
                     clean[a] = v
                     term[a] = v if use[k, a] else v * 0.0
-                b = pairwise_sum(term, 0, na) / max(n_use[k], 1)
+                b = _pairwise_sum(term, 0, na) / max(n_use[k], 1)
                 band[n, k] = b
                 if n_use[k] == 0:
                     continue
@@ -342,6 +317,7 @@ def _numba_kernels():
 
 
 _KERNELS = None
+_pairwise_sum = None
 
 
 def _kernels():

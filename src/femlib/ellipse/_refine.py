@@ -64,6 +64,7 @@ def _radial_range_px(radial_range, factor):
 
 
 _KERNEL = []
+_summed = _clip = _sample = None  # compiled helpers, set by _peak_kernel
 
 
 def _peak_kernel():
@@ -71,39 +72,21 @@ def _peak_kernel():
     if _KERNEL:
         return _KERNEL[0]
     from femlib._jit import njit
+    from femlib._pairwise import pairwise_sum
+
+    # The helpers are module globals, not closure variables, so that numba caches the
+    # kernels that call them; _summed adds in numpy's order.
+    global _summed, _clip, _sample
+    _summed = pairwise_sum()
 
     @njit(cache=True, nogil=True)
-    def pairwise(x, n):  # pragma: no cover - compiled
-        # numpy's pairwise summation of x[:n] (what ndarray.sum does along a row)
-        if n < 8:
-            s = 0.0
-            for i in range(n):
-                s += x[i]
-            return s
-        if n <= 128:
-            r = x[:8].copy()
-            i = 8
-            while i < n - n % 8:
-                for j in range(8):
-                    r[j] += x[i + j]
-                i += 8
-            s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-            while i < n:
-                s += x[i]
-                i += 1
-            return s
-        half = n // 2
-        half -= half % 8
-        return pairwise(x, half) + pairwise(x[half:], n - half)
-
-    @njit(cache=True, nogil=True)
-    def clip(x, lo, hi):  # pragma: no cover - compiled
+    def _clip_impl(x, lo, hi):  # pragma: no cover - compiled
         if x != x:
             return x
         return lo if x < lo else (hi if x > hi else x)
 
     @njit(cache=True, nogil=True)
-    def sample(image, y, x, cval):  # pragma: no cover - compiled
+    def _sample_impl(image, y, x, cval):  # pragma: no cover - compiled
         # The bilinear value of scipy.ndimage.map_coordinates(order=1, mode="constant"),
         # to the last bit: cval off the grid, weights 1 - t and 1 - (1 - t), the four
         # terms value * wy * wx added in row-major order.
@@ -120,6 +103,8 @@ def _peak_kernel():
         t += image[y1, x0] * wy1 * wx0
         t += image[y1, x1] * wy1 * wx1
         return t
+
+    _clip, _sample = _clip_impl, _sample_impl
 
     @njit(cache=True, nogil=True, error_model="numpy")
     def peaks(image, bad, cy, cx, inv, cos, sin, ang, phi, r, dr, k, half, out_phi,
@@ -140,8 +125,8 @@ def _peak_kernel():
                     qx, qy = cos[a, j] * r[i], sin[a, j] * r[i]
                     x = cx + inv[0, 0] * qx + inv[0, 1] * qy
                     y = cy + inv[1, 0] * qx + inv[1, 1] * qy
-                    vals[j, i] = sample(image, y, x, 0.0)
-                    if sample(bad, y, x, 1.0) > 1e-9:
+                    vals[j, i] = _sample(image, y, x, 0.0)
+                    if _sample(bad, y, x, 1.0) > 1e-9:
                         good = False
                 ok[j] = good
             cnt = 0
@@ -155,13 +140,13 @@ def _peak_kernel():
                 prof[a, i] = s / cnt
             for j in range(ns):
                 tmp[j] = ang[a, j] * (1.0 if ok[j] else 0.0)
-            out_phi[a] = pairwise(tmp, ns) / cnt if cnt > 0 else phi[a]
-        rl = pairwise(r, k) / k
-        rr = pairwise(r[nr - k :], k) / k
+            out_phi[a] = _summed(tmp, 0, ns) / cnt if cnt > 0 else phi[a]
+        rl = _summed(r, 0, k) / k
+        rr = _summed(r, nr - k, k) / k
         peak = np.empty(na)
         for a in range(na):
-            left = pairwise(prof[a], k) / k
-            right = pairwise(prof[a, nr - k :], k) / k
+            left = _summed(prof[a], 0, k) / k
+            right = _summed(prof[a], nr - k, k) / k
             best = -np.inf
             at = 0
             for i in range(nr):
@@ -177,12 +162,12 @@ def _peak_kernel():
         for _ in range(20):
             for a in range(na):
                 for i in range(nr):
-                    win = clip((half - abs(r[i] - peak[a])) / dr + 0.5, 0.0, 1.0)
+                    win = _clip((half - abs(r[i] - peak[a])) / dr + 0.5, 0.0, 1.0)
                     p = prof[a, i]
                     w[i] = win * (p if (p != p or p >= 0) else 0.0)
                     wr[i] = w[i] * r[i]
-                total = pairwise(w, nr)
-                new[a] = pairwise(wr, nr) / total if total > 0 else np.nan
+                total = _summed(w, 0, nr)
+                new[a] = _summed(wr, 0, nr) / total if total > 0 else np.nan
             close = True
             for a in range(na):
                 x, y = new[a], peak[a]
@@ -200,7 +185,7 @@ def _peak_kernel():
     @njit(cache=True, nogil=True)
     def bilinear(image, y, x, cval, out):  # pragma: no cover - compiled
         for i in range(y.size):
-            out[i] = sample(image, y[i], x[i], cval)
+            out[i] = _sample(image, y[i], x[i], cval)
 
     _KERNEL.extend([peaks, bilinear])
     return peaks
