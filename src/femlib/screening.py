@@ -137,10 +137,187 @@ def _numba_kernels():
                     o[p] += x[p]
                 f += 1
 
-    return pixel_moments, label_add
+    from femlib._pairwise import pairwise_sum
+
+    # numpy's order of summation; a module global, not a closure variable, so that numba
+    # caches the kernels that call it
+    global _pairwise_sum
+    _pairwise_sum = pairwise_sum()
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def polar_rows(p, use, n_use, band, top, finite):  # pragma: no cover - compiled
+        # Per pattern: the band means over the used sectors (non-finite values as 0),
+        # the largest finite sector contrast m_ka / m_k - 1 (-inf if none) and whether
+        # every used bin is finite; one pass over (N, K, A).
+        nn, nk, na = p.shape
+        clean = np.empty(na)
+        term = np.empty(na)
+        for n in range(nn):
+            ok = True
+            best = -np.inf
+            for k in range(nk):
+                for a in range(na):
+                    v = np.float64(p[n, k, a])
+                    if not np.isfinite(v):
+                        if use[k, a]:
+                            ok = False
+                        v = 0.0
+                    clean[a] = v
+                    term[a] = v if use[k, a] else v * 0.0
+                b = _pairwise_sum(term, 0, na) / max(n_use[k], 1)
+                band[n, k] = b
+                if n_use[k] == 0:
+                    continue
+                # x / b - 1 is monotonic in x (rounding too): the largest contrast is that
+                # of the largest (b > 0) or smallest (b < 0) value, when it is finite.
+                hi = -np.inf
+                lo = np.inf
+                for a in range(na):
+                    if use[k, a]:
+                        hi = max(hi, clean[a])
+                        lo = min(lo, clean[a])
+                x = (hi if b > 0 else lo) / b - 1.0
+                if b != 0 and np.isfinite(b) and np.isfinite(x):
+                    best = max(best, x)
+                    continue
+                for a in range(na):  # b = 0 or an overflow: value by value
+                    if use[k, a]:
+                        x = clean[a] / b - 1.0
+                        if np.isfinite(x) and x > best:
+                            best = x
+            top[n] = best
+            finite[n] = ok
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def finish_moments(n, mean, m2, enough, pairs, grand, var, med, finite):  # pragma: no cover
+        # Per pixel, over the S sub-blocks (in order, as numpy's sums over axis 0): the
+        # scan's mean and variance from the finite sub-blocks (Chan's formulas), whether
+        # every sub-block is finite, and the median of the long-enough sub-blocks'
+        # variances (infinite for a non-finite one; the scan's variance if the median is
+        # not finite). Blocks of pixels; the variances sorted by the compare-exchange
+        # network ``pairs`` (of a power of two >= S, padded with +inf) across the block.
+        ns, npix = mean.shape
+        size = pairs.max() + 1 if pairs.shape[0] else 1
+        nb = 256
+        stack = np.empty((max(size, ns), nb))
+        total = np.empty(nb)
+        acc = np.empty(nb)
+        sq = np.empty(nb)
+        every = np.empty(nb, np.bool_)
+        m = 0
+        for b in range(ns):
+            m += 1 if enough[b] else 0
+        for p0 in range(0, npix, nb):
+            cnt = min(nb, npix - p0)
+            total[:] = 0.0
+            acc[:] = 0.0
+            sq[:] = 0.0
+            every[:] = True
+            for b in range(ns):
+                for t in range(cnt):
+                    mu, q = mean[b, p0 + t], m2[b, p0 + t]
+                    ok = np.isfinite(mu) and np.isfinite(q)
+                    every[t] = every[t] and ok
+                    w = n[b] if ok else 0.0
+                    total[t] += w
+                    acc[t] += w * (mu if ok else 0.0)
+            for t in range(cnt):
+                grand[p0 + t] = acc[t] / max(total[t], 1.0)
+                finite[p0 + t] = every[t]
+            row = 0
+            for b in range(ns):
+                for t in range(cnt):
+                    mu, q = mean[b, p0 + t], m2[b, p0 + t]
+                    ok = np.isfinite(mu) and np.isfinite(q)
+                    w = n[b] if ok else 0.0
+                    d = (mu if ok else 0.0) - grand[p0 + t]
+                    sq[t] += (q if ok else 0.0) + w * (d * d)
+                if enough[b]:
+                    for t in range(cnt):
+                        mu, q = mean[b, p0 + t], m2[b, p0 + t]
+                        ok = np.isfinite(mu) and np.isfinite(q)
+                        stack[row, t] = q / max(n[b] - 1.0, 1.0) if ok and n[b] > 1 else np.inf
+                    row += 1
+            for t in range(cnt):
+                var[p0 + t] = sq[t] / max(total[t] - 1.0, 1.0) if total[t] > 1 else 0.0
+            if m == 0:
+                for t in range(cnt):
+                    med[p0 + t] = var[p0 + t]
+                continue
+            for i in range(m, stack.shape[0]):
+                stack[i, :] = np.inf
+            for q in range(pairs.shape[0]):
+                lo = stack[pairs[q, 0]]
+                hi = stack[pairs[q, 1]]
+                for t in range(nb):
+                    u, v = lo[t], hi[t]
+                    lo[t] = min(u, v)
+                    hi[t] = max(u, v)
+            h = m // 2
+            for t in range(cnt):
+                x = stack[h, t] if m % 2 else (stack[h - 1, t] + stack[h, t]) / 2.0
+                med[p0 + t] = x if np.isfinite(x) else var[p0 + t]
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def neighbour_quantiles(image, valid, fracs, half, pairs, out):  # pragma: no cover
+        # out[k, y, x]: the quantile fracs[k] (linear interpolation between the sorted
+        # values, as numpy's percentile) of the valid pixels of the (2 half + 1)^2 square
+        # around (y, x) but itself; only finite values count (a NaN or an invalid or
+        # outside pixel sorts last, as +inf, which never reaches the finite ranks). A row of
+        # pixels at a time: the neighbours gathered from a padded copy, sorted by the
+        # compare-exchange network ``pairs`` (of a power of two >= the neighbours, padded
+        # with +inf) across the row.
+        ny, nx = image.shape
+        w = 2 * half + 1
+        size = pairs.max() + 1 if pairs.shape[0] else 1
+        vals = np.full((ny + 2 * half, nx + 2 * half), np.inf)
+        fin = np.zeros((ny + 2 * half, nx + 2 * half), np.int64)
+        for y in range(ny):
+            for x in range(nx):
+                if valid[y, x]:
+                    v = image[y, x]
+                    fin[y + half, x + half] = 1 if np.isfinite(v) else 0
+                    vals[y + half, x + half] = v if v == v else np.inf
+        stack = np.empty((max(size, w * w - 1), nx))
+        count = np.empty(nx, np.int64)
+        for y in range(ny):
+            m = 0
+            count[:] = 0
+            for dy in range(w):
+                for dx in range(w):
+                    if dy == half and dx == half:
+                        continue
+                    row = vals[y + dy]
+                    frow = fin[y + dy]
+                    for t in range(nx):
+                        stack[m, t] = row[t + dx]
+                        count[t] += frow[t + dx]
+                    m += 1
+            for i in range(m, stack.shape[0]):
+                stack[i, :] = np.inf
+            for q in range(pairs.shape[0]):
+                a = stack[pairs[q, 0]]
+                b = stack[pairs[q, 1]]
+                for t in range(nx):
+                    u, v = a[t], b[t]
+                    a[t] = min(u, v)
+                    b[t] = max(u, v)
+            for k in range(fracs.shape[0]):
+                for t in range(nx):
+                    c = count[t]
+                    if c == 0:
+                        out[k, y, t] = np.nan
+                        continue
+                    pos = (c - 1) * fracs[k]
+                    lo = int(np.floor(pos))
+                    hi = min(lo + 1, c - 1)
+                    out[k, y, t] = stack[lo, t] + (stack[hi, t] - stack[lo, t]) * (pos - lo)
+
+    return pixel_moments, label_add, polar_rows, finish_moments, neighbour_quantiles
 
 
 _KERNELS = None
+_pairwise_sum = None
 
 
 def _kernels():
@@ -322,23 +499,17 @@ def pixel_statistics(frames, compute=True):
 
 def _finish_moments(moments, shape, n_frames, size):
     keys = sorted(moments)
-    n = np.array([moments[k][0] for k in keys])[:, None]
+    n = np.array([moments[k][0] for k in keys], dtype=np.float64)
     mean = np.stack([moments[k][1] for k in keys])
     m2 = np.stack([moments[k][2] for k in keys])
-    ok = np.isfinite(mean) & np.isfinite(m2)
-    finite = ok.all(axis=0)
-    w = np.where(ok, n, 0.0)
-    total = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mu = np.where(ok, mean, 0.0)
-        grand = (w * mu).sum(axis=0) / np.maximum(total, 1)
-        sq = (np.where(ok, m2, 0.0) + w * (mu - grand) ** 2).sum(axis=0)
-        var = np.where(total > 1, sq / np.maximum(total - 1, 1), 0.0)
-        # (non-finite sub-blocks count as infinitely noisy; their pixel is flagged anyway)
-        sub_var = np.where(ok & (n > 1), m2 / np.maximum(n - 1, 1), np.inf)
-    enough = (n[:, 0] >= max(2, size // 2))  # a short last sub-block is left out
-    med = np.median(sub_var[enough], axis=0) if enough.any() else var
-    med = np.where(np.isfinite(med), med, var)
+    enough = n >= max(2, size // 2)  # a short last sub-block is left out of the median
+    npix = mean.shape[1]
+    grand, var, med = np.empty(npix), np.empty(npix), np.empty(npix)
+    finite = np.empty(npix, bool)
+    # Non-finite sub-blocks are left out of the mean and variance and count as infinitely
+    # noisy in the median (their pixel is flagged anyway).
+    _kernels()[3](n, mean, m2, enough, _sorting_network(int(enough.sum())), grand, var,
+                  med, finite)
     return {
         "n_frames": n_frames,
         "mean": grand.reshape(shape),
@@ -454,27 +625,34 @@ def _check_factor(value, name, minimum=1.0):
     return value
 
 
+def _sorting_network(n):
+    """Compare-exchange pairs of Batcher's odd-even merge sort of the smallest power of two
+    >= ``n`` values, in order."""
+    size = 1 << max(int(n) - 1, 0).bit_length()
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 def _neighbour_quantile(image, valid, q=75.0, size=5):
     """``q``-th percentile (linear interpolation) of the other valid pixels of the ``size``
-    x ``size`` square around each pixel (NaN where none is valid)."""
-    half = size // 2
-    padded = np.pad(np.where(valid, image, np.nan), half, constant_values=np.nan)
-    ny, nx = image.shape
-    stack = np.stack([
-        padded[dy : dy + ny, dx : dx + nx]
-        for dy in range(size)
-        for dx in range(size)
-        if (dy, dx) != (half, half)
-    ])
-    stack.sort(axis=0)  # NaN last
-    count = np.isfinite(stack).sum(axis=0)
-    pos = np.maximum(count - 1, 0) * (q / 100.0)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
-    a = np.take_along_axis(stack, lo[None], 0)[0]
-    b = np.take_along_axis(stack, hi[None], 0)[0]
-    out = a + (b - a) * (pos - lo)
-    return np.where(count > 0, out, np.nan)
+    x ``size`` square around each pixel (NaN where none is valid); ``q`` may be a sequence,
+    giving one image per value."""
+    qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    image = np.asarray(image, dtype=np.float64)
+    out = np.empty((len(qs),) + image.shape)
+    _kernels()[4](image, np.asarray(valid, dtype=np.bool_), qs / 100.0, size // 2,
+                  _sorting_network(size * size - 1), out)
+    return out if np.ndim(q) else out[0]
 
 
 def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, min_z=5.0):
@@ -567,7 +745,7 @@ def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, mi
         se_rel = 1.25 * np.sqrt((2.0 + 1.0 / electrons) / n)
         noisy_z = (noise_score - 1.0) / se_rel
     is_noisy = lit & (noise_score > noisy) & (noisy_z > min_z)
-    near_mean = _neighbour_quantile(mean, usable)
+    near_mean, low_mean = _neighbour_quantile(mean, usable, q=(75.0, 25.0))
     near_var = _neighbour_quantile(var, usable)
     with np.errstate(invalid="ignore", divide="ignore"):
         hot_score = np.where(
@@ -577,7 +755,6 @@ def classify_pixels(stats, gain=None, k0=None, mask=None, hot=3.0, noisy=2.0, mi
     is_hot = usable & (hot_score > hot) & (hot_z > min_z)
     # Dead: judged against the dimmer neighbours (25th percentile), so that a pixel just
     # behind a beam-stop edge, half of whose neighbours are lit, is not dead.
-    low_mean = _neighbour_quantile(mean, usable, q=25.0)
     expected = np.where(np.isfinite(low_mean), low_mean, 0.0) * n / g
     is_dead = usable & (var == 0) & (expected >= _MIN_ELECTRONS) & (mean < low_mean)
     reason = (
@@ -662,24 +839,24 @@ def polar_outliers(profiles, coverage=None, crystal=6.0, dose=8.0, min_coverage=
     """
     crystal = _check_factor(crystal, "crystal", 0.0)
     dose = _check_factor(dose, "dose", 0.0)
-    p = np.asarray(profiles, dtype=np.float64)
+    p = np.asarray(profiles)
+    if p.dtype not in (np.float32, np.float64):
+        p = p.astype(np.float64)
     if p.ndim < 3:
         raise ValueError(f"profiles must be navigation + (K, A), got shape {p.shape}")
     nav, (k, a) = p.shape[:-2], p.shape[-2:]
-    flat = p.reshape(-1, k, a)
+    flat = np.ascontiguousarray(p.reshape(-1, k, a))  # float32 is read as float64
     use = np.ones((k, a), bool)
     if coverage is not None:
         cov = np.asarray(coverage, dtype=float).reshape(k, a)
         best = cov.max(axis=1, keepdims=True)
         use = (cov > 0) & (cov >= min_coverage * best)
-    finite = np.isfinite(flat[:, use]).all(axis=1)
-    clean = np.where(np.isfinite(flat), flat, 0.0)
     n_use = use.sum(axis=1)
-    band = (clean * use).sum(axis=2) / np.maximum(n_use, 1)  # (N, K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        contrast = np.where(use, clean / band[:, :, None] - 1.0, -np.inf)
-    contrast = np.where(np.isfinite(contrast), contrast, -np.inf)
-    c = contrast.reshape(len(flat), -1).max(axis=1)
+    # One compiled pass: band means (N, K), largest sector contrast, finite flags.
+    band = np.empty((len(flat), k))
+    c = np.empty(len(flat))
+    finite = np.empty(len(flat), bool)
+    _kernels()[2](flat, use, n_use.astype(np.int64), band, c, finite)
     total = (band * (n_use > 0)).sum(axis=1) / max(int((n_use > 0).sum()), 1)
     lit = finite & (total > 0)
     c = np.where(lit & np.isfinite(c), c, 0.0)
@@ -812,15 +989,19 @@ def fit_centers(tile_images, tile_positions, navigation_positions, start_center,
             return t, None, str(err)
         return t, c[::-1], None
 
-    # The fits are independent and mostly in scipy.ndimage (which releases the GIL).
-    from concurrent.futures import ThreadPoolExecutor
+    # The fits are independent and mostly in compiled code that releases the GIL: on
+    # dask's thread pool, which lives across calls (starting threads for every call costs
+    # more than a fit on a busy machine).
+    import dask
+    from dask.threaded import get as threaded
 
-    with ThreadPoolExecutor() as pool:
-        for t, c, err in pool.map(fit, range(len(images))):
-            if err is None:
-                raw[t] = c
-            else:
-                errors[t] = err
+    (results,) = dask.compute([dask.delayed(fit, pure=False)(t) for t in range(len(images))],
+                              scheduler=threaded)
+    for t, c, err in results:
+        if err is None:
+            raw[t] = c
+        else:
+            errors[t] = err
     ok = np.isfinite(raw).all(axis=1)
     fit_model = model
     need = _MODELS[fit_model]

@@ -146,13 +146,12 @@ def _ray_peaks(image, excluded, center, lin, radius, half, n_rays):
     inv = np.linalg.inv(lin)
     x = center[1] + inv[0, 0] * qx + inv[0, 1] * qy
     y = center[0] + inv[1, 0] * qx + inv[1, 1] * qy
-    coords = np.stack([y.ravel(), x.ravel()])
-    values = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
-    touched = ndimage.map_coordinates(
-        excluded.astype(float), coords, order=1, mode="constant", cval=1.0
-    )
-    values = values.reshape(x.shape)
-    ok = ~(touched.reshape(x.shape) > 1e-9).any(axis=1)
+    from femlib.ellipse._refine import _map_bilinear  # (it imports this module)
+
+    # bilinear samples, as scipy.ndimage.map_coordinates(order=1, mode="constant")
+    values = _map_bilinear(image, y, x, 0.0)
+    touched = _map_bilinear(excluded.astype(float), y, x, 1.0)
+    ok = ~(touched > 1e-9).any(axis=1)
     slope = (values[:, -1:] - values[:, :1]) / (r[-1] - r[0])
     values = values - (values[:, :1] + slope * (r - r[0]))
     i = np.argmax(values, axis=1)

@@ -63,55 +63,173 @@ def _radial_range_px(radial_range, factor):
     return r0, r1
 
 
+_KERNEL = []
+_summed = _clip = _sample = None  # compiled helpers, set by _peak_kernel
+
+
+def _peak_kernel():
+    """The compiled core of :func:`_peak_radii` (built on first use)."""
+    if _KERNEL:
+        return _KERNEL[0]
+    from femlib._jit import njit
+    from femlib._pairwise import pairwise_sum
+
+    # The helpers are module globals, not closure variables, so that numba caches the
+    # kernels that call them; _summed adds in numpy's order.
+    global _summed, _clip, _sample
+    _summed = pairwise_sum()
+
+    @njit(cache=True, nogil=True)
+    def _clip_impl(x, lo, hi):  # pragma: no cover - compiled
+        if x != x:
+            return x
+        return lo if x < lo else (hi if x > hi else x)
+
+    @njit(cache=True, nogil=True)
+    def _sample_impl(image, y, x, cval):  # pragma: no cover - compiled
+        # The bilinear value of scipy.ndimage.map_coordinates(order=1, mode="constant"),
+        # to the last bit: cval off the grid, weights 1 - t and 1 - (1 - t), the four
+        # terms value * wy * wx added in row-major order.
+        ny, nx = image.shape
+        if not (y >= 0 and y <= ny - 1 and x >= 0 and x <= nx - 1):
+            return cval
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        y1, x1 = min(y0 + 1, ny - 1), min(x0 + 1, nx - 1)
+        wy0, wx0 = 1.0 - (y - y0), 1.0 - (x - x0)
+        wy1, wx1 = 1.0 - wy0, 1.0 - wx0
+        t = 0.0
+        t += image[y0, x0] * wy0 * wx0
+        t += image[y0, x1] * wy0 * wx1
+        t += image[y1, x0] * wy1 * wx0
+        t += image[y1, x1] * wy1 * wx1
+        return t
+
+    _clip, _sample = _clip_impl, _sample_impl
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def peaks(image, bad, cy, cx, inv, cos, sin, ang, phi, r, dr, k, half, out_phi,
+              out_peak, n_ok):  # pragma: no cover - compiled
+        # The same numbers as the numpy code this replaces, in the same order: bilinear
+        # rays (a ray touching a bad pixel or leaving the detector dropped), the sector
+        # profiles, a straight background through the ends, the re-centred centroid.
+        na, ns = ang.shape
+        nr = r.size
+        prof = np.empty((na, nr))
+        vals = np.empty((ns, nr))
+        ok = np.empty(ns, np.bool_)
+        tmp = np.empty(max(nr, ns))
+        for a in range(na):
+            for j in range(ns):
+                good = True
+                for i in range(nr):
+                    qx, qy = cos[a, j] * r[i], sin[a, j] * r[i]
+                    x = cx + inv[0, 0] * qx + inv[0, 1] * qy
+                    y = cy + inv[1, 0] * qx + inv[1, 1] * qy
+                    vals[j, i] = _sample(image, y, x, 0.0)
+                    if _sample(bad, y, x, 1.0) > 1e-9:
+                        good = False
+                ok[j] = good
+            cnt = 0
+            for j in range(ns):
+                cnt += 1 if ok[j] else 0
+            n_ok[a] = cnt
+            for i in range(nr):
+                s = 0.0
+                for j in range(ns):
+                    s += vals[j, i] * (1.0 if ok[j] else 0.0)
+                prof[a, i] = s / cnt
+            for j in range(ns):
+                tmp[j] = ang[a, j] * (1.0 if ok[j] else 0.0)
+            out_phi[a] = _summed(tmp, 0, ns) / cnt if cnt > 0 else phi[a]
+        rl = _summed(r, 0, k) / k
+        rr = _summed(r, nr - k, k) / k
+        peak = np.empty(na)
+        for a in range(na):
+            left = _summed(prof[a], 0, k) / k
+            right = _summed(prof[a], nr - k, k) / k
+            best = -np.inf
+            at = 0
+            for i in range(nr):
+                prof[a, i] = prof[a, i] - (left + (right - left) * (r[i] - rl) / (rr - rl))
+                v = prof[a, i] if np.isfinite(prof[a, i]) else -np.inf
+                if v > best or (i == 0 and not v < best):
+                    best = v
+                    at = i
+            peak[a] = r[at]
+        new = np.empty(na)
+        w = np.empty(nr)
+        wr = np.empty(nr)
+        for _ in range(20):
+            for a in range(na):
+                for i in range(nr):
+                    win = _clip((half - abs(r[i] - peak[a])) / dr + 0.5, 0.0, 1.0)
+                    p = prof[a, i]
+                    w[i] = win * (p if (p != p or p >= 0) else 0.0)
+                    wr[i] = w[i] * r[i]
+                total = _summed(w, 0, nr)
+                new[a] = _summed(wr, 0, nr) / total if total > 0 else np.nan
+            close = True
+            for a in range(na):
+                x, y = new[a], peak[a]
+                if x != x or y != y:
+                    close = close and (x != x and y != y)
+                elif not abs(x - y) <= 1e-4 + 1e-5 * abs(y):
+                    close = False
+            for a in range(na):
+                peak[a] = new[a]
+            if close:
+                break
+        for a in range(na):
+            out_peak[a] = peak[a]
+
+    @njit(cache=True, nogil=True)
+    def bilinear(image, y, x, cval, out):  # pragma: no cover - compiled
+        for i in range(y.size):
+            out[i] = _sample(image, y[i], x[i], cval)
+
+    _KERNEL.extend([peaks, bilinear])
+    return peaks
+
+
+def _map_bilinear(image, y, x, cval):
+    """``scipy.ndimage.map_coordinates(image, [y, x], order=1, mode="constant",
+    cval=cval)`` (the same numbers), compiled: y and x of any one shape."""
+    _peak_kernel()
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    out = np.empty(y.shape)
+    _KERNEL[1](np.ascontiguousarray(image, dtype=np.float64), y.ravel(),
+               np.ascontiguousarray(x, dtype=np.float64).ravel(), float(cval), out.ravel())
+    return out
+
+
 def _peak_radii(image, bad, center, affine, r0, r1, n_azimuth, peak_width, dr=0.25):
-    """Per-sector peak radius (px, corrected coordinates) of a ring; NaN where dropped."""
+    """Per-sector peak radius (px, corrected coordinates) of a ring; NaN where dropped.
+
+    Rays sampled bilinearly (as ``scipy.ndimage.map_coordinates(order=1,
+    mode="constant")``), sector profiles, background and centroid in one compiled pass.
+    """
     r = np.arange(r0, r1 + dr / 2, dr)
     n_sub = max(1, math.ceil(2 * np.pi * r1 / n_azimuth / 0.5))  # sub-rays <= 0.5 px apart
     phi = -np.pi + (np.arange(n_azimuth) + 0.5) * (2 * np.pi / n_azimuth)
     sub = (np.arange(n_sub) + 0.5) / n_sub - 0.5
     ang = phi[:, None] + sub[None, :] * (2 * np.pi / n_azimuth)  # (n_azimuth, n_sub)
-    qx = np.cos(ang)[..., None] * r  # (n_azimuth, n_sub, n_r) in corrected coordinates
-    qy = np.sin(ang)[..., None] * r
     inv = np.linalg.inv(affine[:2, :2])
-    x = center[1] + inv[0, 0] * qx + inv[0, 1] * qy
-    y = center[0] + inv[1, 0] * qx + inv[1, 1] * qy
-    coords = np.stack([y.ravel(), x.ravel()])
-    values = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
-    touched = ndimage.map_coordinates(bad, coords, order=1, mode="constant", cval=1.0)
-    values = values.reshape(x.shape)
     # a sub-ray is dropped entirely if any of its samples touches a masked pixel or leaves
-    # the detector: a partial profile would bias its peak
-    ray_ok = ~(touched.reshape(x.shape) > 1e-9).any(axis=-1)
-    n_ok = ray_ok.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prof = (values * ray_ok[..., None]).sum(axis=1) / n_ok[:, None]
-        # the sector's azimuth is the mean of the rays kept in it
-        phi = np.where(n_ok > 0, (ang * ray_ok).sum(axis=1) / n_ok, phi)
-    # local linear background through the two ends of the radial range
+    # the detector: a partial profile would bias its peak; the sector's azimuth is the
+    # mean of the rays kept in it; a local linear background through the two ends of the
+    # radial range (k samples each) is removed; the peak is the centroid in a window
+    # re-centred on it (it converges to the point where the window is balanced: the peak
+    # of a symmetric profile, unbiased by the window edges), a box window whose edge
+    # samples count fractionally, so that the iteration has a fixed point.
     k = max(2, len(r) // 10)
-    left, right = prof[:, :k].mean(axis=1), prof[:, -k:].mean(axis=1)
-    rl, rr = r[:k].mean(), r[-k:].mean()
-    prof = prof - (left[:, None] + (right - left)[:, None] * (r - rl) / (rr - rl))
-    # centroid in a window re-centred on the centroid (converges to the point where the
-    # window is balanced: the peak of a symmetric profile, unbiased by the window edges)
-    half = peak_width / 2
-    peak = r[np.argmax(np.where(np.isfinite(prof), prof, -np.inf), axis=1)]
-    for _ in range(20):
-        # box window whose edge samples count fractionally: the centroid is then a
-        # continuous function of the window centre and the iteration has a fixed point
-        win = np.clip((half - np.abs(r[None, :] - peak[:, None])) / dr + 0.5, 0.0, 1.0)
-        w = win * np.clip(prof, 0, None)
-        total = w.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            new = (w * r).sum(axis=1) / total
-        new = np.where(total > 0, new, np.nan)
-        if np.allclose(new, peak, atol=1e-4, equal_nan=True):
-            peak = new
-            break
-        peak = new
+    out_phi, peak, n_ok = np.empty(n_azimuth), np.empty(n_azimuth), np.empty(n_azimuth, np.int64)
+    _peak_kernel()(np.ascontiguousarray(image, dtype=np.float64),
+                   np.ascontiguousarray(bad, dtype=np.float64), float(center[0]),
+                   float(center[1]), np.ascontiguousarray(inv), np.cos(ang), np.sin(ang),
+                   ang, phi, r, float(dr), k, peak_width / 2, out_phi, peak, n_ok)
     # a peak pinned on the range edge is not a peak inside the range
     valid = (n_ok > 0) & np.isfinite(peak) & (peak > r0 + dr) & (peak < r1 - dr)
-    return phi, np.where(valid, peak, np.nan)
+    return out_phi, np.where(valid, peak, np.nan)
 
 
 def _prepare(signal, mask):

@@ -93,24 +93,24 @@ def _names(code, table):
 
 def find_outlier_patterns(signal, radial_range, mask, npt, npt_azim, crystal, dose,
                           show_progressbar):
-    # The one call that reads the data: the engine's polar transform, so per-position
-    # centres (descan) apply to it as to every integration.
-    polar = signal.get_azimuthal_integral2d(
-        npt, npt_azim=npt_azim, radial_range=radial_range, mask=mask, mean=True,
-        show_progressbar=show_progressbar,
-    )
-    data = polar.data
+    # The one pass that reads the data: the engine's polar transform (what
+    # get_azimuthal_integral2d(npt, npt_azim, mean=True) computes, float32, without
+    # wrapping it in a signal), so per-position centres (descan) apply to it as to every
+    # integration.
+    weights = signal._weights(npt, npt_azim, radial_range, None, mask)
+    data = signal._integrate(weights, True, np.float32, show_progressbar)
     if signal._lazy:
         from femlib.signals.diffraction import _compute
 
         data = _compute(data, show_progressbar)
-    coverage = np.asarray(polar.metadata.FEM.coverage)
+    coverage = weights.coverage.reshape(weights.npt, weights.npt_azim)
     found = _screening.polar_outliers(data, coverage=coverage, crystal=crystal, dose=dose)
     flags = found["outlier"]
     counts = {k: int(((found["reason"] & bit) > 0).sum())
               for k, bit in _screening.REASONS_PATTERN.items()}
     out = _navigation_signal(signal, flags, _title("Outlier patterns", signal))
-    w_edges = polar.axes_manager.signal_axes[1]
+    r_step = float(weights.radial_edges[1] - weights.radial_edges[0])
+    r_first = float(weights.radial_centers[0])
     out.metadata.set_item("Screening.outliers", {
         "n_outliers": int(flags.sum()),
         "n_positions": int(flags.size),
@@ -122,8 +122,7 @@ def find_outlier_patterns(signal, radial_range, mask, npt, npt_azim, crystal, do
         "contrast": found["contrast"],
         "intensity": found["intensity"],
         "thresholds": {"crystal": found["crystal"], "dose": found["dose"]},
-        "radial_range": (float(w_edges.offset - w_edges.scale / 2),
-                         float(w_edges.offset + (w_edges.size - 0.5) * w_edges.scale)),
+        "radial_range": (r_first - r_step / 2, r_first + (weights.npt - 0.5) * r_step),
         "npt": int(npt),
         "npt_azim": int(npt_azim),
     })
