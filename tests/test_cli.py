@@ -681,7 +681,9 @@ def _wait_for(proc, prefix):
 ])
 def test_signal_during_the_computation_is_one_line_and_leaves_nothing(tmp_path, signum,
                                                                      code, line):
-    proc = _popen("fem", "--synthetic-shape", "16", "16", "--out", "o", cwd=tmp_path)
+    # 32 x 32: seconds of work left after the sum, so that a parent delayed by a loaded
+    # machine still signals a running child (a child already done would exit 0).
+    proc = _popen("fem", "--synthetic-shape", "32", "32", "--out", "o", cwd=tmp_path)
     _wait_for(proc, "femlib: summed")  # started: the patterns are summed
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
