@@ -217,14 +217,15 @@ class FEMResult:
         return "\n".join(report.summary_lines(self))
 
 
-# A fitted descan whose largest shift from the mean centre is below this (px) is left
-# uncorrected: the engine rounds per-position centres to 1/DESCAN_SUBPIXEL = 0.1 px, so a
-# smaller field changes no weight, and one centre keeps VImage and the results of a clean
-# scan exactly as they are.
+#: A fitted descan whose largest shift from the mean centre is below this (px) is left
+#: uncorrected by ``descan="auto"``: the engine rounds per-position centres to 0.1 px
+#: (:data:`femlib.integration.DESCAN_SUBPIXEL`), so a smaller field changes no weight, and
+#: one centre keeps VImage and the results of a clean scan exactly as they are.
 DESCAN_MIN_PX = 0.1
-# The automatic screening judges pixels and patterns against the scan's own statistics
-# (temporal variances, medians and MADs over the positions, tile fits): with fewer patterns
-# than this they are noise, and ``auto`` leaves the step out (saying so in the summary).
+#: The automatic screening judges pixels and patterns against the scan's own statistics
+#: (temporal variances, medians and MADs over the positions, tile fits): with fewer
+#: patterns than this they are noise, and ``auto`` leaves the step out (the summary says
+#: so).
 MIN_SCREEN_PATTERNS = 100
 
 
