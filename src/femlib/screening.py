@@ -144,6 +144,23 @@ def _numba_kernels():
     global _pairwise_sum
     _pairwise_sum = pairwise_sum()
 
+    @njit(cache=True, nogil=True)
+    def sort_columns(stack, m, pairs, n):  # pragma: no cover - compiled
+        # Rows m.. of stack set to +inf, then the first n columns sorted along the rows by
+        # the compare-exchange network pairs (a module global, as _pairwise_sum).
+        for i in range(m, stack.shape[0]):
+            stack[i, :] = np.inf
+        for q in range(pairs.shape[0]):
+            lo = stack[pairs[q, 0]]
+            hi = stack[pairs[q, 1]]
+            for t in range(n):
+                u, v = lo[t], hi[t]
+                lo[t] = min(u, v)
+                hi[t] = max(u, v)
+
+    global _sort_columns
+    _sort_columns = sort_columns
+
     @njit(cache=True, nogil=True, error_model="numpy")
     def polar_rows(p, use, n_use, band, top, finite):  # pragma: no cover - compiled
         # Per pattern: the band means over the used sectors (non-finite values as 0),
@@ -244,15 +261,7 @@ def _numba_kernels():
                 for t in range(cnt):
                     med[p0 + t] = var[p0 + t]
                 continue
-            for i in range(m, stack.shape[0]):
-                stack[i, :] = np.inf
-            for q in range(pairs.shape[0]):
-                lo = stack[pairs[q, 0]]
-                hi = stack[pairs[q, 1]]
-                for t in range(nb):
-                    u, v = lo[t], hi[t]
-                    lo[t] = min(u, v)
-                    hi[t] = max(u, v)
+            _sort_columns(stack, m, pairs, nb)
             h = m // 2
             for t in range(cnt):
                 x = stack[h, t] if m % 2 else (stack[h - 1, t] + stack[h, t]) / 2.0
@@ -293,15 +302,7 @@ def _numba_kernels():
                         stack[m, t] = row[t + dx]
                         count[t] += frow[t + dx]
                     m += 1
-            for i in range(m, stack.shape[0]):
-                stack[i, :] = np.inf
-            for q in range(pairs.shape[0]):
-                a = stack[pairs[q, 0]]
-                b = stack[pairs[q, 1]]
-                for t in range(nx):
-                    u, v = a[t], b[t]
-                    a[t] = min(u, v)
-                    b[t] = max(u, v)
+            _sort_columns(stack, m, pairs, nx)
             for k in range(fracs.shape[0]):
                 for t in range(nx):
                     c = count[t]
@@ -318,6 +319,7 @@ def _numba_kernels():
 
 _KERNELS = None
 _pairwise_sum = None
+_sort_columns = None
 
 
 def _kernels():
