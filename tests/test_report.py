@@ -149,3 +149,36 @@ def test_report_without_an_ellipse(result, tmp_path):
     report.write_outputs(r, tmp_path / "o")
     page = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
     assert "not fitted: centre given (--center), identity affine" in page
+
+
+@pytest.mark.parametrize("where", ["check", "partial"])
+def test_a_signal_while_a_folder_is_made_leaves_nothing(result, tmp_path, monkeypatch, where):
+    """SIGTERM right after the probe (check_out) or the temporary folder (write_outputs) is
+    made waits until the folder is removed, or known to the clean-up: nothing is left."""
+    import signal
+    import tempfile as tf
+
+    from femlib import report
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    real = tf.mkdtemp
+
+    def mkdtemp_then_signal(*args, **kwargs):
+        path = real(*args, **kwargs)
+        if kwargs.get("suffix", "").endswith(where):
+            os.kill(os.getpid(), signal.SIGTERM)  # pending: signals are blocked here
+        return path
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    monkeypatch.setattr(report.tempfile, "mkdtemp", mkdtemp_then_signal)
+    try:
+        with pytest.raises(Stop):
+            report.write_outputs(result, tmp_path / "o")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []

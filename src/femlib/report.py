@@ -75,8 +75,9 @@ def check_out(out, overwrite=False):
     if not parent.is_dir():
         raise UsageError(f"--out {out}: its parent folder {parent} does not exist")
     try:  # the only sure test: create (and remove) a folder where the outputs will go
-        probe = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".check", dir=parent)
-        os.rmdir(probe)
+        with _signals_blocked():  # a signal in between would leave the probe behind
+            probe = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".check", dir=parent)
+            os.rmdir(probe)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write in {parent} "
                          f"({exc.strerror or exc})") from None
@@ -165,8 +166,11 @@ def write_outputs(result, out, overwrite=False, command=None, label=None):
     out = Path(out)
     check_out(out, overwrite)
     parent = out.absolute().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=_TMP_SUFFIX, dir=parent))
+    tmp = None
     try:
+        with _signals_blocked():  # created and known to the clean-up at once
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=_TMP_SUFFIX,
+                                        dir=parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # as a plain mkdir would (mkdtemp gives 0700)
@@ -180,7 +184,8 @@ def write_outputs(result, out, overwrite=False, command=None, label=None):
                              "written)") from None
         _commit(tmp, out, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
 
