@@ -85,18 +85,37 @@ def check_out(out, overwrite=False):
 
 @contextlib.contextmanager
 def _signals_blocked():
-    """SIGINT and SIGTERM wait while the output folder is renamed into place (they are
-    delivered right after): the renames are never cut in the middle."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
+    """SIGINT and SIGTERM wait while the output folder is made or renamed into place (they
+    are handled right after): these steps are never cut in the middle.
+
+    The signals' Python handlers are swapped for one that notes the signal, and the noted
+    signals are handed to the old handlers at the end. (Masking the signals with
+    ``pthread_sigmask`` would not do: it masks them for the calling thread only, and with
+    dask's worker threads running the kernel delivers a signal sent to the process to one
+    of them, whose Python handler then runs in the main thread at once.) Outside the main
+    thread signals cannot be handled there anyway: nothing is changed."""
+    pending = []
+
+    def note(signum, frame):
+        pending.append(signum)
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):  # no pthread_sigmask, or not main thread
+        old = {s: signal.signal(s, note) for s in sigs}
+    except ValueError:  # not the main thread
         old = None
     try:
         yield
     finally:
         if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            for s in dict.fromkeys(pending):  # each signal once, in order
+                handler = old[s]
+                if callable(handler):
+                    handler(s, None)
+                elif handler == signal.SIG_DFL:
+                    signal.raise_signal(s)
 
 
 def _commit(tmp, out, overwrite):
